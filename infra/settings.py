@@ -1,0 +1,178 @@
+"""Every environment variable the service reads, parsed once into a frozen, typed object.
+
+A bad value fails at boot with a message naming the variable, instead of surfacing as a
+confusing error on the first request (or, worse, being silently kept as a string).
+To add a setting: add a field with ``_env(...)``; ``from_env`` parses it by its type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+MiB = 1024 * 1024
+# Cloud Run rejects HTTP/1 request bodies over 32 MiB before they reach us.
+CLOUD_RUN_BODY_LIMIT = 32 * MiB
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A variable has a value the service cannot run with; the message names the variable."""
+
+
+def _env(name: str, default: Any, doc: str, *, minimum: float | None = None,
+         maximum: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field bound to an env var, with its bounds and a one-line description."""
+    meta = {"env": name, "doc": doc, "min": minimum, "max": maximum, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the cgroup quota and CPU affinity, not the host's count."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service configuration. Build it with ``Settings.from_env()``; tests may pass fields directly."""
+
+    # model
+    model_variant: str = _env("MODEL_VARIANT", "english", "Model variant to serve.",
+                              choices=("english", "multilingual"))
+    model_dir: Path = _env("MODEL_DIR", Path("/models"), "Folder holding the baked bundles (<MODEL_DIR>/<variant>/).")
+    torch_threads: int | None = _env("TORCH_THREADS", None,
+                                     "torch intra-op threads; empty = the CPUs the container really has.",
+                                     minimum=1, maximum=256)
+    # server
+    port: int = _env("PORT", 8080, "Port gunicorn binds on 0.0.0.0.", minimum=1, maximum=65535)
+    http_threads: int = _env("HTTP_THREADS", 8, "gunicorn request threads (one worker process).",
+                             minimum=1, maximum=256)
+    request_timeout_s: float = _env("REQUEST_TIMEOUT_S", 60.0,
+                                    "Longest time a request waits for its embeddings before 504.",
+                                    minimum=0.1, maximum=3600)
+    # request limits
+    max_items: int = _env("MAX_ITEMS", 64, "Most texts, and most images, in one request.", minimum=1, maximum=4096)
+    max_text_chars: int = _env("MAX_TEXT_CHARS", 2000, "Longest text, in characters.", minimum=1, maximum=1_000_000)
+    max_body_bytes: int = _env("MAX_BODY_BYTES", 30 * MiB, "Largest request body (Cloud Run's limit is 32 MiB).",
+                               minimum=1024, maximum=CLOUD_RUN_BODY_LIMIT)
+    max_image_bytes: int = _env("MAX_IMAGE_BYTES", 16 * MiB, "Largest encoded image (upload, base64 or download).",
+                                minimum=1024, maximum=1024 * MiB)
+    max_image_pixels: int = _env("MAX_IMAGE_PIXELS", 40_000_000,
+                                 "Largest width x height, checked from the header before decoding.",
+                                 minimum=1, maximum=1_000_000_000)
+    # image URL fetching
+    fetch_connect_timeout_s: float = _env("FETCH_CONNECT_TIMEOUT_S", 3.0, "Connect timeout per image URL.",
+                                          minimum=0.05, maximum=60)
+    fetch_timeout_s: float = _env("FETCH_TIMEOUT_S", 10.0,
+                                  "Total time to download one image URL, redirects included.",
+                                  minimum=0.05, maximum=600)
+    fetch_max_redirects: int = _env("FETCH_MAX_REDIRECTS", 3, "Redirects followed per image URL.",
+                                    minimum=0, maximum=20)
+    fetch_concurrency: int = _env("FETCH_CONCURRENCY", 8, "Image URLs of one request fetched at once.",
+                                  minimum=1, maximum=64)
+    allow_private_urls: bool = _env("ALLOW_PRIVATE_URLS", False,
+                                    "Allow image URLs on private/loopback/link-local addresses (in-VPC use, tests).")
+    # batching engine
+    batch_max_size: int = _env("BATCH_MAX_SIZE", 32, "Most items the model encodes in one call.",
+                               minimum=1, maximum=1024)
+    batch_max_wait_ms: float = _env("BATCH_MAX_WAIT_MS", 5.0,
+                                    "How long a batch waits for more items before it runs.", minimum=0, maximum=1000)
+    queue_size: int = _env("QUEUE_SIZE", 256, "Items waiting for the model before requests get 429.",
+                           minimum=1, maximum=100_000)
+    stall_timeout_s: float = _env("STALL_TIMEOUT_S", 120.0,
+                                  "A model call running longer than this makes /health report unhealthy.",
+                                  minimum=1, maximum=3600)
+
+    def __post_init__(self) -> None:
+        if self.queue_size < self.max_items:
+            raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
+                                "a full request must fit in the queue")
+
+    @property
+    def resolved_torch_threads(self) -> int:
+        """TORCH_THREADS, or the CPUs the container really has when it is unset."""
+        return self.torch_threads or available_cpus()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read every variable from ``environ`` (default ``os.environ``); raise SettingsError on a bad value."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            values[f.name] = _parse(name, raw.strip(), hints[f.name], f.metadata)
+        return cls(**values)
+
+    @classmethod
+    def documented(cls) -> list[dict[str, Any]]:
+        """(env var, default, description) for every setting: the source of the README table."""
+        return [{"env": f.metadata["env"], "default": f.default, "doc": f.metadata["doc"]}
+                for f in dataclasses.fields(cls)]
+
+
+def _parse(name: str, raw: str, hint: Any, meta: Mapping[str, Any]) -> Any:
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    if optional:
+        if raw == "" or raw.lower() == "auto":
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        value = _convert(raw, hint)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected {_describe(hint)}") from None
+    if meta["choices"] and value not in meta["choices"]:
+        raise SettingsError(f"{name}={raw!r}: must be one of {', '.join(meta['choices'])}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise SettingsError(f"{name}={raw!r}: must be at least {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise SettingsError(f"{name}={raw!r}: must be at most {meta['max']}")
+    return value
+
+
+def _convert(raw: str, hint: Any) -> Any:
+    if hint is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(raw)
+    if hint is int:
+        return int(raw.replace("_", ""))
+    if hint is float:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+    if hint is Path:
+        if not raw:
+            raise ValueError(raw)
+        return Path(raw)
+    if hint is str:
+        if not raw:
+            raise ValueError(raw)
+        return raw
+    raise TypeError(f"no parser for {hint!r}")
+
+
+def _describe(hint: Any) -> str:
+    return {bool: "a boolean (true/false, 1/0, yes/no, on/off)", int: "an integer", float: "a finite number",
+            Path: "a non-empty path", str: "a non-empty string"}.get(hint, str(hint))

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One command to set up and run the service locally.
+#
+#   ./serve.sh [--variant english|multilingual] [--port N]   bake the real weights (needs network) and serve them
+#   ./serve.sh --demo [--variant ...] [--port N]              serve a tiny RANDOM bundle offline (meaningless vectors)
+#
+# Real weights are baked once into $MODEL_DIR (default ./model_bundles); demo bundles go to a separate
+# folder (./model_bundles-demo) so that a demo bundle can never be mistaken for real weights.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+variant=${MODEL_VARIANT:-english}
+port=${PORT:-8080}
+demo=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --variant) variant=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --demo) demo=1; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "serve.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+source scripts/venv.sh
+
+if [ "$demo" = 1 ]; then
+  model_dir=${MODEL_DIR:-./model_bundles-demo}
+  [ -f "$model_dir/$variant/manifest.json" ] || python -m models.tiny --variant "$variant" --out "$model_dir" --size tiny
+  cat >&2 <<EOF
+################################################################################
+# DEMO MODE: serving a tiny bundle with RANDOM weights from $model_dir.
+# The API, shapes and errors are real; the embeddings mean nothing.
+# For real weights run ./serve.sh without --demo (needs network to bake once).
+################################################################################
+EOF
+else
+  model_dir=${MODEL_DIR:-./model_bundles}
+  if [ ! -f "$model_dir/$variant/manifest.json" ]; then
+    echo "serve.sh: baking the $variant weights into $model_dir (one-time download)..." >&2
+    if ! python -m models.bake --variant "$variant" --out "$model_dir"; then
+      echo "serve.sh: baking failed (no network access to the model hosts?)." >&2
+      echo "          For an offline demo with random weights run: ./serve.sh --demo" >&2
+      exit 1
+    fi
+  fi
+fi
+
+export MODEL_DIR=$model_dir MODEL_VARIANT=$variant PORT=$port
+echo "serve.sh: serving $variant from $model_dir on http://127.0.0.1:$port" >&2
+exec gunicorn -c infra/gunicorn.conf.py handler.wsgi:app

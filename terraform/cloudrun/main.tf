@@ -1,0 +1,207 @@
+locals {
+  default_cpu        = { english = 2, multilingual = 4 }
+  default_memory_gib = { english = 2, multilingual = 6 }
+  cpu                = coalesce(var.cpu, local.default_cpu[var.model_variant])
+  memory_gib         = coalesce(var.memory_gib, local.default_memory_gib[var.model_variant])
+  min_memory_gib     = { 1 = 0.5, 2 = 0.5, 4 = 2, 6 = 4, 8 = 4 }
+  deploy_app         = var.image != null
+  port               = 8080
+
+  app_env = merge(var.extra_env, {
+    MODEL_VARIANT = var.model_variant
+    # One worker process; one spare thread beyond the concurrency so probes never queue.
+    HTTP_THREADS      = tostring(var.concurrency + 1)
+    TORCH_THREADS     = tostring(local.cpu)
+    REQUEST_TIMEOUT_S = tostring(max(1, var.request_timeout_s - 5))
+  })
+  resource_limits = {
+    cpu    = tostring(local.cpu)
+    memory = "${local.memory_gib}Gi"
+  }
+}
+
+resource "google_artifact_registry_repository" "images" {
+  repository_id = var.name
+  location      = var.region
+  format        = "DOCKER"
+  description   = "clipserve images (deploy.sh pushes one tag per deploy)"
+
+  cleanup_policy_dry_run = false
+  cleanup_policies {
+    id     = "keep-newest"
+    action = "KEEP"
+    most_recent_versions {
+      keep_count = var.keep_images
+    }
+  }
+  cleanup_policies {
+    id     = "delete-older"
+    action = "DELETE"
+    condition {
+      tag_state  = "ANY"
+      older_than = "604800s"
+    }
+  }
+}
+
+# The service runs as its own identity holding no roles at all: it reads nothing in the project.
+resource "google_service_account" "service" {
+  account_id   = "${var.name}-run"
+  display_name = "clipserve service (no roles)"
+}
+
+resource "google_cloud_run_v2_service" "service" {
+  count               = local.deploy_app ? 1 : 0
+  name                = var.name
+  location            = var.region
+  ingress             = var.ingress
+  deletion_protection = var.deletion_protection
+
+  template {
+    service_account                  = google_service_account.service.email
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+    max_instance_request_concurrency = var.concurrency
+    timeout                          = "${var.request_timeout_s}s"
+
+    scaling {
+      min_instance_count = var.min_instances
+      max_instance_count = var.max_instances
+    }
+
+    containers {
+      image = var.image
+
+      ports {
+        container_port = local.port
+      }
+
+      resources {
+        limits            = local.resource_limits
+        cpu_idle          = !var.cpu_always_allocated
+        startup_cpu_boost = var.startup_cpu_boost
+      }
+
+      dynamic "env" {
+        for_each = local.app_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      # /health answers 503 while the model loads and 200 once it serves.
+      startup_probe {
+        initial_delay_seconds = var.startup_probe_initial_delay_s
+        period_seconds        = var.startup_probe_period_s
+        failure_threshold     = var.startup_probe_failure_threshold
+        timeout_seconds       = min(var.startup_probe_period_s, 4)
+        http_get {
+          path = "/health"
+          port = local.port
+        }
+      }
+
+      liveness_probe {
+        period_seconds    = var.liveness_probe_period_s
+        failure_threshold = var.liveness_probe_failure_threshold
+        timeout_seconds   = min(var.liveness_probe_period_s, 5)
+        http_get {
+          path = "/health"
+          port = local.port
+        }
+      }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.memory_gib <= 4 * local.cpu && local.memory_gib >= local.min_memory_gib[tostring(local.cpu)]
+      error_message = "Cloud Run allows at most 4 GiB per vCPU and needs at least 2 GiB at 4 vCPUs, 4 GiB at 6 or 8."
+    }
+  }
+}
+
+resource "google_cloud_run_v2_service_iam_member" "public" {
+  count    = local.deploy_app && var.allow_unauthenticated ? 1 : 0
+  name     = google_cloud_run_v2_service.service[0].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invokers" {
+  for_each = local.deploy_app ? toset(var.invokers) : toset([])
+  name     = google_cloud_run_v2_service.service[0].name
+  location = var.region
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# Batch: the same image runs clipserve-batch with the model in-process (no HTTP hop).
+resource "google_service_account" "job" {
+  account_id   = "${var.name}-job"
+  display_name = "clipserve batch job (object access to job_bucket only)"
+}
+
+resource "google_storage_bucket_iam_member" "job_data" {
+  count  = var.job_bucket == null ? 0 : 1
+  bucket = var.job_bucket
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.job.email}"
+}
+
+resource "google_cloud_run_v2_job" "batch" {
+  count               = local.deploy_app ? 1 : 0
+  name                = "${var.name}-batch"
+  location            = var.region
+  deletion_protection = var.deletion_protection
+
+  template {
+    task_count  = var.job_tasks
+    parallelism = var.job_parallelism
+
+    template {
+      service_account       = google_service_account.job.email
+      execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
+      max_retries           = var.job_max_retries
+      timeout               = "${var.job_task_timeout_s}s"
+
+      containers {
+        image   = var.image
+        command = var.job_command
+        args    = var.job_args
+
+        resources {
+          limits = local.resource_limits
+        }
+
+        dynamic "env" {
+          for_each = merge(var.extra_env, { MODEL_VARIANT = var.model_variant, TORCH_THREADS = tostring(local.cpu) })
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+
+        dynamic "volume_mounts" {
+          for_each = var.job_bucket == null ? [] : [1]
+          content {
+            name       = "data"
+            mount_path = "/data"
+          }
+        }
+      }
+
+      dynamic "volumes" {
+        for_each = var.job_bucket == null ? [] : [var.job_bucket]
+        content {
+          name = "data"
+          gcs {
+            bucket    = volumes.value
+            read_only = false
+          }
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,276 @@
+# Every scaling and concurrency knob is a variable with the range Cloud Run accepts.
+
+variable "project_id" {
+  description = "Google Cloud project ID."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the service, the job and the Artifact Registry repository."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "name" {
+  description = "Name of the service; the job, repository and service accounts derive from it."
+  type        = string
+  default     = "clipserve"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,22}[a-z0-9]$", var.name))
+    error_message = "name: 2-24 lower-case letters, digits or '-', starting with a letter (service account IDs need the room)."
+  }
+}
+
+variable "image" {
+  description = "Image to run, e.g. REGION-docker.pkg.dev/PROJECT/clipserve/clipserve:TAG (deploy.sh pushes it to this module's repository). null before the first push: only the repository is created (deploy.sh applies it alone first)."
+  type        = string
+  default     = null
+}
+
+variable "model_variant" {
+  description = "Baked model variant to serve (the image must contain it)."
+  type        = string
+  default     = "english"
+  validation {
+    condition     = contains(["english", "multilingual"], var.model_variant)
+    error_message = "model_variant: english or multilingual."
+  }
+}
+
+variable "cpu" {
+  description = "vCPUs per instance (1, 2, 4, 6 or 8). null picks the variant's default: english 2, multilingual 4."
+  type        = number
+  default     = null
+  validation {
+    condition     = var.cpu == null ? true : contains([1, 2, 4, 6, 8], var.cpu)
+    error_message = "cpu: 1, 2, 4, 6 or 8."
+  }
+}
+
+variable "memory_gib" {
+  description = "Memory per instance in GiB. null picks the variant's default: english 2, multilingual 6. Cloud Run needs at least 2 GiB from 4 vCPUs (4 GiB from 6) and allows at most 4 GiB per vCPU."
+  type        = number
+  default     = null
+  validation {
+    condition     = var.memory_gib == null ? true : (floor(var.memory_gib) == var.memory_gib && var.memory_gib >= 1 && var.memory_gib <= 32)
+    error_message = "memory_gib: a whole number from 1 to 32."
+  }
+}
+
+variable "min_instances" {
+  description = "Instances kept warm (billed while idle). 0 = scale to zero; the first request then waits for a cold start."
+  type        = number
+  default     = 0
+  validation {
+    condition     = floor(var.min_instances) == var.min_instances && var.min_instances >= 0 && var.min_instances <= 1000
+    error_message = "min_instances: a whole number from 0 to 1000."
+  }
+}
+
+variable "max_instances" {
+  description = "Most instances Cloud Run may start: caps the bill under a flood of requests."
+  type        = number
+  default     = 5
+  validation {
+    condition     = floor(var.max_instances) == var.max_instances && var.max_instances >= 1 && var.max_instances <= 1000
+    error_message = "max_instances: a whole number from 1 to 1000."
+  }
+  validation {
+    condition     = var.max_instances >= var.min_instances
+    error_message = "max_instances must be at least min_instances."
+  }
+}
+
+variable "concurrency" {
+  description = "Requests one instance receives at once. The model is CPU-bound and one inference thread batches across requests, so a small number: enough to fill a batch, not so many that requests queue inside one instance while Cloud Run could start another. gunicorn gets concurrency + 1 threads so a health probe always finds a free thread."
+  type        = number
+  default     = 8
+  validation {
+    condition     = floor(var.concurrency) == var.concurrency && var.concurrency >= 1 && var.concurrency <= 255
+    error_message = "concurrency: a whole number from 1 to 255 (Cloud Run allows 1000; gunicorn's thread pool is capped at 256)."
+  }
+}
+
+variable "request_timeout_s" {
+  description = "Cloud Run request timeout in seconds; the service answers 504 itself after REQUEST_TIMEOUT_S (set a little lower)."
+  type        = number
+  default     = 120
+  validation {
+    condition     = floor(var.request_timeout_s) == var.request_timeout_s && var.request_timeout_s >= 2 && var.request_timeout_s <= 3600
+    error_message = "request_timeout_s: a whole number from 2 to 3600."
+  }
+}
+
+variable "startup_cpu_boost" {
+  description = "Extra CPU while an instance starts (imports torch and loads the model faster)."
+  type        = bool
+  default     = true
+}
+
+variable "cpu_always_allocated" {
+  description = "false (default): CPU only while requests run (request-based billing, what scale-to-zero needs). true: instance-based billing."
+  type        = bool
+  default     = false
+}
+
+variable "startup_probe_initial_delay_s" {
+  description = "Seconds before the first startup probe on /health."
+  type        = number
+  default     = 0
+  validation {
+    condition     = floor(var.startup_probe_initial_delay_s) == var.startup_probe_initial_delay_s && var.startup_probe_initial_delay_s >= 0 && var.startup_probe_initial_delay_s <= 240
+    error_message = "startup_probe_initial_delay_s: a whole number from 0 to 240."
+  }
+}
+
+variable "startup_probe_period_s" {
+  description = "Seconds between startup probes on /health (503 while the model loads)."
+  type        = number
+  default     = 5
+  validation {
+    condition     = floor(var.startup_probe_period_s) == var.startup_probe_period_s && var.startup_probe_period_s >= 1 && var.startup_probe_period_s <= 240
+    error_message = "startup_probe_period_s: a whole number from 1 to 240."
+  }
+}
+
+variable "startup_probe_failure_threshold" {
+  description = "Failed startup probes before Cloud Run gives up on the instance. initial delay + period x threshold must fit Cloud Run's 240 s start window."
+  type        = number
+  default     = 46
+  validation {
+    condition     = floor(var.startup_probe_failure_threshold) == var.startup_probe_failure_threshold && var.startup_probe_failure_threshold >= 1
+    error_message = "startup_probe_failure_threshold: a whole number of at least 1."
+  }
+  validation {
+    condition     = var.startup_probe_initial_delay_s + var.startup_probe_period_s * var.startup_probe_failure_threshold <= 240
+    error_message = "startup probe: initial delay + period x failure threshold must be at most 240 s (Cloud Run's start window)."
+  }
+}
+
+variable "liveness_probe_period_s" {
+  description = "Seconds between liveness probes on /health once started (it reports a stalled model as unhealthy)."
+  type        = number
+  default     = 30
+  validation {
+    condition     = floor(var.liveness_probe_period_s) == var.liveness_probe_period_s && var.liveness_probe_period_s >= 1 && var.liveness_probe_period_s <= 3600
+    error_message = "liveness_probe_period_s: a whole number from 1 to 3600."
+  }
+}
+
+variable "liveness_probe_failure_threshold" {
+  description = "Failed liveness probes in a row before Cloud Run restarts the instance."
+  type        = number
+  default     = 3
+  validation {
+    condition     = floor(var.liveness_probe_failure_threshold) == var.liveness_probe_failure_threshold && var.liveness_probe_failure_threshold >= 1 && var.liveness_probe_failure_threshold <= 100
+    error_message = "liveness_probe_failure_threshold: a whole number from 1 to 100."
+  }
+}
+
+variable "allow_unauthenticated" {
+  description = "Make the service public (allUsers may invoke). Default: private, callers need roles/run.invoker and an identity token."
+  type        = bool
+  default     = false
+}
+
+variable "invokers" {
+  description = "Members granted roles/run.invoker, e.g. [\"user:me@example.com\", \"serviceAccount:caller@p.iam.gserviceaccount.com\"]."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.invokers : can(regex("^(user|serviceAccount|group|domain|principal|principalSet):", m))])
+    error_message = "invokers: IAM members such as user:..., serviceAccount:..., group:... (use allow_unauthenticated for allUsers)."
+  }
+}
+
+variable "ingress" {
+  description = "Who can reach the URL at the network level."
+  type        = string
+  default     = "INGRESS_TRAFFIC_ALL"
+  validation {
+    condition     = contains(["INGRESS_TRAFFIC_ALL", "INGRESS_TRAFFIC_INTERNAL_ONLY", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"], var.ingress)
+    error_message = "ingress: INGRESS_TRAFFIC_ALL, INGRESS_TRAFFIC_INTERNAL_ONLY or INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER."
+  }
+}
+
+variable "extra_env" {
+  description = "Extra environment variables for the service and the job (see the README's configuration section)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "deletion_protection" {
+  description = "Refuse `terraform destroy` of the service and job."
+  type        = bool
+  default     = false
+}
+
+variable "keep_images" {
+  description = "Artifact Registry cleanup keeps this many newest image versions."
+  type        = number
+  default     = 10
+  validation {
+    condition     = floor(var.keep_images) == var.keep_images && var.keep_images >= 1 && var.keep_images <= 1000
+    error_message = "keep_images: a whole number from 1 to 1000."
+  }
+}
+
+# Batch job (Cloud Run job on the same image, running clipserve-batch with the model in-process).
+
+variable "job_tasks" {
+  description = "Tasks per job execution; each task takes its shard of the input (CLOUD_RUN_TASK_INDEX of CLOUD_RUN_TASK_COUNT)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = floor(var.job_tasks) == var.job_tasks && var.job_tasks >= 1 && var.job_tasks <= 10000
+    error_message = "job_tasks: a whole number from 1 to 10000."
+  }
+}
+
+variable "job_parallelism" {
+  description = "Tasks running at once (0 = as many as Cloud Run allows)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = floor(var.job_parallelism) == var.job_parallelism && var.job_parallelism >= 0 && var.job_parallelism <= 1000
+    error_message = "job_parallelism: a whole number from 0 to 1000."
+  }
+}
+
+variable "job_max_retries" {
+  description = "Retries per failed task (a retried task resumes from its last written record)."
+  type        = number
+  default     = 3
+  validation {
+    condition     = floor(var.job_max_retries) == var.job_max_retries && var.job_max_retries >= 0 && var.job_max_retries <= 10
+    error_message = "job_max_retries: a whole number from 0 to 10."
+  }
+}
+
+variable "job_task_timeout_s" {
+  description = "Longest time one task attempt may run."
+  type        = number
+  default     = 3600
+  validation {
+    condition     = floor(var.job_task_timeout_s) == var.job_task_timeout_s && var.job_task_timeout_s >= 1 && var.job_task_timeout_s <= 604800
+    error_message = "job_task_timeout_s: a whole number from 1 to 604800 (7 days)."
+  }
+}
+
+variable "job_command" {
+  description = "Command of the batch job's container."
+  type        = list(string)
+  default     = ["clipserve-batch"]
+}
+
+variable "job_args" {
+  description = "Arguments of the batch job (input, output, task); override per execution with `gcloud run jobs execute --args`."
+  type        = list(string)
+  default     = ["--help"]
+}
+
+variable "job_bucket" {
+  description = "GCS bucket mounted at /data in the job (input and output files); null = no bucket. The job's service account gets object access to this bucket only."
+  type        = string
+  default     = null
+}

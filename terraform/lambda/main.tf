@@ -1,0 +1,172 @@
+locals {
+  # Memory per variant when memory_mb is null: torch + the towers + headroom for a batch of images.
+  default_memory_mb = {
+    english      = 3008
+    multilingual = 6144
+  }
+  memory_mb = coalesce(var.memory_mb, local.default_memory_mb[var.model_variant])
+  image_uri = (var.image_uri != null ? var.image_uri
+  : var.image_tag != null ? "${aws_ecr_repository.images.repository_url}:${var.image_tag}" : null)
+  deploy_app = var.image_uri != null || var.image_tag != null # known at plan time, unlike image_uri
+  log_group  = "/aws/lambda/${var.name}"
+}
+
+resource "aws_ecr_repository" "images" {
+  name                 = var.name
+  image_tag_mutability = "IMMUTABLE" # deploy.sh pushes a new tag per deploy; a tag never changes meaning
+  force_delete         = false
+
+  image_scanning_configuration {
+    scan_on_push = true
+  }
+
+  encryption_configuration {
+    encryption_type = "KMS"
+  }
+}
+
+resource "aws_ecr_lifecycle_policy" "images" {
+  repository = aws_ecr_repository.images.name
+  policy = jsonencode({
+    rules = [{
+      rulePriority = 1
+      description  = "keep the newest ${var.ecr_keep_images} images"
+      selection = {
+        tagStatus   = "any"
+        countType   = "imageCountMoreThan"
+        countNumber = var.ecr_keep_images
+      }
+      action = { type = "expire" }
+    }]
+  })
+}
+
+resource "aws_cloudwatch_log_group" "function" {
+  name              = local.log_group
+  retention_in_days = var.log_retention_days
+}
+
+data "aws_iam_policy_document" "assume_by_lambda" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+# Least privilege: the function only writes its own logs. Image pulls from a same-account
+# repository are granted by Lambda on the repository itself at create time, not through this role.
+data "aws_iam_policy_document" "write_own_logs" {
+  statement {
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.function.arn}:*"]
+  }
+}
+
+resource "aws_iam_role" "function" {
+  name               = "${var.name}-lambda"
+  assume_role_policy = data.aws_iam_policy_document.assume_by_lambda.json
+}
+
+resource "aws_iam_role_policy" "write_own_logs" {
+  name   = "write-own-logs"
+  role   = aws_iam_role.function.id
+  policy = data.aws_iam_policy_document.write_own_logs.json
+}
+
+resource "aws_lambda_function" "service" {
+  count         = local.deploy_app ? 1 : 0
+  function_name = var.name
+  role          = aws_iam_role.function.arn
+  package_type  = "Image"
+  image_uri     = local.image_uri
+  architectures = [var.architecture]
+  publish       = true # the 'live' alias (and provisioned concurrency) needs a numbered version
+
+  memory_size                    = local.memory_mb
+  timeout                        = var.timeout_s
+  reserved_concurrent_executions = var.reserved_concurrency
+
+  ephemeral_storage {
+    size = var.ephemeral_storage_mb
+  }
+
+  # The image's CMD starts gunicorn for Cloud Run; on Lambda the runtime interface client
+  # drives the same Flask app through infra/lambda_handler.py.
+  image_config {
+    entry_point       = ["python", "-m", "awslambdaric"]
+    command           = ["infra.lambda_handler.handler"]
+    working_directory = "/app"
+  }
+
+  environment {
+    variables = merge(
+      # Lambda refuses synchronous payloads over 6 MB before the handler runs; say so in our own 413.
+      { MAX_BODY_BYTES = "6291456" },
+      var.extra_env,
+      { MODEL_VARIANT = var.model_variant },
+    )
+  }
+
+  logging_config {
+    log_format = "Text" # the app already writes one JSON object per line
+    log_group  = aws_cloudwatch_log_group.function.name
+  }
+
+  depends_on = [aws_iam_role_policy.write_own_logs]
+}
+
+resource "aws_lambda_alias" "live" {
+  count            = local.deploy_app ? 1 : 0
+  name             = "live"
+  function_name    = aws_lambda_function.service[0].function_name
+  function_version = aws_lambda_function.service[0].version
+}
+
+resource "aws_lambda_provisioned_concurrency_config" "live" {
+  count                             = local.deploy_app && var.provisioned_concurrency > 0 ? 1 : 0
+  function_name                     = aws_lambda_alias.live[0].function_name
+  qualifier                         = aws_lambda_alias.live[0].name
+  provisioned_concurrent_executions = var.provisioned_concurrency
+}
+
+resource "aws_lambda_function_url" "live" {
+  count              = local.deploy_app ? 1 : 0
+  function_name      = aws_lambda_alias.live[0].function_name
+  qualifier          = aws_lambda_alias.live[0].name
+  authorization_type = var.function_url_auth
+  invoke_mode        = "BUFFERED"
+}
+
+# Since October 2025 a function URL needs both lambda:InvokeFunctionUrl and lambda:InvokeFunction
+# in the resource policy. Provider 5.x cannot add the lambda:InvokedViaFunctionUrl condition to
+# the second one; with auth NONE that adds nothing an attacker lacks (the URL is already public).
+locals {
+  url_invoke_actions = ["lambda:InvokeFunctionUrl", "lambda:InvokeFunction"]
+  iam_invoker_grants = {
+    for pair in setproduct(var.invoker_principals, local.url_invoke_actions) :
+    "${pair[0]} ${pair[1]}" => { principal = pair[0], action = pair[1] }
+  }
+}
+
+resource "aws_lambda_permission" "public_url" {
+  for_each               = local.deploy_app && var.function_url_auth == "NONE" ? toset(local.url_invoke_actions) : toset([])
+  statement_id           = "public-${replace(each.value, ":", "-")}"
+  action                 = each.value
+  function_name          = aws_lambda_alias.live[0].function_name
+  qualifier              = aws_lambda_alias.live[0].name
+  principal              = "*"
+  function_url_auth_type = each.value == "lambda:InvokeFunctionUrl" ? "NONE" : null
+}
+
+resource "aws_lambda_permission" "iam_invokers" {
+  for_each               = local.deploy_app ? local.iam_invoker_grants : {}
+  statement_id           = "invoker-${substr(sha256(each.key), 0, 16)}"
+  action                 = each.value.action
+  function_name          = aws_lambda_alias.live[0].function_name
+  qualifier              = aws_lambda_alias.live[0].name
+  principal              = each.value.principal
+  function_url_auth_type = each.value.action == "lambda:InvokeFunctionUrl" ? "AWS_IAM" : null
+}

@@ -1,0 +1,209 @@
+# Offline unit tests: `terraform test` with a mocked AWS provider (no credentials, no network).
+
+mock_provider "aws" {
+  mock_resource "aws_iam_role" {
+    defaults = {
+      arn = "arn:aws:iam::123456789012:role/clipserve-lambda"
+    }
+  }
+  mock_resource "aws_cloudwatch_log_group" {
+    defaults = {
+      arn = "arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/clipserve"
+    }
+  }
+  mock_resource "aws_ecr_repository" {
+    defaults = {
+      repository_url = "123456789012.dkr.ecr.us-east-1.amazonaws.com/clipserve"
+    }
+  }
+  mock_resource "aws_lambda_function_url" {
+    defaults = {
+      function_url = "https://abc123.lambda-url.us-east-1.on.aws/"
+    }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+    }
+  }
+}
+
+variables {
+  image_tag = "test-1"
+}
+
+run "defaults_are_private_and_bounded" {
+  command = apply # mocked: nothing leaves this machine
+
+  assert {
+    condition     = aws_lambda_function.service[0].package_type == "Image"
+    error_message = "the function must run the container image"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].memory_size == 3008 && aws_lambda_function.service[0].timeout == 60
+    error_message = "english defaults: 3008 MB, 60 s"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].reserved_concurrent_executions == 10
+    error_message = "reserved concurrency must default to 10"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].ephemeral_storage[0].size == 512
+    error_message = "ephemeral storage must default to 512 MB"
+  }
+  assert {
+    condition     = aws_lambda_function_url.live[0].authorization_type == "AWS_IAM" && aws_lambda_function_url.live[0].qualifier == "live"
+    error_message = "the function URL must be IAM-authenticated by default and point at the live alias"
+  }
+  assert {
+    condition     = length(aws_lambda_permission.public_url) == 0 && length(aws_lambda_permission.iam_invokers) == 0
+    error_message = "no resource policy may open the function by default"
+  }
+  assert {
+    condition     = length(aws_lambda_provisioned_concurrency_config.live) == 0
+    error_message = "no provisioned (always billed) concurrency by default"
+  }
+  assert {
+    condition = (
+      aws_lambda_function.service[0].image_config[0].entry_point == tolist(["python", "-m", "awslambdaric"]) &&
+      aws_lambda_function.service[0].image_config[0].command == tolist(["infra.lambda_handler.handler"])
+    )
+    error_message = "Lambda must run awslambdaric with infra.lambda_handler.handler"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].image_uri == "123456789012.dkr.ecr.us-east-1.amazonaws.com/clipserve:test-1"
+    error_message = "image URI must be the module's ECR repository with the given tag"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].environment[0].variables["MODEL_VARIANT"] == "english"
+    error_message = "MODEL_VARIANT must reach the function"
+  }
+  assert {
+    condition     = aws_cloudwatch_log_group.function.retention_in_days == 30
+    error_message = "logs must expire (30 days by default)"
+  }
+  assert {
+    condition     = jsondecode(aws_ecr_lifecycle_policy.images.policy).rules[0].selection.countNumber == 10
+    error_message = "the ECR lifecycle policy must keep 10 images"
+  }
+  assert {
+    condition     = output.url == "https://abc123.lambda-url.us-east-1.on.aws/"
+    error_message = "the URL output must be the function URL"
+  }
+}
+
+run "without_an_image_only_the_registry_exists" {
+  command = apply # mocked: nothing leaves this machine
+  variables {
+    image_tag = null
+  }
+  assert {
+    condition     = length(aws_lambda_function.service) == 0 && length(aws_lambda_function_url.live) == 0
+    error_message = "before the first push there is no image for a function"
+  }
+  assert {
+    condition     = aws_ecr_repository.images.name == "clipserve" && output.url == null
+    error_message = "the first apply must create the repository and no URL"
+  }
+}
+
+run "multilingual_gets_more_memory" {
+  command = apply # mocked: nothing leaves this machine
+  variables {
+    model_variant = "multilingual"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].memory_size == 6144
+    error_message = "multilingual default memory must be 6144 MB"
+  }
+}
+
+run "knobs_reach_the_function" {
+  command = apply # mocked: nothing leaves this machine
+  variables {
+    memory_mb               = 10240
+    timeout_s               = 900
+    ephemeral_storage_mb    = 2048
+    reserved_concurrency    = 4
+    provisioned_concurrency = 2
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].memory_size == 10240 && aws_lambda_function.service[0].timeout == 900
+    error_message = "memory and timeout must follow the variables"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].reserved_concurrent_executions == 4
+    error_message = "reserved concurrency must follow the variable"
+  }
+  assert {
+    condition     = aws_lambda_provisioned_concurrency_config.live[0].provisioned_concurrent_executions == 2 && aws_lambda_provisioned_concurrency_config.live[0].qualifier == "live"
+    error_message = "provisioned concurrency must be set on the live alias"
+  }
+}
+
+run "public_only_when_asked" {
+  command = apply # mocked: nothing leaves this machine
+  variables {
+    function_url_auth = "NONE"
+  }
+  assert {
+    condition     = aws_lambda_function_url.live[0].authorization_type == "NONE"
+    error_message = "auth NONE must reach the function URL"
+  }
+  assert {
+    condition     = length(aws_lambda_permission.public_url) == 2 && alltrue([for p in aws_lambda_permission.public_url : p.principal == "*"])
+    error_message = "a public URL needs InvokeFunctionUrl and InvokeFunction for everyone"
+  }
+}
+
+run "named_invokers_get_both_actions" {
+  command = apply # mocked: nothing leaves this machine
+  variables {
+    invoker_principals = ["arn:aws:iam::210987654321:role/caller"]
+  }
+  assert {
+    condition     = length(aws_lambda_permission.iam_invokers) == 2 && alltrue([for p in aws_lambda_permission.iam_invokers : p.principal == "arn:aws:iam::210987654321:role/caller"])
+    error_message = "each invoker needs InvokeFunctionUrl and InvokeFunction"
+  }
+}
+
+run "memory_out_of_range_is_rejected" {
+  command = plan
+  variables {
+    memory_mb = 20000
+  }
+  expect_failures = [var.memory_mb]
+}
+
+run "timeout_out_of_range_is_rejected" {
+  command = plan
+  variables {
+    timeout_s = 901
+  }
+  expect_failures = [var.timeout_s]
+}
+
+run "provisioned_above_reserved_is_rejected" {
+  command = plan
+  variables {
+    reserved_concurrency    = 2
+    provisioned_concurrency = 3
+  }
+  expect_failures = [var.provisioned_concurrency]
+}
+
+run "unknown_auth_is_rejected" {
+  command = plan
+  variables {
+    function_url_auth = "OPEN"
+  }
+  expect_failures = [var.function_url_auth]
+}
+
+run "unknown_variant_is_rejected" {
+  command = plan
+  variables {
+    model_variant = "klingon"
+  }
+  expect_failures = [var.model_variant]
+}

@@ -1,0 +1,161 @@
+# Every scaling and concurrency knob is a variable with the range AWS accepts.
+
+variable "name" {
+  description = "Name of the function, ECR repository, role and log group."
+  type        = string
+  default     = "clipserve"
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9-_]{1,56}$", var.name))
+    error_message = "name: 1-56 letters, digits, '-' or '_' (Lambda allows 64; suffixes need the rest)."
+  }
+}
+
+variable "region" {
+  description = "AWS region."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "image_tag" {
+  description = "Tag of the image in this module's ECR repository (deploy.sh pushes a fresh tag per deploy). null (with image_uri null) before the first push: only the repository is created (deploy.sh applies it alone first)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.image_tag == null ? true : can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag))
+    error_message = "image_tag: a valid OCI tag (letters, digits, '_', '.', '-'; at most 128)."
+  }
+}
+
+variable "image_uri" {
+  description = "Full image URI; overrides the ECR repository + image_tag (must still be a private ECR image in this account and region)."
+  type        = string
+  default     = null
+}
+
+variable "model_variant" {
+  description = "Baked model variant the function serves (the image must contain it)."
+  type        = string
+  default     = "english"
+  validation {
+    condition     = contains(["english", "multilingual"], var.model_variant)
+    error_message = "model_variant: english or multilingual."
+  }
+}
+
+variable "memory_mb" {
+  description = "Function memory in MB; vCPUs follow memory (1769 MB = 1 vCPU, 6 vCPUs from about 8.8 GB). null picks the variant's default: english 3008 (~1.7 vCPU), multilingual 6144 (~3.5 vCPU)."
+  type        = number
+  default     = null
+  validation {
+    condition     = var.memory_mb == null ? true : (floor(var.memory_mb) == var.memory_mb && var.memory_mb >= 128 && var.memory_mb <= 10240)
+    error_message = "memory_mb: a whole number from 128 to 10240."
+  }
+}
+
+variable "timeout_s" {
+  description = "Invocation timeout in seconds (also bounds a model load that overran the 10 s init phase and is retried inside the first invoke)."
+  type        = number
+  default     = 60
+  validation {
+    condition     = floor(var.timeout_s) == var.timeout_s && var.timeout_s >= 1 && var.timeout_s <= 900
+    error_message = "timeout_s: a whole number from 1 to 900."
+  }
+}
+
+variable "ephemeral_storage_mb" {
+  description = "Size of /tmp in MB (the only writable path on Lambda; the service needs little)."
+  type        = number
+  default     = 512
+  validation {
+    condition     = floor(var.ephemeral_storage_mb) == var.ephemeral_storage_mb && var.ephemeral_storage_mb >= 512 && var.ephemeral_storage_mb <= 10240
+    error_message = "ephemeral_storage_mb: a whole number from 512 to 10240."
+  }
+}
+
+variable "reserved_concurrency" {
+  description = "Reserved concurrent executions: the most instances that may run at once (each serves one request at a time). -1 leaves the function unreserved; 0 stops all invocations."
+  type        = number
+  default     = 10
+  validation {
+    condition     = floor(var.reserved_concurrency) == var.reserved_concurrency && var.reserved_concurrency >= -1 && var.reserved_concurrency <= 1000
+    error_message = "reserved_concurrency: a whole number from -1 (unreserved) to 1000 (the default account limit)."
+  }
+}
+
+variable "provisioned_concurrency" {
+  description = "Pre-initialised (always warm, always billed) instances on the 'live' alias; 0 = none, scale from zero."
+  type        = number
+  default     = 0
+  validation {
+    condition     = floor(var.provisioned_concurrency) == var.provisioned_concurrency && var.provisioned_concurrency >= 0 && var.provisioned_concurrency <= 1000
+    error_message = "provisioned_concurrency: a whole number from 0 to 1000."
+  }
+  validation {
+    condition     = var.reserved_concurrency < 0 || var.provisioned_concurrency <= var.reserved_concurrency
+    error_message = "provisioned_concurrency cannot exceed reserved_concurrency."
+  }
+}
+
+variable "function_url_auth" {
+  description = "Function URL auth: AWS_IAM (default: callers sign with SigV4) or NONE (public; anyone can spend your money)."
+  type        = string
+  default     = "AWS_IAM"
+  validation {
+    condition     = contains(["AWS_IAM", "NONE"], var.function_url_auth)
+    error_message = "function_url_auth: AWS_IAM or NONE."
+  }
+}
+
+variable "invoker_principals" {
+  description = "Extra principals (account IDs or IAM ARNs) allowed to call the AWS_IAM function URL; identities in this account can also be granted lambda:InvokeFunctionUrl by their own policies."
+  type        = list(string)
+  default     = []
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch log retention."
+  type        = number
+  default     = 30
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days: one of the values CloudWatch accepts (1, 3, 5, 7, 14, 30, 60, 90, ... 3653)."
+  }
+}
+
+variable "ecr_keep_images" {
+  description = "How many images the ECR lifecycle policy keeps (older ones expire)."
+  type        = number
+  default     = 10
+  validation {
+    condition     = floor(var.ecr_keep_images) == var.ecr_keep_images && var.ecr_keep_images >= 1 && var.ecr_keep_images <= 1000
+    error_message = "ecr_keep_images: a whole number from 1 to 1000."
+  }
+}
+
+variable "architecture" {
+  description = "Instruction set of the image: x86_64 or arm64 (must match the pushed image)."
+  type        = string
+  default     = "x86_64"
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.architecture)
+    error_message = "architecture: x86_64 or arm64."
+  }
+}
+
+variable "extra_env" {
+  description = "Extra environment variables for the function (see the README's configuration section)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "offline_checks" {
+  description = "Dummy credentials and no AWS API calls during plan: only for offline CI checks, never for a real deploy."
+  type        = bool
+  default     = false
+}
+
+variable "aws_endpoint_url" {
+  description = "Send every AWS API call to this endpoint (a local moto server in tests). null = the real AWS."
+  type        = string
+  default     = null
+}

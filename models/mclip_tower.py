@@ -1,0 +1,81 @@
+"""M-CLIP text tower (XLM-R + mean pooling + linear), loaded the way that works offline on transformers 5.
+
+`multilingual_clip.MultilingualCLIP.from_pretrained` fetches the whole base model from the hub
+inside its `__init__` (and fails on transformers 5), and its `forward` tokenizes without
+truncation, so texts over 512 tokens crash it. Here the same computation is built from the
+bundle: XLM-R from the baked base config, weights assigned from safetensors, truncation on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.weights import assign_weights, load_safetensors, parameters_on_meta
+
+# Keys in M-CLIP's checkpoint that the module deliberately lacks: the pooler is unused (mean
+# pooling instead) and position_ids is a non-persistent buffer in current transformers.
+IGNORED_KEY_PREFIXES = ("transformer.pooler.", "transformer.embeddings.position_ids")
+
+
+class MClipTextModel(nn.Module):
+    """Attribute names match M-CLIP's checkpoint keys (`transformer.*`, `LinearTransformation.*`)."""
+
+    def __init__(self, base_config: dict[str, Any], mclip_config: dict[str, Any]):
+        super().__init__()
+        import transformers
+        from multilingual_clip.Config_MCLIP import MCLIPConfig
+
+        config = MCLIPConfig(**mclip_config)
+        base = transformers.AutoConfig.for_model(**base_config)
+        self.transformer = transformers.AutoModel.from_config(base, add_pooling_layer=False)
+        self.LinearTransformation = nn.Linear(config.transformerDimensions, config.numDims)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Same operations, in the same order, as MultilingualCLIP.forward.
+        embs = self.transformer(input_ids=input_ids, attention_mask=attention_mask)[0]
+        att = attention_mask
+        embs = (embs * att.unsqueeze(2)).sum(dim=1) / att.sum(dim=1)[:, None]
+        return self.LinearTransformation(embs)
+
+
+def load_model(base_config: dict[str, Any], mclip_config: dict[str, Any], weights: Path) -> MClipTextModel:
+    with parameters_on_meta():
+        model = MClipTextModel(base_config, mclip_config)
+    state = {k: v for k, v in load_safetensors(weights).items() if not k.startswith(IGNORED_KEY_PREFIXES)}
+    assign_weights(model, state, what=str(weights))
+    return model.eval()
+
+
+def load_tokenizer(bundle_dir: Path, spec: dict[str, Any]):
+    """The tokenizer class named in the manifest, from the bundle's files only."""
+    import transformers
+
+    cls = getattr(transformers, spec["class"])
+    return cls.from_pretrained(str(bundle_dir), local_files_only=True)
+
+
+class MClipTextTower:
+    def __init__(self, model: MClipTextModel, tokenizer, max_length: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        return self.model(batch["input_ids"], batch["attention_mask"]), self.truncated(texts)
+
+    def truncated(self, texts: list[str]) -> list[int]:
+        """Indices of texts whose token count (with <s> and </s>) exceeds max_length."""
+        lengths = self.tokenizer(texts, truncation=False, return_length=True, verbose=False)["length"]
+        return [i for i, n in enumerate(lengths) if n > self.max_length]
+
+
+def load_tower(bundle_dir: Path, section: dict[str, Any]) -> MClipTextTower:
+    model = load_model(section["base_config"], section["config"], bundle_dir / section["weights"])
+    tokenizer = load_tokenizer(bundle_dir, section["tokenizer"])
+    return MClipTextTower(model, tokenizer, int(section["max_length"]))

@@ -1,0 +1,140 @@
+"""OpenCLIP towers built from a manifest's architecture config (never from open_clip's registry).
+
+The image side is open_clip's own `image_transform` + `encode_image`; the text side is
+open_clip's tokenizer and text transformer, run only up to the longest EOT in the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from models.weights import assign_weights, load_safetensors, parameters_on_meta
+
+VISUAL_PREFIX = "visual."
+
+
+def model_class_for(config: dict[str, Any]) -> type[nn.Module]:
+    """The open_clip class open_clip's `create_model` would pick for this config."""
+    from open_clip.coca_model import CoCa
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    custom_text = config.get("custom_text", False) or "hf_model_name" in config.get("text_cfg", {})
+    if not custom_text:
+        return CLIP
+    return CoCa if "multimodal_cfg" in config else CustomTextCLIP
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """An open_clip model with parameters on `meta` and real buffers (see models.weights)."""
+    if "hf_model_name" in config.get("text_cfg", {}):
+        raise NotImplementedError("open_clip configs with a Hugging Face text model need that model's config "
+                                  "baked into the bundle; not supported yet")
+    cfg = copy.deepcopy(config)
+    cls = model_class_for(cfg)
+    cfg.pop("custom_text", None)
+    if "timm_model_name" in cfg.get("vision_cfg", {}):
+        cfg["vision_cfg"]["timm_model_pretrained"] = False  # never fetch timm weights
+    with parameters_on_meta():
+        model = cls(**cfg)
+    return model.eval()
+
+
+def load_model(config: dict[str, Any], weights: Path, *, with_text: bool) -> nn.Module:
+    """Build on meta and assign the safetensors weights. `with_text=False`: only the image tower
+    (and logit_scale) must be present in the file; the text tower stays on `meta`, unused."""
+    model = build_model(config)
+    required = ("",) if with_text else (VISUAL_PREFIX, "logit_scale")
+    assign_weights(model, load_safetensors(weights), required=required, what=str(weights))
+    return model
+
+
+class OpenClipImageTower:
+    """open_clip preprocessing (from the manifest) + `encode_image`."""
+
+    def __init__(self, model: nn.Module, preprocess: dict[str, Any]):
+        from open_clip.transform import image_transform
+
+        self.model = model
+        self.image_size = int(preprocess["image_size"])
+        self.transform = image_transform(
+            self.image_size, is_train=False, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]),
+            resize_mode=preprocess["resize_mode"], interpolation=preprocess["interpolation"])
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> (3, S, S) float32. Pure function of its input; safe from many threads."""
+        return self.transform(image)
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(batch, normalize=False)
+
+
+class OpenClipTextTower:
+    """open_clip BPE tokenizer + text transformer, trimmed to the batch's longest EOT."""
+
+    def __init__(self, model: nn.Module, context_length: int, tokenizer_kwargs: dict[str, Any] | None = None):
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.model = model
+        self.context_length = context_length
+        self.tokenizer = SimpleTokenizer(context_length=context_length, **(tokenizer_kwargs or {}))
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """(n, context_length) token ids as open_clip's tokenizer makes them, and which texts were cut.
+
+        A text is cut when its tokens including SOT/EOT exceed the context; its last kept token is EOT.
+        """
+        tok = self.tokenizer
+        if tok.reduction_fn is not None:  # non-default strategies: let open_clip do it, count separately
+            counts = [len(tok.encode(t)) + 2 for t in texts]
+            return tok(texts), [i for i, c in enumerate(counts) if c > self.context_length]
+        result = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        truncated = []
+        for i, text in enumerate(texts):
+            ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
+            if len(ids) > self.context_length:
+                ids = ids[:self.context_length]
+                ids[-1] = tok.eot_token_id
+                truncated.append(i)
+            result[i, :len(ids)] = torch.tensor(ids)
+        return result, truncated
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        tokens, truncated = self.tokenize(texts)
+        return encode_text_trimmed(self.model, tokens), truncated
+
+
+def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)`, computing only positions up to the longest EOT in the batch.
+
+    The text transformer is causal and pools at the EOT, so later positions cannot change any
+    output. Falls back to the full pass where that does not hold (other pooling, no causal mask,
+    or a text tower other than open_clip's built-in one).
+    """
+    from open_clip.model import CLIP
+    from open_clip.transformer import text_global_pool
+
+    pool_type = getattr(model, "text_pool_type", None)
+    if type(model) is not CLIP or pool_type not in ("argmax", "eos") or model.attn_mask is None:
+        return model.encode_text(tokens)
+    if pool_type == "argmax":  # EOT is the largest token id
+        eot_positions = tokens.argmax(dim=-1)
+    else:
+        eot_positions = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    length = int(eot_positions.max()) + 1
+    tokens = tokens[:, :length]
+
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, pool_type, eos_token_id=model.text_eos_id)
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return x

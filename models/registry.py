@@ -1,0 +1,168 @@
+"""The variants this service can serve, as data.
+
+A variant is an OpenCLIP model (its image tower, and its text tower unless `text` says
+otherwise) plus optionally a separate text tower (M-CLIP). Every file a bake downloads is a
+pinned `Source`. Adding another open_clip architecture/tag is one more `register(...)` call
+below: the loader reads everything it needs from the bundle's manifest, never from here.
+
+Pins: where a revision or sha256 could not be known when this file was written (no network
+to the hub here), the field is None and `models.bake` refuses to bake that file unless
+`--allow-unpinned` is given; it then records the resolved revision and sha256 in the
+manifest and prints them so they can be written here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal
+
+# open_clip's own constants (open_clip/constants.py), repeated so the registry imports no torch.
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class UnknownVariant(KeyError):
+    """Raised for a variant name that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Source:
+    """One pinned file: on the Hugging Face Hub (`repo` + `revision`) or at a plain HTTPS `url`."""
+
+    filename: str
+    repo: str | None = None
+    revision: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    # open_clip's GitHub release names carry the first 8 hex digits of the file's sha256.
+    sha256_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.repo is None) == (self.url is None):
+            raise ValueError(f"Source {self.filename!r}: give exactly one of repo or url")
+
+    @property
+    def pinned(self) -> bool:
+        """True when the bytes are fixed: a full sha256, and for hub files a revision too."""
+        return self.sha256 is not None and (self.url is not None or self.revision is not None)
+
+    def describe(self) -> dict:
+        """JSON-ready record for the manifest's `sources`."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class OpenClipModel:
+    """An open_clip architecture + pretrained weights, with the preprocessing those weights need.
+
+    `arch` is an open_clip config name (`open_clip.list_models()`); bake and tiny copy its full
+    config into the manifest, so the loader never needs open_clip's registry.
+    """
+
+    arch: str
+    pretrained_tag: str
+    weights: Source
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    resize_mode: Literal["shortest", "longest", "squash"] = "shortest"
+
+
+@dataclass(frozen=True)
+class MClipText:
+    """An M-CLIP text tower: an XLM-R encoder, mean pooling, a linear map into CLIP space."""
+
+    repo: str
+    revision: str | None
+    weights: Source  # pytorch_model.bin; converted to safetensors at bake time
+    config: Source  # M-CLIP's config.json (transformerDimSize, imageDimSize)
+    tokenizer_files: tuple[Source, ...]
+    base_config: Source  # the XLM-R config.json: do not trust XLMRobertaConfig() defaults
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    clip: OpenClipModel
+    text: MClipText | None = None  # None: the OpenCLIP model's own text tower
+    notes: tuple[str, ...] = field(default=())
+
+
+def openclip_from_hub(arch: str, tag: str, repo: str, filename: str = "open_clip_model.safetensors",
+                      revision: str | None = None, sha256: str | None = None, **preprocess) -> OpenClipModel:
+    """OpenCLIP weights from a hub repo (open_clip's `hf_hub` route), OpenAI preprocessing by default."""
+    return OpenClipModel(arch, tag, Source(filename, repo=repo, revision=revision, sha256=sha256), **preprocess)
+
+
+def openclip_from_url(arch: str, tag: str, url: str, sha256: str | None = None, **preprocess) -> OpenClipModel:
+    """OpenCLIP weights from a release URL; an 8-hex suffix in the file name is taken as a sha256 prefix."""
+    filename = url.rsplit("/", 1)[-1]
+    stem = filename.rsplit(".", 1)[0].rsplit("-", 1)[-1]
+    prefix = stem if len(stem) == 8 and all(c in "0123456789abcdef" for c in stem) else None
+    return OpenClipModel(arch, tag, Source(filename, url=url, sha256=sha256, sha256_prefix=prefix), **preprocess)
+
+
+def hub_file(repo: str, filename: str, revision: str | None = None, sha256: str | None = None) -> Source:
+    return Source(filename, repo=repo, revision=revision, sha256=sha256)
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    if variant.name in _VARIANTS:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    _VARIANTS[variant.name] = variant
+    return variant
+
+
+def names() -> list[str]:
+    return sorted(_VARIANTS)
+
+
+def get(name: str) -> Variant:
+    """The registered variant (a copy, so callers cannot change the registry)."""
+    try:
+        return copy.deepcopy(_VARIANTS[name])
+    except KeyError:
+        raise UnknownVariant(f"unknown model variant {name!r}; available: {', '.join(names())}") from None
+
+
+# --- The variants -------------------------------------------------------------------------------
+
+# Revisions and sha256 of hub files: not knowable offline when this was written (see module doc).
+MCLIP_REPO = "M-CLIP/XLM-Roberta-Large-Vit-B-16Plus"
+
+register(Variant(
+    name="english",
+    description="OpenCLIP ViT-B-32 (QuickGELU), laion400m_e32; 512-d, 224 px, 77 tokens",
+    # QuickGELU: laion400m_e32 B-32 was trained with it; plain `ViT-B-32` would load silently with GELU.
+    clip=openclip_from_hub("ViT-B-32-quickgelu", "laion400m_e32",
+                           repo="timm/vit_base_patch32_clip_224.laion400m_e32"),
+))
+
+register(Variant(
+    name="multilingual",
+    description="M-CLIP XLM-Roberta-Large-Vit-B-16Plus text + OpenCLIP ViT-B-16-plus-240 laion400m_e32 image; 640-d",
+    # The hub's ViT-B-16-plus-240 repo holds e31, not e32: the e32 file is the GitHub release.
+    clip=openclip_from_url(
+        "ViT-B-16-plus-240", "laion400m_e32",
+        url="https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
+            "vit_b_16_plus_240-laion400m_e32-699c4b84.pt"),
+    text=MClipText(
+        repo=MCLIP_REPO,
+        revision=None,
+        weights=hub_file(MCLIP_REPO, "pytorch_model.bin"),
+        config=hub_file(MCLIP_REPO, "config.json"),
+        tokenizer_files=tuple(hub_file(MCLIP_REPO, f) for f in (
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model")),
+        base_config=hub_file("FacebookAI/xlm-roberta-large", "config.json"),
+    ),
+    notes=("image tower: only visual.* and logit_scale are kept from the full CLIP checkpoint",),
+))

@@ -1,0 +1,133 @@
+"""Bundles with random weights, offline, in exactly the baked layout.
+
+    python -m models.tiny --variant english|multilingual|all --out DIR [--size tiny|real] [--seed N]
+
+`tiny`: the real architecture families shrunk to a few MB (tests; loads in ~0.1 s).
+`real`: the real architectures at full size (benchmarks: speed does not depend on weight values).
+Deterministic for a given seed. The multilingual text tokenizer is a small Unigram vocabulary
+built here (the real 250k SentencePiece model cannot be made offline); the real-size XLM-R still
+has its full 250,002-row embedding, so load time and memory are those of the real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import models  # noqa: F401  (offline env vars first)
+from models import bundle, manifest, registry
+from models.registry import Variant
+
+# xlm-roberta-large's config.json (FacebookAI/xlm-roberta-large), the values that shape the model.
+XLMR_LARGE_CONFIG: dict[str, Any] = {
+    "model_type": "xlm-roberta", "architectures": ["XLMRobertaForMaskedLM"],
+    "vocab_size": 250002, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "intermediate_size": 4096, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 514, "type_vocab_size": 1,
+    "initializer_range": 0.02, "layer_norm_eps": 1e-05, "pad_token_id": 1, "bos_token_id": 0,
+    "eos_token_id": 2, "position_embedding_type": "absolute",
+}
+TINY_WIDTH = 32
+TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "house", "tree", "red", "blue", "green",
+              "on", "in", "and", "with", "man", "woman", "street", "night")
+
+
+def shrink_clip_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Same family, image size, patch size, vocabulary and context; 2 layers of width 32."""
+    cfg = copy.deepcopy(config)
+    cfg["embed_dim"] = TINY_WIDTH
+    cfg["vision_cfg"].update(width=TINY_WIDTH, layers=2, head_width=16, mlp_ratio=2.0)
+    cfg["text_cfg"].update(width=TINY_WIDTH, heads=2, layers=2)
+    return cfg
+
+
+def tiny_tokenizer():
+    """An XLM-R (Unigram) tokenizer over a few words plus single letters, so any text tokenizes."""
+    from transformers import XLMRobertaTokenizer
+
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, -5.0) for w in TINY_WORDS]
+    vocab += [("\u2581", -6.0)] + [(c, -8.0) for c in "abcdefghijklmnopqrstuvwxyz"] + [("<mask>", 0.0)]
+    return XLMRobertaTokenizer(vocab=vocab, model_max_length=512)
+
+
+def tiny_xlmr_config(vocab_size: int) -> dict[str, Any]:
+    return dict(XLMR_LARGE_CONFIG, vocab_size=vocab_size, hidden_size=TINY_WIDTH, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=2 * TINY_WIDTH)
+
+
+def random_clip(config: dict[str, Any]):
+    """An open_clip model with open_clip's own random initialisation."""
+    from models.openclip_tower import model_class_for
+
+    cfg = copy.deepcopy(config)
+    cls = model_class_for(cfg)
+    cfg.pop("custom_text", None)
+    return cls(**cfg).eval()
+
+
+def random_mclip_state(base_config: dict[str, Any], out_dim: int):
+    """State dict shaped like M-CLIP's checkpoint, pooler included (as upstream ships it)."""
+    import torch
+    import transformers
+
+    base = transformers.AutoConfig.for_model(**base_config)
+    transformer = transformers.AutoModel.from_config(base)  # with pooler, like the upstream file
+    linear = torch.nn.Linear(base.hidden_size, out_dim)
+    state = {f"transformer.{k}": v for k, v in transformer.state_dict().items()}
+    state.update({f"LinearTransformation.{k}": v for k, v in linear.state_dict().items()})
+    return state
+
+
+def make_bundle(variant_name: str, out: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write `out/<variant>` with random weights; returns the bundle directory."""
+    import open_clip
+    import torch
+
+    variant = registry.get(variant_name)
+    torch.manual_seed(seed)
+    clip_config = open_clip.get_model_config(variant.clip.arch)
+    if clip_config is None:
+        raise ValueError(f"open_clip has no config named {variant.clip.arch!r}")
+    if size == "tiny":
+        clip_config = shrink_clip_config(clip_config)
+    origin = f"models.tiny size={size} seed={seed} (random weights)"
+    with bundle.stage(out, variant.name) as staging:
+        model = random_clip(clip_config)
+        state = manifest.clip_state_to_save(model, image_only=variant.text is not None)
+        manifest.save_safetensors(state, staging / manifest.clip_weights_name(variant))
+        del model, state
+        mclip = None if variant.text is None else _write_random_mclip(variant, clip_config, size, staging)
+        spec = manifest.build_manifest(variant, clip_config, origin=origin, sources=[], mclip=mclip)
+        return bundle.publish(staging, out, spec)
+
+
+def _write_random_mclip(variant: Variant, clip_config: dict[str, Any], size: str, staging: Path) -> dict[str, Any]:
+    tokenizer = tiny_tokenizer()
+    tokenizer.save_pretrained(str(staging))
+    base_config = tiny_xlmr_config(len(tokenizer)) if size == "tiny" else dict(XLMR_LARGE_CONFIG)
+    dim = clip_config["embed_dim"]
+    mclip_config = {"model_type": "M-CLIP", "modelBase": "xlm-roberta-large",
+                    "transformerDimSize": base_config["hidden_size"], "imageDimSize": dim}
+    manifest.save_safetensors(random_mclip_state(base_config, dim), staging / manifest.MCLIP_WEIGHTS)
+    return {"config": mclip_config, "base_config": base_config, "tokenizer_class": type(tokenizer).__name__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.tiny", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", required=True, choices=[*registry.names(), "all"])
+    parser.add_argument("--out", required=True, type=Path, help="MODEL_DIR; the bundle goes to OUT/<variant>")
+    parser.add_argument("--size", choices=("tiny", "real"), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in registry.names() if args.variant == "all" else [args.variant]:
+        path = make_bundle(name, args.out, args.size, args.seed)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

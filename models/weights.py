@@ -1,0 +1,77 @@
+"""Build modules without random initialisation and fill them from a safetensors mmap.
+
+A plain build spends most of its load time initialising random weights that the checkpoint
+then overwrites (1.5 s for B-32, 3.3 s for B-16+, ~8 s for XLM-R large on 2 cores). Here
+parameters are created on the `meta` device (no memory, init is a no-op) while buffers stay
+real: non-persistent buffers (open_clip's causal `attn_mask`, XLM-R's `position_ids` /
+`token_type_ids`) are not in checkpoints, and building them for real keeps them correct
+without knowing each architecture. This is accelerate's `init_empty_weights(include_buffers=False)`,
+in a dozen lines rather than one more runtime dependency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """While active, every `nn.Parameter` registered on a module is moved to `meta`.
+
+    Not thread-safe (patches `nn.Module.register_parameter`): use at load time only.
+    """
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None:
+            kwargs = dict(param.__dict__)
+            kwargs["requires_grad"] = param.requires_grad
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def load_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
+    """Tensors backed by a private mmap of the file: pages are read on first touch, not copied up front."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}
+
+
+def meta_tensors(module: nn.Module, prefixes: Iterable[str] = ("",)) -> list[str]:
+    """Names of parameters/buffers still on `meta` under any of `prefixes`."""
+    prefixes = tuple(prefixes)
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return [name for name, t in named if t.is_meta and name.startswith(prefixes)]
+
+
+def assign_weights(module: nn.Module, state_dict: dict[str, torch.Tensor], *, required: Iterable[str] = ("",),
+                   what: str = "weights") -> None:
+    """Load `state_dict` into a meta-built `module` by assignment (no copy), then prove it is complete.
+
+    `required`: key prefixes that must all be loaded (e.g. only `visual.` for an image-only
+    checkpoint). Unexpected keys, or anything under `required` left on `meta`, raise ValueError
+    naming the keys: a wrong architecture config must fail here, not produce garbage vectors.
+    """
+    result = module.load_state_dict(state_dict, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise ValueError(f"{what}: keys the architecture does not have: {_names(result.unexpected_keys)}")
+    missing = meta_tensors(module, required)
+    if missing:
+        raise ValueError(f"{what}: the checkpoint lacks {_names(missing)}")
+    module.requires_grad_(False)
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -1,0 +1,40 @@
+"""Session fixtures shared by every test area: tiny random model bundles and encoders loaded from them.
+
+Bundles are made once per session by the same code as `python -m models.tiny` (real baked
+layout, random weights, a few MB) and loaded through the production `load_encoder`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import models  # noqa: F401  (offline env vars before anything imports huggingface_hub)
+
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MODEL_DIR holding tiny `english/` and `multilingual/` bundles. Treat as read-only."""
+    from models.tiny import make_bundle
+
+    out = tmp_path_factory.mktemp("tiny_models")
+    for variant in ("english", "multilingual"):
+        make_bundle(variant, out, size="tiny", seed=TINY_SEED)
+    return out
+
+
+@pytest.fixture(scope="session")
+def english_encoder(tiny_model_dir: Path):
+    from models.loader import load_encoder
+
+    return load_encoder("english", tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def multilingual_encoder(tiny_model_dir: Path):
+    from models.loader import load_encoder
+
+    return load_encoder("multilingual", tiny_model_dir)

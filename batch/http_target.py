@@ -1,0 +1,260 @@
+"""The clipserve HTTP API as a batch target (issue 3's contract).
+
+One request per batch: /embed/text, /embed/image or /embed/mixed for `embed`, /score with
+`pairwise` for `score`. Vectors travel as base64 float32 (exact and a third of the size).
+Throttling, cold starts and dropped connections are retried by the session (batch.retry). A
+request the service rejects as a whole (400/413/422) is split in halves until the row at
+fault is alone, so one bad row costs only itself.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from requests.adapters import HTTPAdapter
+
+from batch.images import LocalFile, classify_image, read_local_file
+from batch.reader import Row
+from batch.results import EmbedResult, RowError, ScoreResult
+from batch.retry import make_retry
+from batch.targets import MISSING_EMBED_INPUT, FatalTargetError, missing_score_input
+
+log = logging.getLogger(__name__)
+
+SPLITTABLE_STATUSES = (400, 413, 422)  # the request as a whole was refused: find the row at fault
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    endpoint: str
+    headers: dict[str, str]
+    auth: requests.auth.AuthBase | None = None
+    timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
+    max_retries: int = 10
+    backoff_factor: float = 0.5
+    backoff_max_s: float = 30.0
+    pool_size: int = 8
+
+
+class _Rejected(Exception):
+    """The service refused the whole request with a 4xx we can attribute to its rows."""
+
+    def __init__(self, status: int, error: RowError) -> None:
+        super().__init__(f"HTTP {status}: {error.code}")
+        self.status = status
+        self.error = error
+
+
+def decode_vector(value: Any) -> np.ndarray | None:
+    """A vector from the API: base64 little-endian float32, a JSON list, or null."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+def _error_of(response: requests.Response) -> RowError:
+    try:
+        body = response.json()
+        error = body["error"]
+        return RowError(str(error.get("code", f"http_{response.status_code}")), str(error.get("message", "")))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return RowError(f"http_{response.status_code}", response.text[:200])
+
+
+def _errors_by_index(body: dict[str, Any]) -> dict[int, RowError]:
+    return {
+        int(e["index"]): RowError(str(e.get("code", "error")), str(e.get("message", "")))
+        for e in body.get("errors") or []
+    }
+
+
+class HttpTarget:
+    """Sends batches of rows to a clipserve endpoint; one requests.Session per worker thread."""
+
+    def __init__(
+        self,
+        options: HttpOptions,
+        search_dirs: Sequence[Path] = (),
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.base_url = options.endpoint.rstrip("/")
+        self.search_dirs = tuple(search_dirs)
+        self._on_retry = on_retry
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            retry = make_retry(
+                self.options.max_retries, self.options.backoff_factor, self.options.backoff_max_s, on_retry=self._on_retry
+            )
+            adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=self.options.pool_size)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.update(self.options.headers)
+            session.auth = self.options.auth
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = self.base_url + path
+        try:
+            response = self._session().request(
+                method, url, json=body, timeout=(self.options.connect_timeout_s, self.options.timeout_s)
+            )
+        except requests.RequestException as exc:
+            raise FatalTargetError(f"{method} {url}: {exc} (after {self.options.max_retries} retries)") from exc
+        status = response.status_code
+        if status == 200:
+            try:
+                return response.json()
+            except ValueError:
+                raise FatalTargetError(f"{method} {url}: 200 with a body that is not JSON") from None
+        error = _error_of(response)
+        if status in SPLITTABLE_STATUSES:
+            raise _Rejected(status, error)
+        hint = " (check --token / --api-key / --aws-sigv4)" if status in (401, 403) else ""
+        raise FatalTargetError(f"{method} {url}: HTTP {status} {error.code}: {error.message}{hint}")
+
+    def describe(self) -> dict[str, Any]:
+        body = self._request("GET", "/")
+        return {k: body[k] for k in ("model", "variant", "architecture", "dim") if k in body}
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    # -- images -----------------------------------------------------------------------------
+
+    def _wire_image(self, value: str) -> str | RowError:
+        """What the service gets for an IMAGE cell: local files are read and sent as base64."""
+        ref = classify_image(value, self.search_dirs)
+        if not isinstance(ref, LocalFile):
+            return ref
+        data = read_local_file(ref)
+        if isinstance(data, RowError):
+            return data
+        return base64.b64encode(data).decode("ascii")
+
+    def _split_on_rejection(self, rows: Sequence[Row], send: Callable[[Sequence[Row]], list], fail: Callable[[RowError], Any]) -> list:
+        """send(rows), halving the batch on a whole-request 4xx until the bad row is alone."""
+        try:
+            return send(rows)
+        except _Rejected as rejected:
+            if len(rows) == 1:
+                return [fail(rejected.error)]
+            log.info("HTTP %d for a batch of %d rows; splitting it to find the row at fault", rejected.status, len(rows))
+            middle = len(rows) // 2
+            return self._split_on_rejection(rows[:middle], send, fail) + self._split_on_rejection(rows[middle:], send, fail)
+
+    # -- embed ------------------------------------------------------------------------------
+
+    def embed(self, rows: Sequence[Row], normalize: bool = True) -> list[EmbedResult]:
+        return self._split_on_rejection(
+            rows, lambda part: self._embed_once(part, normalize), lambda error: EmbedResult(error=error)
+        )
+
+    def _embed_once(self, rows: Sequence[Row], normalize: bool) -> list[EmbedResult]:
+        texts: list[tuple[int, str]] = []
+        images: list[tuple[int, str]] = []
+        local_errors: dict[int, RowError] = {}
+        for i, row in enumerate(rows):
+            if row.text is not None:
+                texts.append((i, row.text))
+            if row.image is not None:
+                wire = self._wire_image(row.image)
+                if isinstance(wire, RowError):
+                    local_errors[i] = wire
+                else:
+                    images.append((i, wire))
+
+        text_vectors: dict[int, np.ndarray | None] = {}
+        image_vectors: dict[int, np.ndarray | None] = {}
+        truncated: set[int] = set()
+        remote_errors: dict[int, RowError] = {}
+        if texts or images:
+            text_list, image_list, body = self._post_embed([t for _, t in texts], [im for _, im in images], normalize)
+            text_vectors = {row_i: decode_vector(v) for (row_i, _), v in zip(texts, text_list, strict=True)}
+            image_vectors = {row_i: decode_vector(v) for (row_i, _), v in zip(images, image_list, strict=True)}
+            truncated = {texts[j][0] for j in body.get("truncated") or []}
+            remote_errors = {images[j][0]: e for j, e in _errors_by_index(body).items()}
+
+        results = []
+        for i, row in enumerate(rows):
+            if row.text is None and row.image is None:
+                results.append(EmbedResult(error=MISSING_EMBED_INPUT))
+                continue
+            results.append(
+                EmbedResult(
+                    text_embedding=text_vectors.get(i),
+                    image_embedding=image_vectors.get(i),
+                    truncated=i in truncated,
+                    error=local_errors.get(i) or remote_errors.get(i),
+                )
+            )
+        return results
+
+    def _post_embed(self, texts: list[str], images: list[str], normalize: bool) -> tuple[list, list, dict[str, Any]]:
+        """(text vectors, image vectors, body) from the endpoint that fits what the batch holds."""
+        options = {"normalize": normalize, "encoding_format": "base64"}
+        if texts and images:
+            body = self._request("POST", "/embed/mixed", {"texts": texts, "images": images, **options})
+            return body["text_embeddings"], body["image_embeddings"], body
+        if texts:
+            body = self._request("POST", "/embed/text", {"texts": texts, **options})
+            return body["embeddings"], [], body
+        body = self._request("POST", "/embed/image", {"images": images, **options})
+        return [], body["embeddings"], body
+
+    # -- score ------------------------------------------------------------------------------
+
+    def score(self, rows: Sequence[Row]) -> list[ScoreResult]:
+        return self._split_on_rejection(rows, self._score_once, lambda error: ScoreResult(error=error))
+
+    def _score_once(self, rows: Sequence[Row]) -> list[ScoreResult]:
+        results: list[ScoreResult | None] = [None] * len(rows)
+        pairs: list[tuple[int, str, str]] = []
+        for i, row in enumerate(rows):
+            missing = missing_score_input(row)
+            if missing is not None:
+                results[i] = ScoreResult(error=missing)
+                continue
+            wire = self._wire_image(row.image)  # type: ignore[arg-type]
+            if isinstance(wire, RowError):
+                results[i] = ScoreResult(error=wire)
+            else:
+                pairs.append((i, row.text, wire))  # type: ignore[arg-type]
+        if pairs:
+            body = self._request(
+                "POST",
+                "/score",
+                {"texts": [t for _, t, _ in pairs], "images": [im for _, _, im in pairs], "pairwise": True},
+            )
+            errors = _errors_by_index(body)
+            scores, cosines = body["clip_score"], body["cosine"]
+            for j, (row_i, _, _) in enumerate(pairs):
+                if j in errors or scores[j] is None:
+                    results[row_i] = ScoreResult(error=errors.get(j, RowError("error", "no score returned")))
+                else:
+                    results[row_i] = ScoreResult(clip_score=float(scores[j]), cosine=float(cosines[j]))
+        return results  # type: ignore[return-value]

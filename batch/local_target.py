@@ -1,0 +1,124 @@
+"""The model in this process as a batch target: no server, for Cloud Run Jobs and one machine.
+
+Images go through the service's own loader (inputs/: same URL rules, limits, error codes,
+RGB conversion) and the encoder's prepare_image in the worker threads; the forward passes take
+a lock, because several torch calls at once only oversubscribe the cores.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batch.images import LocalFile, classify_image, read_local_file
+from batch.reader import Row
+from batch.results import EmbedResult, RowError, ScoreResult
+from batch.targets import MISSING_EMBED_INPUT, missing_score_input
+
+
+class LocalTarget:
+    def __init__(self, encoder: Any, search_dirs: Sequence[Path] = (), allow_private_urls: bool = False) -> None:
+        from inputs import FetchLimits, ImageLimits
+
+        self.encoder = encoder
+        self.search_dirs = tuple(search_dirs)
+        self.limits = ImageLimits(fetch=FetchLimits(allow_private=allow_private_urls), concurrency=4)
+        self._forward = threading.Lock()
+
+    @classmethod
+    def load(cls, variant: str, model_dir: Path, **kwargs: Any) -> "LocalTarget":
+        from models.loader import load_encoder
+
+        return cls(load_encoder(variant=variant, model_dir=model_dir), **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.encoder.info
+        return {"variant": info.variant, "architecture": info.architecture, "dim": info.dim}
+
+    def close(self) -> None:
+        pass
+
+    # -- building blocks --------------------------------------------------------------------
+
+    def _encode_texts(self, texts: list[str], normalize: bool) -> tuple[np.ndarray, set[int]]:
+        with self._forward:
+            encoding = self.encoder.encode_text(texts, normalize=normalize)
+        return encoding.embeddings, set(encoding.truncated)
+
+    def _encode_images(self, values: list[str], normalize: bool) -> list[np.ndarray | RowError]:
+        """One vector or RowError per IMAGE cell, aligned with `values`."""
+        from inputs import ImageError, load_images
+
+        sources: list[str | bytes | RowError] = []
+        for value in values:
+            ref = classify_image(value, self.search_dirs)
+            sources.append(read_local_file(ref) if isinstance(ref, LocalFile) else ref)
+        loadable = [i for i, s in enumerate(sources) if not isinstance(s, RowError)]
+        loaded = load_images([sources[i] for i in loadable], self.limits, then=self.encoder.prepare_image)
+        results: list[np.ndarray | RowError] = [s if isinstance(s, RowError) else None for s in sources]  # type: ignore[misc]
+        tensors = []
+        for i, item in zip(loadable, loaded, strict=True):
+            if isinstance(item, ImageError):
+                results[i] = RowError(item.code, item.message)
+            else:
+                tensors.append((i, item))
+        if tensors:
+            with self._forward:
+                vectors = self.encoder.encode_images([t for _, t in tensors], normalize=normalize)
+            for (i, _), vector in zip(tensors, vectors, strict=True):
+                results[i] = vector
+        return results
+
+    # -- Target -----------------------------------------------------------------------------
+
+    def embed(self, rows: Sequence[Row], normalize: bool = True) -> list[EmbedResult]:
+        text_rows = [i for i, r in enumerate(rows) if r.text is not None]
+        image_rows = [i for i, r in enumerate(rows) if r.image is not None]
+        text_vectors: dict[int, np.ndarray] = {}
+        truncated: set[int] = set()
+        if text_rows:
+            vectors, truncated_at = self._encode_texts([rows[i].text for i in text_rows], normalize)  # type: ignore[misc]
+            text_vectors = dict(zip(text_rows, vectors))
+            truncated = {text_rows[j] for j in truncated_at}
+        images = dict(zip(image_rows, self._encode_images([rows[i].image for i in image_rows], normalize)))  # type: ignore[misc]
+        results = []
+        for i, row in enumerate(rows):
+            if row.text is None and row.image is None:
+                results.append(EmbedResult(error=MISSING_EMBED_INPUT))
+                continue
+            image = images.get(i)
+            results.append(
+                EmbedResult(
+                    text_embedding=text_vectors.get(i),
+                    image_embedding=image if isinstance(image, np.ndarray) else None,
+                    truncated=i in truncated,
+                    error=image if isinstance(image, RowError) else None,
+                )
+            )
+        return results
+
+    def score(self, rows: Sequence[Row]) -> list[ScoreResult]:
+        """cosine of the normalized embeddings; clip_score = max(100 * cosine, 0) as in the API."""
+        results: list[ScoreResult | None] = [None] * len(rows)
+        pairs = []
+        for i, row in enumerate(rows):
+            missing = missing_score_input(row)
+            if missing is not None:
+                results[i] = ScoreResult(error=missing)
+            else:
+                pairs.append(i)
+        if pairs:
+            images = self._encode_images([rows[i].image for i in pairs], normalize=True)  # type: ignore[misc]
+            ok = [(i, v) for i, v in zip(pairs, images) if isinstance(v, np.ndarray)]
+            for i, v in zip(pairs, images):
+                if isinstance(v, RowError):
+                    results[i] = ScoreResult(error=v)
+            if ok:
+                texts, _ = self._encode_texts([rows[i].text for i, _ in ok], normalize=True)  # type: ignore[misc]
+                for (i, image), text in zip(ok, texts, strict=True):
+                    cosine = float(np.dot(image.astype(np.float32), text.astype(np.float32)))
+                    results[i] = ScoreResult(clip_score=max(100.0 * cosine, 0.0), cosine=cosine)
+        return results  # type: ignore[return-value]

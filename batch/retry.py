@@ -1,0 +1,81 @@
+"""Retries for the HTTP target: urllib3's Retry (exponential backoff, jitter, Retry-After),
+plus a tally of why we retried for the job summary.
+
+429, 500, 502, 503, 504 and connection/read errors are retried on POST too (embedding is
+idempotent). A service scaling from zero answers 429/503 with Retry-After at first; urllib3
+sleeps exactly that long, otherwise backoff_factor * 2**(n-1) capped at backoff_max, plus jitter.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from urllib3.util.retry import Retry
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class RetryTally:
+    """Thread-safe count of retries by reason ('HTTP 503', 'ConnectionError', ...)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return dict(sorted(self._counts.items()))
+
+
+class TalliedRetry(Retry):
+    """urllib3 Retry that reports each retry it grants to a callback."""
+
+    def __init__(self, *args: Any, on_retry: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_retry = on_retry
+
+    def new(self, **kw: Any) -> "TalliedRetry":
+        retry = super().new(**kw)
+        retry.on_retry = self.on_retry
+        return retry
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[override]
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)  # raises when exhausted
+        if response is not None and response.status:
+            reason = f"HTTP {response.status}"
+        else:
+            reason = type(error).__name__ if error else "unknown"
+        log.info("retrying %s after %s (retry %d)", url, reason, len(retry.history))
+        if self.on_retry is not None:
+            self.on_retry(reason)
+        return retry
+
+
+def make_retry(
+    max_retries: int,
+    backoff_factor: float = 0.5,
+    backoff_max: float = 30.0,
+    jitter: float = 1.0,
+    on_retry: Callable[[str], None] | None = None,
+) -> TalliedRetry:
+    """The policy every request of a job uses; returns the last response once retries run out."""
+    return TalliedRetry(
+        total=max_retries,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,  # POST too: embedding the same rows twice is harmless
+        backoff_factor=backoff_factor,
+        backoff_max=backoff_max,
+        backoff_jitter=jitter,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+        on_retry=on_retry,
+    )

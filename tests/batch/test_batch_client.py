@@ -1,0 +1,205 @@
+"""clipserve-batch against a fake service: answers land on the right rows, retries lose nothing,
+a bad row costs only itself, credentials are sent, local files are read here."""
+from __future__ import annotations
+
+import base64
+import sys
+import time
+
+import numpy as np
+import pytest
+from batch_fakes import BROKEN_IMAGE, REJECTED_TEXT, FakeService, fake_cosine, fake_image_vector, fake_text_vector
+from batch_helpers import read_jsonl, run_cli, vector, write_csv, write_jsonl
+
+IMG = [base64.b64encode(f"image-{i}".encode()).decode() for i in range(40)]
+
+
+@pytest.fixture()
+def service():
+    with FakeService() as svc:
+        yield svc
+
+
+def mixed_rows(n: int = 20) -> list[dict[str, str]]:
+    """Text only, image only, both, a broken image with text, nothing at all."""
+    rows = []
+    for i in range(n):
+        kind = i % 5
+        text = f"caption {i}" if kind in (0, 2, 3) else ""
+        image = IMG[i] if kind in (1, 2) else BROKEN_IMAGE if kind == 3 else ""
+        rows.append({"id": f"r{i}", "text": text, "image": image})
+    return rows
+
+
+def test_embed_writes_the_services_vectors_on_the_right_rows(tmp_path, capsys, service):
+    rows = mixed_rows(20)
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "emb.jsonl"
+    status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url,
+                              "--batch-size", "4", "--concurrency", "3")
+    assert status == 0 and summary["complete"] and summary["written"] == 20
+    records = read_jsonl(out)
+    assert [r["id"] for r in records] == [r["id"] for r in rows]  # input order, each id once
+    for row, rec in zip(rows, records):
+        if row["text"]:
+            np.testing.assert_array_equal(vector(rec, "text_embedding"), fake_text_vector(row["text"]))
+        else:
+            assert rec["text_embedding"] is None
+        if row["image"] and row["image"] != BROKEN_IMAGE:
+            np.testing.assert_array_equal(vector(rec, "image_embedding"), fake_image_vector(row["image"]))
+            assert rec["error"] is None
+        elif row["image"] == BROKEN_IMAGE:
+            assert rec["image_embedding"] is None and rec["error"]["code"] == "invalid_image"
+        elif not row["text"]:
+            assert rec["error"]["code"] == "missing_input"
+    assert summary["errors"] == {"invalid_image": 4, "missing_input": 4}
+    assert all(body["encoding_format"] == "base64" for _, body in service.requests)
+
+
+def test_a_batch_whose_images_all_fail_reports_each_row(tmp_path, capsys, service):
+    """The service answers 422 for the whole request; each row still gets its own error."""
+    rows = [{"id": "a", "image": BROKEN_IMAGE}, {"id": "b", "image": BROKEN_IMAGE}]
+    src = write_csv(tmp_path / "in.csv", rows)
+    status, summary = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                              "--endpoint", service.url)
+    assert status == 0
+    assert [(r["id"], r["error"]["code"]) for r in read_jsonl(tmp_path / "o.jsonl")] == [
+        ("a", "invalid_image"), ("b", "invalid_image")]
+
+
+def test_a_rejected_row_costs_only_itself(tmp_path, capsys, service):
+    rows = [{"id": str(i), "text": REJECTED_TEXT if i == 5 else f"t{i}"} for i in range(8)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                        "--endpoint", service.url, "--batch-size", "8")
+    assert status == 0
+    records = read_jsonl(tmp_path / "o.jsonl")
+    assert [r["id"] for r in records] == [str(i) for i in range(8)]
+    assert records[5]["error"]["code"] == "invalid_request" and records[5]["text_embedding"] is None
+    for i in (0, 1, 2, 3, 4, 6, 7):
+        np.testing.assert_array_equal(vector(records[i], "text_embedding"), fake_text_vector(f"t{i}"))
+
+
+def test_retries_503_with_retry_after_429_and_dropped_connections_lose_nothing(tmp_path, capsys, service):
+    service.script.extend([(503, {"Retry-After": "1"}), (429, {"Retry-After": "0"}), "drop", (503, {}),
+                           (502, {})])
+    rows = [{"id": f"id{i}", "text": f"t{i}"} for i in range(30)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    started = time.monotonic()
+    status, summary = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                              "--endpoint", service.url, "--batch-size", "5", "--concurrency", "1",
+                              "--backoff-max", "0.2")
+    assert status == 0 and summary["complete"]
+    assert time.monotonic() - started >= 1.0  # Retry-After: 1 was honoured
+    records = read_jsonl(tmp_path / "o.jsonl")
+    assert [r["id"] for r in records] == [r["id"] for r in rows]
+    assert all(r["error"] is None for r in records)
+    assert summary["retries"]["HTTP 503"] == 2 and summary["retries"]["HTTP 429"] == 1
+    assert summary["retries"]["HTTP 502"] == 1
+    assert sum(summary["retries"].values()) == 5  # the dropped connection too
+
+
+def test_retries_running_out_stops_the_job_and_a_rerun_finishes_it(tmp_path, capsys, service):
+    rows = [{"id": f"id{i}", "text": f"t{i}"} for i in range(12)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "o.jsonl"
+    args = ("embed", "--input", src, "--output", out, "--endpoint", service.url, "--batch-size", "3",
+            "--concurrency", "1", "--max-retries", "2", "--backoff-max", "0.05")
+    status, _ = run_cli(capsys, *args)  # the first two batches succeed, then the service is down
+    assert status == 0
+    out.unlink()
+    service.requests.clear()
+
+    # Down for good: 3 answers of 503 exhaust 2 retries on the first request.
+    service.script.extend([(503, {})] * 3)
+    status, summary = run_cli(capsys, *args)
+    assert status == 2 and not summary["complete"]
+    written = read_jsonl(out) if out.exists() else []
+    assert all(r["error"] is None for r in written)  # an outage is never written as a row error
+
+    status, summary = run_cli(capsys, *args)
+    assert status == 0 and summary["complete"]
+    assert summary["already_done"] == len(written)
+    assert sorted(r["id"] for r in read_jsonl(out)) == sorted(r["id"] for r in rows)
+
+
+def test_bearer_token_and_headers_are_sent(tmp_path, capsys):
+    rows = [{"id": "1", "text": "a"}]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "o.jsonl"
+    with FakeService(token="s3cret") as svc:
+        status, _ = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url)
+        assert status == 2  # 401 is not retried, and not written as a row error
+        assert not out.exists() or out.read_text() == ""
+        status, _ = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url,
+                            "--token", "s3cret")
+        assert status == 0 and read_jsonl(out)[0]["error"] is None
+
+
+def test_local_image_files_are_sent_as_base64(tmp_path, capsys, service):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "cat.jpg").write_bytes(b"\xff\xd8 pretend jpeg bytes")
+    rows = [{"id": "cat", "image": "imgs/cat.jpg"}, {"id": "gone", "image": "imgs/missing.jpg"}]
+    src = write_csv(tmp_path / "in.csv", rows)  # paths relative to the input file's folder
+    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                        "--endpoint", service.url)
+    assert status == 0
+    cat, gone = read_jsonl(tmp_path / "o.jsonl")
+    sent = base64.b64encode(b"\xff\xd8 pretend jpeg bytes").decode()
+    np.testing.assert_array_equal(vector(cat, "image_embedding"), fake_image_vector(sent))
+    assert gone["error"]["code"] == "file_not_found" and gone["image_embedding"] is None
+
+
+def test_score_writes_the_rows_back_with_clip_score_and_cosine(tmp_path, capsys, service):
+    rows = [{"url": IMG[i], "caption": f"a photo of {i}", "extra": f"x{i}"} for i in range(9)]
+    rows[4]["url"] = BROKEN_IMAGE
+    rows[6]["caption"] = ""
+    src = write_csv(tmp_path / "in.csv", rows)  # no id column: ids are row numbers
+    out = tmp_path / "scores.csv"
+    status, summary = run_cli(capsys, "score", "--input", src, "--output", out, "--endpoint", service.url,
+                              "--batch-size", "4")
+    assert status == 0 and summary["files"] == [str(out)]
+    import csv
+
+    with out.open() as f:
+        written = list(csv.DictReader(f))
+    assert list(written[0]) == ["url", "caption", "extra", "id", "clip_score", "cosine", "error", "error_message"]
+    assert [w["id"] for w in written] == [str(i) for i in range(9)]
+    good = []
+    for row, w in zip(rows, written):
+        assert w["extra"] == row["extra"]
+        if row["url"] == BROKEN_IMAGE:
+            assert w["error"] == "invalid_image" and w["clip_score"] == ""
+        elif not row["caption"]:
+            assert w["error"] == "missing_input"
+        else:
+            cosine = fake_cosine(row["caption"], row["url"])
+            assert float(w["cosine"]) == cosine and float(w["clip_score"]) == max(100 * cosine, 0.0)
+            good.append(max(100 * cosine, 0.0))
+    assert summary["clip_score"]["count"] == len(good) == 7
+    assert summary["clip_score"]["mean"] == pytest.approx(float(np.mean(good)))
+
+
+def test_aws_sigv4_signs_requests(tmp_path, capsys, service, monkeypatch):
+    pytest.importorskip("botocore")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
+    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                        "--endpoint", service.url, "--aws-sigv4", "--aws-region", "eu-west-1")
+    assert status == 0
+    (headers,) = service.headers
+    assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/lambda/aws4_request" in headers["Authorization"]
+    assert "X-Amz-Date" in headers
+
+
+def test_aws_sigv4_without_botocore_says_what_to_install(tmp_path, capsys, service, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "botocore", None)
+    src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
+    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                        "--endpoint", service.url, "--aws-sigv4", "--aws-region", "eu-west-1")
+    assert status == 1
+    assert "pip install botocore" in caplog.text

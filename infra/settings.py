@@ -35,18 +35,6 @@ def _env(name: str, default: Any, doc: str, *, minimum: float | None = None,
     return field(default=default, metadata=meta)
 
 
-def available_cpus() -> int:
-    """CPUs this process may really use: the cgroup quota and CPU affinity, not the host's count."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
 @dataclass(frozen=True)
 class Settings:
     """Service configuration. Build it with ``Settings.from_env()``; tests may pass fields directly."""
@@ -102,11 +90,6 @@ class Settings:
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")
-
-    @property
-    def resolved_torch_threads(self) -> int:
-        """TORCH_THREADS, or the CPUs the container really has when it is unset."""
-        return self.torch_threads or available_cpus()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -1,0 +1,234 @@
+"""One inference thread fed by a bounded queue, a Future per item, batches grouped by kind and options.
+
+Why this shape: several torch calls at once from different request threads oversubscribe the cores,
+and batching across requests is worth about 1.8x (bench notes). So request threads only enqueue
+and wait; a single thread runs the model. Three failure rules keep a bad batch from hurting others:
+- a full queue refuses the whole request at once (``Overloaded``, mapped to 429), never half of it;
+- when ``run_batch`` raises, every future of that batch gets an exception: nobody waits forever;
+- the loop records its progress, so a model call that hangs shows up in ``health()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+log = logging.getLogger(__name__)
+
+# run_batch(kind, options, payloads) -> one result per payload, in order.
+RunBatch = Callable[[str, Hashable, list[Any]], Sequence[Any]]
+
+
+class Overloaded(RuntimeError):
+    """The queue cannot take the request's items now; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineStopped(RuntimeError):
+    """The engine was shut down (or never started) while work was pending."""
+
+
+class BatchFailed(RuntimeError):
+    """``run_batch`` raised or returned the wrong number of results; the cause is chained."""
+
+
+@dataclass(frozen=True)
+class LoopHealth:
+    """What ``/health`` needs to tell a working loop from a wedged one."""
+
+    running: bool          # the inference thread is alive in this process
+    stalled: bool          # a model call has run for longer than stall_timeout_s
+    busy_for_s: float      # how long the current model call has run (0 when idle)
+    queue_depth: int
+    batches_done: int
+    batches_failed: int
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and not self.stalled
+
+
+@dataclass
+class _Item:
+    key: tuple[str, Hashable]
+    payload: Any
+    future: Future
+    enqueued_at: float
+
+
+class Batcher:
+    """Bounded queue + one inference thread. ``start``/``shutdown`` come as a pair."""
+
+    def __init__(self, run_batch: RunBatch, *, max_batch_size: int = 32, max_wait_s: float = 0.005,
+                 queue_size: int = 256, stall_timeout_s: float = 120.0, idle_poll_s: float = 0.25,
+                 isolate_failures: bool = True) -> None:
+        if max_batch_size < 1 or queue_size < 1:
+            raise ValueError("max_batch_size and queue_size must be positive")
+        self._run_batch = run_batch
+        self._max_batch = max_batch_size
+        self._max_wait = max_wait_s
+        self._capacity = queue_size
+        self._stall_timeout = stall_timeout_s
+        self._idle_poll = idle_poll_s
+        self._isolate_failures = isolate_failures
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._busy_since: float | None = None
+        self._batches_done = 0
+        self._batches_failed = 0
+        self._on_batch: Callable[[str, int, float], None] | None = None
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the inference thread; idempotent, and restarts it in a forked child (threads do not survive fork)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+                return
+            if self._pid != os.getpid():
+                # A forked child inherits the parent's queue but not its thread: drop what cannot be served.
+                self._pending.clear()
+            self._stop.clear()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="clipserve-inference", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop after its current batch; fail whatever is still queued with EngineStopped."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._cond:
+            leftovers, self._pending = list(self._pending), collections.deque()
+        for item in leftovers:
+            _fail(item.future, EngineStopped("the service is shutting down"))
+
+    def set_batch_observer(self, observer: Callable[[str, int, float], None] | None) -> None:
+        """Call ``observer(kind, batch_size, queue_wait_s)`` after each batch (logs/metrics hook)."""
+        self._on_batch = observer
+
+    # request side ----------------------------------------------------------------------------
+
+    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any]) -> list[Future]:
+        """Queue every payload or none: raises Overloaded when they do not all fit."""
+        if self._stop.is_set() or self._thread is None or self._pid != os.getpid():
+            raise EngineStopped("the inference loop is not running")
+        now = time.monotonic()
+        items = [_Item((kind, options), p, Future(), now) for p in payloads]
+        with self._cond:
+            if len(self._pending) + len(items) > self._capacity:
+                raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
+            self._pending.extend(items)
+            self._cond.notify()
+        return [i.future for i in items]
+
+    def health(self) -> LoopHealth:
+        busy_since = self._busy_since
+        busy_for = time.monotonic() - busy_since if busy_since is not None else 0.0
+        running = self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+        return LoopHealth(running=running, stalled=busy_for > self._stall_timeout, busy_for_s=busy_for,
+                          queue_depth=len(self._pending), batches_done=self._batches_done,
+                          batches_failed=self._batches_failed)
+
+    # inference thread ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._next_batch()
+            if batch:
+                self._run(batch)
+
+    def _next_batch(self) -> list[_Item]:
+        """Wait for an item, then gather items with the same (kind, options) up to the size or wait limit."""
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(self._idle_poll)
+            if not self._pending or self._stop.is_set():
+                return []
+            key = self._pending[0].key
+            batch = self._take_matching(key, self._max_batch)
+            deadline = time.monotonic() + self._max_wait
+            while len(batch) < self._max_batch and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+                batch += self._take_matching(key, self._max_batch - len(batch))
+        # Skip items whose request already gave up (timed out and cancelled its futures).
+        return [i for i in batch if i.future.set_running_or_notify_cancel()]
+
+    def _take_matching(self, key: tuple[str, Hashable], limit: int) -> list[_Item]:
+        taken: list[_Item] = []
+        kept: collections.deque[_Item] = collections.deque()
+        while self._pending:
+            item = self._pending.popleft()
+            (taken if item.key == key and len(taken) < limit else kept).append(item)
+        self._pending = kept
+        return taken
+
+    def _run(self, batch: list[_Item]) -> None:
+        kind, options = batch[0].key
+        started = time.monotonic()
+        self._busy_since = started
+        try:
+            results = self._call(kind, options, [i.payload for i in batch])
+        except BaseException as exc:  # noqa: BLE001 - every future must hear about it, whatever it is
+            self._batches_failed += 1
+            if self._isolate_failures and len(batch) > 1:
+                log.warning("batch of %d %s items failed (%s); retrying them one by one", len(batch), kind, exc)
+                for item in batch:
+                    self._run_alone(item)
+            else:
+                log.error("batch of %d %s items failed", len(batch), kind, exc_info=exc)
+                for item in batch:
+                    _fail(item.future, exc)
+        else:
+            self._batches_done += 1
+            for item, result in zip(batch, results):
+                item.future.set_result(result)
+        finally:
+            self._busy_since = None
+        if self._on_batch is not None:
+            try:
+                self._on_batch(kind, len(batch), started - min(i.enqueued_at for i in batch))
+            except Exception:  # noqa: BLE001 - an observer must never stop inference
+                log.exception("batch observer failed")
+
+    def _run_alone(self, item: _Item) -> None:
+        kind, options = item.key
+        self._busy_since = time.monotonic()
+        try:
+            item.future.set_result(self._call(kind, options, [item.payload])[0])
+        except BaseException as exc:  # noqa: BLE001
+            log.error("single %s item failed", kind, exc_info=exc)
+            _fail(item.future, exc)
+
+    def _call(self, kind: str, options: Hashable, payloads: list[Any]) -> Sequence[Any]:
+        try:
+            results = self._run_batch(kind, options, payloads)
+        except Exception as exc:
+            raise BatchFailed(f"{kind} batch of {len(payloads)} failed: {type(exc).__name__}") from exc
+        if len(results) != len(payloads):
+            raise BatchFailed(f"{kind} batch returned {len(results)} results for {len(payloads)} items")
+        return results
+
+
+def _fail(future: Future, exc: BaseException) -> None:
+    try:
+        future.set_exception(exc)
+    except InvalidStateError:
+        pass  # the request already cancelled it or it is done

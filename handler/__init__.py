@@ -1,0 +1,1 @@
+"""HTTP layer: Flask app factory, request/response schemas, one error table. Knows HTTP, not torch."""

@@ -1,0 +1,247 @@
+"""Flask app factory and the API's views.
+
+``create_app`` opens no threads: the model load and the inference thread start on the first
+request or from gunicorn's worker hook (after fork), via ``engine.start()``. ``/health`` answers
+503 "loading" until the model is ready, so the port can open at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import time
+from typing import Any, Callable
+
+import numpy as np
+from flask import Flask, Response, jsonify
+
+from engine import EmbeddingEngine, ModelState
+from handler import scoring
+from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
+from handler.openapi import DOCS_HTML, RouteDoc, build_openapi
+from handler.parsing import read_json, read_with_images
+from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
+                             TextEmbedResponse, build_request_models)
+from infra.settings import Settings
+from inputs import ImageError, ImageLimits, load_images
+
+SERVICE = "clipserve"
+EXTENSION = "clipserve"
+_COMMON_ERRORS = ("invalid_json", "invalid_request", "payload_too_large", "unsupported_media_type", "overloaded",
+                  "internal_error", "model_loading", "timeout")
+
+
+def service_version() -> str:
+    try:
+        return importlib.metadata.version(SERVICE)
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def load_bundle_encoder(settings: Settings) -> Any:
+    """The production loader: the baked bundle ``MODEL_DIR/MODEL_VARIANT`` (imported here so handler/ stays torch-free)."""
+    from models.loader import load_encoder
+
+    return load_encoder(settings.model_variant, settings.model_dir, threads=settings.torch_threads)
+
+
+def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Flask:
+    """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder."""
+    settings = settings or Settings.from_env()
+    if engine is None:
+        engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    api = ClipApi(settings, engine)
+    app.extensions[EXTENSION] = api
+    register_error_handlers(app)
+    app.before_request(engine.start)
+    for doc, view in api.routes():
+        app.add_url_rule(doc.path, view.__name__, view, methods=[doc.method])
+    return app
+
+
+class ClipApi:
+    """The views, with the settings and engine they share."""
+
+    def __init__(self, settings: Settings, engine: EmbeddingEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.models = build_request_models(settings.max_items, settings.max_text_chars)
+        self.image_limits = ImageLimits.from_settings(settings)
+        self._openapi: dict[str, Any] | None = None
+
+    def routes(self) -> list[tuple[RouteDoc, Callable[[], Any]]]:
+        image_errors = _COMMON_ERRORS + ("all_images_failed",)
+        return [
+            (RouteDoc("/", "GET", "Service information: model, limits, version.", InfoResponse), self.info),
+            (RouteDoc("/health", "GET", "200 once the model is loaded and the inference loop is working; 503 before.",
+                      HealthResponse, errors=("model_loading",)), self.health),
+            (RouteDoc("/embed/text", "POST", "Embed texts.", TextEmbedResponse, self.models.text,
+                      errors=_COMMON_ERRORS), self.embed_text),
+            (RouteDoc("/embed/image", "POST", "Embed images (JSON, or multipart file parts named 'images').",
+                      ImageEmbedResponse, self.models.image, multipart_files="images", errors=image_errors),
+             self.embed_image),
+            (RouteDoc("/embed/mixed", "POST", "Embed texts and images in one call.", MixedEmbedResponse,
+                      self.models.mixed, multipart_files="images", errors=image_errors), self.embed_mixed),
+            (RouteDoc("/score", "POST", "Score every image against every text (or pairwise).", ScoreResponse,
+                      self.models.score, multipart_files="images", errors=image_errors), self.score),
+            (RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
+            (RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
+        ]
+
+    # meta --------------------------------------------------------------------------------------
+
+    def health(self) -> Response:
+        status, reason = self.health_status()
+        body = HealthResponse(status=status, reason=reason).model_dump(exclude_none=True)
+        response = jsonify(body)
+        response.status_code = 200 if status == "ok" else 503
+        return response
+
+    def health_status(self) -> tuple[str, str | None]:
+        """("ok" | "loading" | "failed" | "unhealthy", reason). A wedged or dead inference loop is unhealthy."""
+        state = self.engine.state
+        if state is ModelState.LOADING:
+            return "loading", None
+        if state is ModelState.FAILED:
+            return "failed", "the model failed to load; see the service logs"
+        loop = self.engine.loop_health()
+        if not loop.running:
+            return "unhealthy", "the inference loop is not running"
+        if loop.stalled:
+            return "unhealthy", f"a model call has been running for {loop.busy_for_s:.0f} s"
+        return "ok", None
+
+    def info(self) -> Response:
+        status, _ = self.health_status()
+        model = self.engine.info.as_dict() if self.engine.state is ModelState.READY else None
+        s = self.settings
+        return jsonify(InfoResponse(
+            service=SERVICE, version=service_version(), status=status, model=model,
+            limits={"max_items": s.max_items, "max_text_chars": s.max_text_chars, "max_body_bytes": s.max_body_bytes,
+                    "max_image_bytes": s.max_image_bytes, "max_image_pixels": s.max_image_pixels,
+                    "fetch_timeout_s": s.fetch_timeout_s, "fetch_max_redirects": s.fetch_max_redirects,
+                    "request_timeout_s": s.request_timeout_s},
+            endpoints=[f"{doc.method} {doc.path}" for doc, _ in self.routes()],
+        ).model_dump())
+
+    def openapi(self) -> Response:
+        if self._openapi is None:
+            docs = [doc for doc, _ in self.routes()]
+            self._openapi = build_openapi(docs, title=SERVICE, version=service_version(),
+                                          description="CLIP embeddings and image-text scores over HTTP.")
+        return jsonify(self._openapi)
+
+    def docs(self) -> Response:
+        return Response(DOCS_HTML, mimetype="text/html")
+
+    # embeddings --------------------------------------------------------------------------------
+
+    def embed_text(self) -> Response:
+        req = read_json(self.models.text)
+        deadline = self._deadline()
+        result = self.engine.embed_texts(req.texts, normalize=req.normalize, timeout=_left(deadline))
+        return jsonify({**self._model_fields(),
+                        "embeddings": scoring.encode_vectors(result.embeddings, req.encoding_format),
+                        "truncated": result.truncated})
+
+    def embed_image(self) -> Response:
+        req, images = read_with_images(self.models.image, self.settings.max_image_bytes)
+        deadline = self._deadline()
+        vectors, ok, errors = self._embed_images(images, normalize=req.normalize, deadline=deadline)
+        return jsonify({**self._model_fields(),
+                        "embeddings": scoring.place(scoring.encode_vectors(vectors, req.encoding_format), ok,
+                                                    len(images)),
+                        "errors": errors})
+
+    def embed_mixed(self) -> Response:
+        req, images = read_with_images(self.models.mixed, self.settings.max_image_bytes)
+        deadline = self._deadline()
+        image_embeddings: list = []
+        errors: list[dict[str, Any]] = []
+        if images is not None:
+            vectors, ok, errors = self._embed_images(images, normalize=req.normalize, deadline=deadline,
+                                                     all_fail_ok=req.texts is not None)
+            image_embeddings = scoring.place(scoring.encode_vectors(vectors, req.encoding_format), ok, len(images))
+        text_embeddings: list = []
+        truncated: list[int] = []
+        if req.texts is not None:
+            result = self.engine.embed_texts(req.texts, normalize=req.normalize, timeout=_left(deadline))
+            text_embeddings = scoring.encode_vectors(result.embeddings, req.encoding_format)
+            truncated = result.truncated
+        return jsonify({**self._model_fields(), "text_embeddings": text_embeddings,
+                        "image_embeddings": image_embeddings, "errors": errors, "truncated": truncated})
+
+    def score(self) -> Response:
+        req, images = read_with_images(self.models.score, self.settings.max_image_bytes)
+        deadline = self._deadline()
+        dim = self.engine.info.dim
+        errors: list[dict[str, Any]] = []
+        if images is not None:
+            image_vectors, ok, errors = self._embed_images(images, normalize=True, deadline=deadline)
+            n_images = len(images)
+        else:
+            image_vectors = _given_vectors(req.image_embeddings, dim, "image_embeddings")
+            ok, n_images = list(range(len(image_vectors))), len(image_vectors)
+        truncated: list[int] = []
+        if req.texts is not None:
+            result = self.engine.embed_texts(req.texts, normalize=True, timeout=_left(deadline))
+            text_vectors, truncated = result.embeddings, result.truncated
+        else:
+            text_vectors = _given_vectors(req.text_embeddings, dim, "text_embeddings")
+        if req.pairwise:
+            cosine = scoring.cosine_pairwise(image_vectors, text_vectors[ok])
+            clip, probs = scoring.clip_score(cosine), None
+        else:
+            cosine = scoring.cosine_matrix(image_vectors, text_vectors)
+            clip = scoring.clip_score(cosine)
+            probs = scoring.place(scoring.zero_shot_probs(cosine, self.engine.info.logit_scale).tolist(), ok, n_images)
+        return jsonify({**self._model_fields(), "pairwise": req.pairwise,
+                        "clip_score": scoring.place(clip.tolist(), ok, n_images),
+                        "cosine": scoring.place(cosine.tolist(), ok, n_images),
+                        "probs": probs, "errors": errors, "truncated": truncated})
+
+    # helpers -----------------------------------------------------------------------------------
+
+    def _embed_images(self, images: list, *, normalize: bool, deadline: float,
+                      all_fail_ok: bool = False) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
+        """Load, preprocess and embed; returns (vectors of the good images, their indices, per-image errors)."""
+        self.engine.info  # noqa: B018 - fail with 503 before fetching anything while the model loads
+        loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=_left(deadline))
+        ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
+        errors = [{"index": i, "code": item.code, "message": item.message}
+                  for i, item in enumerate(loaded) if isinstance(item, ImageError)]
+        if not ok:
+            if all_fail_ok:
+                return np.zeros((0, self.engine.info.dim), np.float32), ok, errors
+            raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
+        vectors = self.engine.embed_images([loaded[i] for i in ok], normalize=normalize, timeout=_left(deadline))
+        return vectors, ok, errors
+
+    def _model_fields(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {"model": {"variant": info.variant, "architecture": info.architecture}, "dim": info.dim}
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
+
+
+def _left(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Timeout("the request did not finish in time")
+    return remaining
+
+
+def _given_vectors(rows: list[list[float]], dim: int, field: str) -> np.ndarray:
+    """Client-supplied embeddings, checked for the model's dimension and usable (finite, non-zero) values."""
+    for i, row in enumerate(rows):
+        if len(row) != dim:
+            raise InvalidRequest(f"{field}[{i}]: has {len(row)} values, the model's dimension is {dim}")
+    vectors = np.asarray(rows, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | (np.linalg.norm(vectors, axis=1) == 0))
+    if bad.size:
+        raise InvalidRequest(f"{field}[{bad[0]}]: must be finite and not all zero")
+    return vectors

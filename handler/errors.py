@@ -1,0 +1,176 @@
+"""The one error path: one type per code, one status table, one JSON shape ``{"error": {"code", "message"}}``.
+
+Werkzeug's own errors (404, 405, 413, ...), engine exceptions and anything unhandled are turned
+into the same shape here, so a client never sees an HTML page or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from engine import EngineStopped, ModelState, NotReady, Overloaded, RequestTimedOut
+
+log = logging.getLogger(__name__)
+
+# code -> HTTP status. The only place statuses are decided.
+STATUS = {
+    "invalid_json": 400,
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "all_images_failed": 422,
+    "overloaded": 429,
+    "internal_error": 500,
+    "model_loading": 503,
+    "model_unavailable": 503,
+    "shutting_down": 503,
+    "timeout": 504,
+}
+
+# Werkzeug's HTTP errors that can reach us, by status.
+_WERKZEUG_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                   413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+class ApiError(Exception):
+    """Base of every error a client can receive. Subclasses fix ``code``; the status comes from STATUS."""
+
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class InvalidJson(ApiError):
+    code = "invalid_json"
+
+
+class InvalidRequest(ApiError):
+    code = "invalid_request"
+
+
+class Unauthorized(ApiError):
+    code = "unauthorized"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    code = "unsupported_media_type"
+
+
+class AllImagesFailed(ApiError):
+    code = "all_images_failed"
+
+
+class ServiceOverloaded(ApiError):
+    code = "overloaded"
+
+
+class InternalError(ApiError):
+    code = "internal_error"
+
+
+class ModelLoading(ApiError):
+    code = "model_loading"
+
+
+class ModelUnavailable(ApiError):
+    code = "model_unavailable"
+
+
+class ShuttingDown(ApiError):
+    code = "shutting_down"
+
+
+class Timeout(ApiError):
+    code = "timeout"
+
+
+ERROR_TYPES: tuple[type[ApiError], ...] = tuple(ApiError.__subclasses__())
+assert {t.code for t in ERROR_TYPES} == set(STATUS), "every code needs exactly one error type"
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Map any exception to the ApiError the client sees. Unknown exceptions become a bare internal_error."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, HTTPException):
+        code = _WERKZEUG_CODES.get(exc.code or 500)
+        if code == "payload_too_large":
+            return PayloadTooLarge("the request body is larger than the limit (see GET / for limits)")
+        if code is not None:
+            error = next(t for t in ERROR_TYPES if t.code == code)(_plain(exc.description or exc.name))
+            if exc.code == 405 and exc.response is None and getattr(exc, "valid_methods", None):
+                error.headers["Allow"] = ", ".join(exc.valid_methods)
+            return error
+        return InternalError("the server could not handle this request")
+    if isinstance(exc, Overloaded):
+        return ServiceOverloaded("the service is busy; retry shortly",
+                                 headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, NotReady):
+        if exc.state is ModelState.LOADING:
+            return ModelLoading("the model is still loading; retry shortly", headers={"Retry-After": "5"})
+        return ModelUnavailable("the model is not available")
+    if isinstance(exc, EngineStopped):
+        return ShuttingDown("the service is shutting down; retry", headers={"Retry-After": "1"})
+    if isinstance(exc, RequestTimedOut):
+        return Timeout("the request did not finish in time")
+    return InternalError("internal error")
+
+
+def error_response(error: ApiError) -> Response:
+    response = jsonify(error.body())
+    response.status_code = error.status
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every exception through ``to_api_error``; log the unexpected ones with their traceback."""
+
+    @app.errorhandler(Exception)
+    def _handle(exc: Exception) -> Response:
+        error = to_api_error(exc)
+        if isinstance(error, InternalError):
+            log.error("unhandled error", exc_info=exc)
+        elif isinstance(error, Timeout):
+            log.warning("request timed out: %s", exc)
+        return error_response(error)
+
+
+def _plain(text: str) -> str:
+    # Werkzeug descriptions are short sentences, sometimes with HTML-ish markup; keep the text only.
+    return " ".join(text.replace("<", "").replace(">", "").split())[:300]

@@ -1,0 +1,265 @@
+"""Request ids, one structured log line per request, and Prometheus metrics.
+
+Why one line per request: an operator reading a failure needs route, status, how many items,
+which error codes, how long it took and where the time went (batch size, queue wait) in one
+place, tied to the platform's trace. Contents (texts, image bytes, URLs) are never logged: they
+may be private, and an image would flood the log store.
+
+Views add facts to the line with ``annotate`` / ``record_image_errors`` / ``record_batch``;
+everything else is gathered here. ``/metrics`` exists only when ``METRICS_ENABLED`` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from flask import Flask, Response, current_app, g, has_request_context, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from infra.logs import TraceContext, add_context_provider, parse_trace_headers
+
+log = logging.getLogger("clipserve.request")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's request id is echoed only if it is short and plain; anything else is replaced (log injection).
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/=+@-]{1,128}$")
+# Probe and scrape endpoints: their successful lines go out at DEBUG so they do not drown the log.
+_QUIET_ROUTES = frozenset({"/health", "/metrics"})
+_EXTENSION = "clipserve.observability"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class RequestRecord:
+    """What the log line of one request will say; lives on ``flask.g`` for the request's duration."""
+
+    request_id: str
+    started: float
+    trace: TraceContext | None
+    fields: dict[str, Any] = field(default_factory=dict)
+    image_errors: Tally = field(default_factory=Tally)
+    batch_sizes: list[int] = field(default_factory=list)
+    queue_wait_s: float = 0.0
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own (one per app, so tests stay independent)."""
+
+    def __init__(self, engine: Any = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("clipserve_requests_total", "HTTP requests by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("clipserve_request_duration_seconds", "Request latency by route and status.",
+                                 ["route", "status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("clipserve_requests_in_flight", "Requests being served now.", registry=r)
+        self.items = Counter("clipserve_items_total", "Texts and images received, by kind.", ["kind"], registry=r)
+        self.image_errors = Counter("clipserve_image_errors_total",
+                                    "Images that failed to load (fetch, decode, limits), by error code.",
+                                    ["code"], registry=r)
+        self.batch_size = Histogram("clipserve_batch_size", "Items per model call, by kind.", ["kind"],
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram("clipserve_queue_wait_seconds",
+                                    "Time the oldest item of a batch waited in the queue, by kind.", ["kind"],
+                                    buckets=_WAIT_BUCKETS, registry=r)
+        self.queue_depth = Gauge("clipserve_queue_depth", "Items waiting for the model.", registry=r)
+        self.loop_healthy = Gauge("clipserve_inference_loop_healthy",
+                                  "1 while the inference thread runs and no model call is stalled.", registry=r)
+        if engine is not None:
+            self.queue_depth.set_function(lambda: _loop_health_value(engine, "queue_depth"))
+            self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
+
+    def observe_batch(self, kind: str, batch_size: int, queue_wait_s: float) -> None:
+        """Batch observer for the engine (runs on the inference thread)."""
+        self.batch_size.labels(kind).observe(batch_size)
+        self.queue_wait.labels(kind).observe(max(0.0, queue_wait_s))
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _loop_health_value(engine: Any, name: str) -> float:
+    try:
+        return float(getattr(engine.loop_health(), name))
+    except Exception:  # noqa: BLE001 - a scrape must not fail because the engine is not up yet
+        return 0.0
+
+
+# --- what views call -------------------------------------------------------------------------------
+
+
+def current_record() -> RequestRecord | None:
+    """This request's record, or None outside a request (or before ``init_app``)."""
+    return g.get("_clipserve_request") if has_request_context() else None
+
+
+def request_id() -> str | None:
+    record = current_record()
+    return record.request_id if record else None
+
+
+def annotate(**fields: Any) -> None:
+    """Add fields (item counts, options) to this request's log line. Never pass user content here."""
+    record = current_record()
+    if record is not None:
+        record.fields.update(fields)
+
+
+def record_items(*, texts: int = 0, images: int = 0) -> None:
+    """How many texts and images the request carried: logged and counted."""
+    annotate(**({"texts": texts} if texts else {}), **({"images": images} if images else {}))
+    metrics = _metrics()
+    if metrics is not None:
+        if texts:
+            metrics.items.labels("text").inc(texts)
+        if images:
+            metrics.items.labels("image").inc(images)
+
+
+def record_image_errors(codes: Iterable[str]) -> None:
+    """Per-image failure codes of this request: logged as a count per code and counted in metrics."""
+    codes = list(codes)
+    record = current_record()
+    if record is not None:
+        record.image_errors.update(codes)
+    metrics = _metrics()
+    if metrics is not None:
+        for code in codes:
+            metrics.image_errors.labels(code).inc()
+
+
+def record_batch(batch_size: int, queue_wait_s: float) -> None:
+    """One model call that served items of this request: its size and how long our items waited for it."""
+    record = current_record()
+    if record is not None:
+        record.batch_sizes.append(batch_size)
+        record.queue_wait_s = max(record.queue_wait_s, queue_wait_s)
+
+
+def _metrics() -> Metrics | None:
+    state = current_app.extensions.get(_EXTENSION) if has_request_context() else None
+    return state.metrics if state else None
+
+
+# --- wiring ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    project: str | None
+    metrics: Metrics | None
+
+
+def init_app(app: Flask, settings: Any, engine: Any = None) -> None:
+    """Attach request ids, the per-request log line and (if enabled) metrics to ``app``.
+
+    Register this before any other ``before_request`` hook (auth included), so that a request
+    refused early still gets an id and a log line.
+    """
+    metrics = Metrics(engine) if settings.metrics_enabled else None
+    state = _State(project=settings.google_cloud_project, metrics=metrics)
+    app.extensions[_EXTENSION] = state
+    add_context_provider(_log_context)
+    app.before_request(_begin)
+    app.after_request(_finish)
+    if metrics is not None:
+        if engine is not None and hasattr(engine, "set_batch_observer"):
+            engine.set_batch_observer(metrics.observe_batch)
+        app.add_url_rule("/metrics", "metrics", metrics.render, methods=["GET"])
+
+
+def _begin() -> None:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+    g._clipserve_request = RequestRecord(request_id=rid, started=time.perf_counter(),
+                                         trace=parse_trace_headers(request.headers))
+    state: _State = current_app.extensions[_EXTENSION]
+    if state.metrics is not None:
+        state.metrics.in_flight.inc()
+        g._clipserve_in_flight = True
+
+
+def _finish(response: Response) -> Response:
+    record = current_record()
+    if record is None:  # _begin did not run (an earlier before_request hook failed)
+        return response
+    response.headers[REQUEST_ID_HEADER] = record.request_id
+    try:
+        _emit(record, response)
+    except Exception:  # noqa: BLE001 - observability must never turn a response into an error
+        logging.getLogger(__name__).exception("could not record the request")
+    return response
+
+
+def _emit(record: RequestRecord, response: Response) -> None:
+    state: _State = current_app.extensions[_EXTENSION]
+    latency = time.perf_counter() - record.started
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    status = response.status_code
+    if state.metrics is not None:
+        if g.pop("_clipserve_in_flight", False):
+            state.metrics.in_flight.dec()
+        state.metrics.requests.labels(route, request.method, str(status)).inc()
+        state.metrics.latency.labels(route, str(status)).observe(latency)
+    fields: dict[str, Any] = {"request_id": record.request_id, "method": request.method, "route": route,
+                              "status": status, "latency_ms": round(latency * 1000, 2)}
+    fields.update(record.fields)
+    if status >= 400:
+        code = _error_code(response)
+        if code:
+            fields["error_code"] = code
+    if record.image_errors:
+        fields["image_errors"] = dict(record.image_errors)
+    if record.batch_sizes:
+        fields["batch_sizes"] = record.batch_sizes
+        fields["queue_wait_ms"] = round(record.queue_wait_s * 1000, 2)
+    http_request = {"requestMethod": request.method, "requestUrl": request.path, "status": status,
+                    "latency": f"{latency:.6f}s", "protocol": request.environ.get("SERVER_PROTOCOL", ""),
+                    "requestSize": str(request.content_length or 0),
+                    "responseSize": str(response.calculate_content_length() or 0)}
+    extra: dict[str, Any] = {"json_fields": fields, "http_request": http_request}
+    extra.update(_trace_extra(record.trace, state.project))
+    quiet = route in _QUIET_ROUTES and status < 400
+    level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "%s %s %d %.1f ms", request.method, route, status, latency * 1000, extra=extra)
+
+
+def _trace_extra(trace: TraceContext | None, project: str | None) -> dict[str, Any]:
+    """Record attributes both log handlers read: ``trace`` (full resource name), ``span_id``, ``trace_sampled``."""
+    if trace is None:
+        return {}
+    name = trace.resource_name(project)
+    if name is None:  # no project known: keep the id as a plain field, Cloud Logging cannot link it anyway
+        return {"json_fields_trace_id": trace.trace_id}
+    return {"trace": name, "span_id": trace.span_id, "trace_sampled": trace.sampled}
+
+
+def _error_code(response: Response) -> str | None:
+    """The ``error.code`` of a JSON error response (our one error shape), if it is one."""
+    if not response.is_json or response.direct_passthrough:
+        return None
+    body = response.get_json(silent=True)
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _log_context() -> dict[str, Any] | None:
+    """Context for every other line logged while serving a request: its id and trace."""
+    record = current_record()
+    if record is None:
+        return None
+    context: dict[str, Any] = {"json_fields": {"request_id": record.request_id}}
+    state = current_app.extensions.get(_EXTENSION)
+    if state is not None:
+        context.update(_trace_extra(record.trace, state.project))
+    return context

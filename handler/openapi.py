@@ -1,0 +1,93 @@
+"""/openapi.json generated from the pydantic models that validate requests, and the /docs page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from handler.errors import STATUS
+from handler.schemas import ErrorResponse
+
+_REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class RouteDoc:
+    path: str
+    method: str
+    summary: str
+    response: type[BaseModel] | None       # None: not a JSON body (e.g. the HTML docs page)
+    request: type[BaseModel] | None = None
+    multipart_files: str | None = None   # name of the file field accepted as multipart/form-data
+    errors: tuple[str, ...] = field(default=())
+    ok_status: int = 200
+
+
+def build_openapi(routes: list[RouteDoc], *, title: str, version: str, description: str) -> dict[str, Any]:
+    """An OpenAPI 3.1 document: request and response bodies are the models' own JSON schemas."""
+    wanted: list[tuple[type[BaseModel], str]] = [(ErrorResponse, "serialization")]
+    for route in routes:
+        if route.response is not None:
+            wanted.append((route.response, "serialization"))
+        if route.request is not None:
+            wanted.append((route.request, "validation"))
+    refs, schema = models_json_schema(list(dict.fromkeys(wanted)), ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        op: dict[str, Any] = {"summary": route.summary, "operationId": _operation_id(route),
+                              "responses": _responses(route, refs)}
+        if route.request is not None:
+            content = {"application/json": {"schema": refs[(route.request, "validation")]}}
+            if route.multipart_files:
+                name = refs[(route.request, "validation")]["$ref"].rsplit("/", 1)[-1]
+                content["multipart/form-data"] = {"schema": _multipart_schema(route, schema["$defs"][name])}
+            op["requestBody"] = {"required": True, "content": content}
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": description},
+        "paths": paths,
+        "components": {"schemas": schema.get("$defs", {})},
+    }
+
+
+def _operation_id(route: RouteDoc) -> str:
+    name = route.path.strip("/").replace("/", "_").replace(".", "_") or "root"
+    return f"{route.method.lower()}_{name}"
+
+
+def _responses(route: RouteDoc, refs: dict) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if route.response is not None:
+        ok["content"] = {"application/json": {"schema": refs[(route.response, "serialization")]}}
+    responses: dict[str, Any] = {str(route.ok_status): ok}
+    error_schema = {"content": {"application/json": {"schema": refs[(ErrorResponse, "serialization")]}}}
+    for code in route.errors:
+        status = str(STATUS[code])
+        if status in responses:
+            responses[status]["description"] += f", {code}"
+        else:
+            responses[status] = {"description": code, **error_schema}
+    return responses
+
+
+def _multipart_schema(route: RouteDoc, json_schema: dict[str, Any]) -> dict[str, Any]:
+    """The JSON request's fields as form fields, with the image list replaced by file parts."""
+    properties = {k: v for k, v in json_schema.get("properties", {}).items() if k not in ("images", "urls")}
+    properties[route.multipart_files] = {"type": "array", "items": {"type": "string", "format": "binary"},
+                                         "description": "One file part per image (curl -F images=@cat.jpg)."}
+    return {"type": "object", "properties": properties, "required": [route.multipart_files]}
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>clipserve API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>window.onload = () => SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"});</script>
+<noscript>The machine-readable API description is at <a href="openapi.json">openapi.json</a>.</noscript>
+</body></html>
+"""

@@ -1,0 +1,110 @@
+"""Request bodies -> validated models: JSON for every endpoint, multipart/form-data where images are uploaded.
+
+JSON is parsed here rather than with ``request.get_json`` so that every way a body can be bad
+(non-UTF-8, deep nesting that overflows the parser, not an object) ends as a 400 in our shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from handler.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+
+M = TypeVar("M", bound=BaseModel)
+ImageInput = str | bytes
+
+MULTIPART = "multipart/form-data"
+_LIST_FORM_FIELDS = ("texts",)
+_FILE_FIELD = "images"
+_MAX_REPORTED_ERRORS = 5
+
+
+def is_json_type(mimetype: str) -> bool:
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def read_json(model: type[M]) -> M:
+    """The body as ``model``: 415 if it is not JSON, 400 (invalid_json / invalid_request) if it does not parse or fit."""
+    if not is_json_type(request.mimetype):
+        raise UnsupportedMediaType(f"send Content-Type: application/json (got {request.mimetype or 'none'!r})")
+    return validate(model, parse_json_object(request.get_data(cache=False)))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise InvalidJson("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise InvalidJson("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise InvalidJson(f"the body is not valid JSON ({_short(exc)})") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the JSON body must be an object, e.g. {\"texts\": [\"a cat\"]}")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(exc)) from None
+    except RecursionError:
+        raise InvalidRequest("the request is nested too deeply") from None
+
+
+def read_with_images(model: type[M], max_image_bytes: int) -> tuple[M, list[ImageInput] | None]:
+    """JSON or multipart body -> (options model, image inputs or None when the request has no images).
+
+    In multipart, each file part named ``images`` is one image (raw file bytes); other parts are form
+    fields with the JSON field names (``texts`` may repeat). Images may also be given as IMAGE strings
+    in ``images`` form fields, but not both kinds at once (their relative order would be lost).
+    """
+    if request.mimetype != MULTIPART:
+        parsed = read_json(model)
+        return parsed, getattr(parsed, "images", None)
+    files = request.files
+    unexpected = [name for name in files if name != _FILE_FIELD]
+    if unexpected:
+        raise InvalidRequest(f"unexpected file part {unexpected[0]!r}; upload images as 'images'")
+    uploads = files.getlist(_FILE_FIELD)
+    fields: dict[str, Any] = {}
+    for name in request.form:
+        values = request.form.getlist(name)
+        fields[name] = values if name in _LIST_FORM_FIELDS or name == _FILE_FIELD else values[-1]
+    if uploads and _FILE_FIELD in fields:
+        raise InvalidRequest("send images either as file parts or as 'images' form fields, not both")
+    if not uploads:
+        parsed = validate(model, fields)
+        return parsed, getattr(parsed, "images", None)
+    # Validate the options with one placeholder string per file; the images are the uploaded bytes.
+    parsed = validate(model, {**fields, _FILE_FIELD: [""] * len(uploads)})
+    return parsed, [upload.stream.read(max_image_bytes + 1) for upload in uploads]
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """'texts[3]: String should have at most 2000 characters; ...' without echoing the input back."""
+    parts = []
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    for error in errors[:_MAX_REPORTED_ERRORS]:
+        where = _location(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    if len(errors) > _MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - _MAX_REPORTED_ERRORS} more")
+    return "; ".join(parts)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("\n", 1)[0][:120]

@@ -1,0 +1,185 @@
+"""Request and response schemas. The request models validate bodies AND generate /openapi.json.
+
+Request models are built per app by ``build_request_models`` so that the configured limits
+(items per request, text length) appear in the schema as maxItems/maxLength, and a request
+over them fails validation with the field and index named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from inputs.errors import CODES
+
+EncodingFormat = Literal["float", "base64"]
+ImageErrorCode = Literal[CODES]  # type: ignore[valid-type]
+
+IMAGE_DOC = ("An IMAGE: an http(s) URL, a data:image/...;base64, URI, or bare base64 of the file bytes. "
+             "Failures are reported per index in `errors`.")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+
+class ModelRef(BaseModel):
+    variant: str
+    architecture: str
+
+
+class ImageErrorItem(BaseModel):
+    index: int = Field(ge=0, description="Position of the image in the request.")
+    code: ImageErrorCode  # type: ignore[valid-type]
+    message: str
+
+
+Vector = Union[list[float], str]
+VECTOR_DOC = "A list of floats, or with encoding_format=base64 a base64 string of little-endian float32."
+
+
+class _Embedded(BaseModel):
+    model: ModelRef
+    dim: int
+
+
+class TextEmbedResponse(_Embedded):
+    embeddings: list[Vector] = Field(description=VECTOR_DOC)
+    truncated: list[int] = Field(description="Indices of texts cut to the model's context length.")
+
+
+class ImageEmbedResponse(_Embedded):
+    embeddings: list[Optional[Vector]] = Field(description=VECTOR_DOC + " null where the image failed.")
+    errors: list[ImageErrorItem]
+
+
+class MixedEmbedResponse(_Embedded):
+    text_embeddings: list[Vector]
+    image_embeddings: list[Optional[Vector]]
+    errors: list[ImageErrorItem]
+    truncated: list[int]
+
+
+class ScoreResponse(_Embedded):
+    pairwise: bool
+    clip_score: Union[list[Optional[list[float]]], list[Optional[float]]] = Field(
+        description="max(100 * cosine, 0). Rows = images, columns = texts (flat list when pairwise); "
+                    "null for a failed image.")
+    cosine: Union[list[Optional[list[float]]], list[Optional[float]]]
+    probs: Optional[list[Optional[list[float]]]] = Field(
+        description="Softmax over the texts of logit_scale * cosine (zero-shot classification); null when pairwise.")
+    errors: list[ImageErrorItem]
+    truncated: list[int]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading", "failed", "unhealthy"]
+    reason: Optional[str] = None
+
+
+class ModelInfoOut(BaseModel):
+    variant: str
+    architecture: str
+    text_tower: str
+    image_tower: str
+    dim: int
+    image_size: int
+    context_length: int
+    logit_scale: float
+
+
+class InfoResponse(BaseModel):
+    service: str
+    version: str
+    status: Literal["ok", "loading", "failed", "unhealthy"]
+    model: Optional[ModelInfoOut]
+    limits: dict[str, Union[int, float, bool]]
+    endpoints: list[str]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Optional[list[dict[str, Any]]] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    text: type[BaseModel]
+    image: type[BaseModel]
+    mixed: type[BaseModel]
+    score: type[BaseModel]
+
+
+def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
+    """Request models whose limits are the configured ones (and so show in /openapi.json)."""
+    Text = Annotated[str, StringConstraints(max_length=max_text_chars)]
+    Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items,
+                                        description=f"1 to {max_items} texts of at most {max_text_chars} characters.")]
+    Images = Annotated[list[str], Field(min_length=1, max_length=max_items,
+                                        description=f"1 to {max_items} images. {IMAGE_DOC}")]
+    Vectors = Annotated[list[list[float]], Field(min_length=1, max_length=max_items,
+                                                 description="Embeddings computed earlier (any scale).")]
+
+    class EmbedOptions(_Strict):
+        normalize: bool = Field(True, description="L2-normalize the embeddings.")
+        encoding_format: EncodingFormat = Field("float", description=VECTOR_DOC)
+
+    class TextEmbedRequest(EmbedOptions):
+        texts: Texts
+
+    class ImageEmbedRequest(EmbedOptions):
+        images: Optional[Images] = None
+        urls: Optional[Images] = Field(None, description="Older name for `images`; give one of the two.")
+
+        @model_validator(mode="after")
+        def _one_image_list(self) -> "ImageEmbedRequest":
+            if (self.images is None) == (self.urls is None):
+                raise ValueError("give exactly one of `images` or `urls`")
+            if self.images is None:
+                self.images, self.urls = self.urls, None
+            return self
+
+    class MixedEmbedRequest(EmbedOptions):
+        texts: Optional[Texts] = None
+        images: Optional[Images] = None
+
+        @model_validator(mode="after")
+        def _not_empty(self) -> "MixedEmbedRequest":
+            if self.texts is None and self.images is None:
+                raise ValueError("give `texts`, `images` or both")
+            return self
+
+    class ScoreRequest(_Strict):
+        texts: Optional[Texts] = None
+        text_embeddings: Optional[Vectors] = None
+        images: Optional[Images] = None
+        image_embeddings: Optional[Vectors] = None
+        pairwise: bool = Field(False, description="Score images[i] against texts[i] (equal lengths); flat lists.")
+
+        @model_validator(mode="after")
+        def _one_of_each_side(self) -> "ScoreRequest":
+            if (self.texts is None) == (self.text_embeddings is None):
+                raise ValueError("give exactly one of `texts` or `text_embeddings`")
+            if (self.images is None) == (self.image_embeddings is None):
+                raise ValueError("give exactly one of `images` or `image_embeddings`")
+            if self.pairwise:
+                n_texts = len(self.texts if self.texts is not None else self.text_embeddings)
+                n_images = len(self.images if self.images is not None else self.image_embeddings)
+                if n_texts != n_images:
+                    raise ValueError(f"pairwise scoring needs as many texts as images ({n_texts} != {n_images})")
+            return self
+
+    return RequestModels(text=TextEmbedRequest, image=ImageEmbedRequest, mixed=MixedEmbedRequest, score=ScoreRequest)

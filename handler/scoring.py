@@ -1,0 +1,53 @@
+"""Pure numpy: vectors -> the numbers /score returns, and vectors -> JSON (floats or base64)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Sequence
+
+import numpy as np
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (float64). Callers reject zero rows first."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def cosine_matrix(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """(n_images, n_texts) cosine similarities."""
+    return unit_rows(images) @ unit_rows(texts).T
+
+
+def cosine_pairwise(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """cos(images[i], texts[i]) for each i."""
+    return np.einsum("ij,ij->i", unit_rows(images), unit_rows(texts))
+
+
+def clip_score(cosine: np.ndarray) -> np.ndarray:
+    """CLIPScore as usually reported: max(100 * cosine, 0)."""
+    return np.maximum(100.0 * cosine, 0.0)
+
+
+def zero_shot_probs(cosine: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Softmax over the texts (last axis) of logit_scale * cosine, as CLIP zero-shot classification does."""
+    logits = logit_scale * cosine
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list:
+    """Rows as JSON lists of floats, or as base64 of little-endian float32 bytes (OpenAI's format)."""
+    if encoding_format == "base64":
+        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+    return np.asarray(vectors, dtype=np.float32).tolist()
+
+
+def place(values: Sequence, positions: Sequence[int], size: int) -> list:
+    """A list of ``size`` entries with values at ``positions`` and None elsewhere (keeps arrays aligned)."""
+    out: list = [None] * size
+    for position, value in zip(positions, values):
+        out[position] = value
+    return out

@@ -1,0 +1,59 @@
+"""gunicorn settings: one worker process (one copy of the model), several threads, bound to $PORT.
+
+Run: ``gunicorn -c infra/gunicorn.conf.py handler.wsgi:app``. Every value comes from
+``infra.settings.Settings`` (env vars), so a bad value fails here at boot, naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# gunicorn loads this file by path; make the project importable however it was started.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from infra.settings import Settings  # noqa: E402
+
+_settings = Settings.from_env()
+
+bind = f"0.0.0.0:{_settings.port}"
+# One process: the model is CPU-bound and large; a second worker would double the memory and fight
+# for the same cores. Request threads mostly wait (fetching images, or on the inference thread).
+workers = 1
+worker_class = "gthread"
+threads = _settings.http_threads
+# Worker heartbeat (gthread beats from its main loop, so long requests do not trip it): a worker
+# that stops beating for this long is restarted.
+timeout = 60
+# Cloud Run sends SIGTERM and kills 10 s later: finish accepted requests within 8 s, then exit.
+graceful_timeout = 8
+keepalive = 5
+# Import the app in the worker, after fork: no thread or model crosses a fork.
+preload_app = False
+# The heartbeat file lives in memory, not on the container's (possibly slow or read-only) disk.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+errorlog = "-"
+accesslog = None
+loglevel = "info"
+
+
+def _engine(worker):  # noqa: ANN001, ANN202 - gunicorn objects
+    api = getattr(worker.wsgi, "extensions", {}).get("clipserve")
+    return api.engine if api is not None else None
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001
+    """Right after the worker imported the app: start loading the model and the inference thread.
+
+    (``post_fork`` runs before the app is imported, so it has no engine to start yet.)
+    """
+    engine = _engine(worker)
+    if engine is not None:
+        engine.start()
+
+
+def worker_exit(server, worker) -> None:  # noqa: ANN001
+    """After the worker finished its accepted requests: stop the inference thread."""
+    engine = _engine(worker)
+    if engine is not None:
+        engine.shutdown(timeout=2.0)

@@ -1,0 +1,96 @@
+"""Image inputs: IMAGE strings or uploaded bytes -> decoded RGB ``PIL.Image``, with byte/pixel limits and safe URL fetching.
+
+No HTTP framework and no torch here; ``load_images`` takes an optional ``then`` step (the model's
+``prepare_image``) so that preprocessing also runs in the loading threads, not on the inference thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+from PIL import Image
+
+from inputs.decode import decode_image
+from inputs.errors import CODES, FETCH_TIMEOUT, INVALID_IMAGE, ImageError
+from inputs.fetch import FetchLimits, fetch_url
+from inputs.source import ImageSource, parse_image_string
+
+__all__ = ["CODES", "ImageError", "ImageLimits", "FetchLimits", "load_image", "load_images", "decode_image",
+           "fetch_url", "parse_image_string", "ImageSource"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Extra time, past the fetch deadline, that decoding and preprocessing may take before we stop waiting.
+_DECODE_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    fetch: FetchLimits = FetchLimits()
+    concurrency: int = 8
+
+    @classmethod
+    def from_settings(cls, settings) -> "ImageLimits":  # noqa: ANN001 - infra.settings.Settings
+        return cls(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                   concurrency=settings.fetch_concurrency,
+                   fetch=FetchLimits(connect_timeout_s=settings.fetch_connect_timeout_s,
+                                     total_timeout_s=settings.fetch_timeout_s,
+                                     max_redirects=settings.fetch_max_redirects,
+                                     max_bytes=settings.max_image_bytes,
+                                     allow_private=settings.allow_private_urls))
+
+
+def load_image(source: str | bytes, limits: ImageLimits) -> Image.Image:
+    """One IMAGE string (URL, data URI, base64) or raw uploaded bytes -> RGB image. Raises ImageError."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > limits.max_bytes:
+            raise ImageError("too_large", f"the image is larger than {limits.max_bytes} bytes")
+    else:
+        parsed: ImageSource = parse_image_string(source, max_bytes=limits.max_bytes)
+        data = fetch_url(parsed.url, limits.fetch) if parsed.url is not None else parsed.data
+    return decode_image(data, max_pixels=limits.max_pixels)
+
+
+def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
+                then: Callable[[Image.Image], T] | None = None,
+                timeout_s: float | None = None) -> list[T | Image.Image | ImageError]:
+    """Load every source (URLs concurrently, at most ``limits.concurrency`` at once); one result per source.
+
+    A failure is returned in place as an ImageError, so the caller keeps the indices aligned.
+    The whole step is bounded (``timeout_s``, by default enough for every wave of fetches plus a
+    grace period): whatever is not done by then is reported as fetch_timeout, so a worker thread
+    stuck in DNS cannot hold the request.
+    """
+    def one(source: str | bytes) -> T | Image.Image | ImageError:
+        try:
+            image = load_image(source, limits)
+        except ImageError as exc:
+            return exc
+        if then is None:
+            return image
+        try:
+            return then(image)
+        except Exception:  # noqa: BLE001 - a decoded image the model cannot preprocess is still the input's fault
+            log.warning("preprocessing a decoded %sx%s image failed", *image.size, exc_info=True)
+            return ImageError(INVALID_IMAGE, "the image could not be preprocessed")
+
+    if len(sources) <= 1 and not any(isinstance(s, str) and "://" in s[:16] for s in sources):
+        return [one(s) for s in sources]
+    workers = max(1, min(limits.concurrency, len(sources)))
+    if timeout_s is None:
+        waves = -(-len(sources) // workers)
+        timeout_s = waves * limits.fetch.total_timeout_s + _DECODE_GRACE_S
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipserve-fetch")
+    try:
+        futures = [pool.submit(one, s) for s in sources]
+        concurrent.futures.wait(futures, timeout=timeout_s)
+        return [f.result() if f.done() else ImageError(FETCH_TIMEOUT, "the image did not load in time")
+                for f in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

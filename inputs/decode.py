@@ -1,0 +1,55 @@
+"""Encoded image bytes -> RGB ``PIL.Image``, refusing decompression bombs before any pixel is decoded."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+from PIL import Image
+
+from inputs.errors import INVALID_IMAGE, TOO_LARGE, ImageError
+
+log = logging.getLogger(__name__)
+
+# Formats a client may send. Limiting the list keeps Pillow's rarer parsers away from untrusted bytes.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF")
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode the first frame of ``data`` and convert it to RGB (as open_clip's preprocessing does).
+
+    ``Image.open`` reads only the header, so the pixel count is checked before any pixel is decoded.
+    Raises ImageError(too_large | invalid_image); nothing else escapes.
+    """
+    formats = [f for f in ALLOWED_FORMATS if f in Image.OPEN]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own, lower limit
+            image = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError:
+        raise ImageError(TOO_LARGE, f"the image has more than {max_pixels} pixels") from None
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bad bytes; all mean "not an image"
+        raise ImageError(INVALID_IMAGE, "not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+    try:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageError(INVALID_IMAGE, "the image has no pixels")
+        if width * height > max_pixels:
+            raise ImageError(TOO_LARGE, f"the image is {width}x{height}, more than {max_pixels} pixels")
+        return _first_frame_rgb(image)
+    finally:
+        image.close()
+
+
+def _first_frame_rgb(image: Image.Image) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "palette images with transparency ... RGBA"
+            image.seek(0)
+            image.load()
+            return image.convert("RGB")
+    except MemoryError:
+        raise ImageError(TOO_LARGE, "the image is too large to decode") from None
+    except Exception:  # noqa: BLE001 - truncated or corrupt data in any of Pillow's decoders
+        raise ImageError(INVALID_IMAGE, "the image data is truncated or corrupt") from None

@@ -29,10 +29,13 @@ class SettingsError(ValueError):
 
 
 def _env(name: str, default: Any, doc: str, *, minimum: float | None = None,
-         maximum: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field bound to an env var, with its bounds and a one-line description."""
+         maximum: float | None = None, choices: tuple[str, ...] | None = None, secret: bool = False) -> Any:
+    """A dataclass field bound to an env var, with its bounds and a one-line description.
+
+    ``secret`` keeps the value out of ``repr`` (so printing or logging the settings leaks no key).
+    """
     meta = {"env": name, "doc": doc, "min": minimum, "max": maximum, "choices": choices}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,20 @@ class Settings:
     stall_timeout_s: float = _env("STALL_TIMEOUT_S", 120.0,
                                   "A model call running longer than this makes /health report unhealthy.",
                                   minimum=1, maximum=3600)
+    # operations: logs, metrics, API keys
+    log_level: str = _env("LOG_LEVEL", "INFO", "Lowest severity logged (JSON lines on stdout).",
+                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    metrics_enabled: bool = _env("METRICS_ENABLED", False, "Serve Prometheus metrics at GET /metrics.")
+    api_keys: str | None = _env("API_KEYS", None,
+                                "Comma-separated API keys; when set (or API_KEYS_FILE), every route but /health "
+                                "needs 'Authorization: Bearer <key>'.", secret=True)
+    api_keys_file: Path | None = _env("API_KEYS_FILE", None,
+                                      "File of API keys (one per line or comma-separated, # comments), "
+                                      "e.g. a mounted secret.")
+    google_cloud_project: str | None = _env("GOOGLE_CLOUD_PROJECT", None,
+                                            "GCP project id: turns trace headers into Cloud Logging trace links.")
+    k_service: str | None = _env("K_SERVICE", None,
+                                 "Set by Cloud Run; selects google-cloud-logging's structured log handler.")
 
     def __post_init__(self) -> None:
         if self.queue_size < self.max_items:

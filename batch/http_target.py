@@ -47,10 +47,17 @@ class HttpOptions:
 class _Rejected(Exception):
     """The service refused the whole request with a 4xx we can attribute to its rows."""
 
-    def __init__(self, status: int, error: RowError) -> None:
+    def __init__(self, status: int, error: RowError, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(f"HTTP {status}: {error.code}")
         self.status = status
         self.error = error
+        self.details = details  # per-image errors by index, when every image failed (422)
+
+    def per_image(self) -> dict[str, Any] | None:
+        """A 422 "every image failed" read as a normal body: its per-image errors, no vectors."""
+        if self.status == 422 and self.details:
+            return {"errors": self.details}
+        return None
 
 
 def decode_vector(value: Any) -> np.ndarray | None:
@@ -62,13 +69,15 @@ def decode_vector(value: Any) -> np.ndarray | None:
     return np.asarray(value, dtype=np.float32)
 
 
-def _error_of(response: requests.Response) -> RowError:
+def _error_of(response: requests.Response) -> tuple[RowError, list[dict[str, Any]] | None]:
+    """The API's {"error": {"code", "message", "details"?}}, or the status when the body is not that."""
     try:
-        body = response.json()
-        error = body["error"]
-        return RowError(str(error.get("code", f"http_{response.status_code}")), str(error.get("message", "")))
+        error = response.json()["error"]
+        code, message = str(error.get("code", f"http_{response.status_code}")), str(error.get("message", ""))
+        details = error.get("details")
+        return RowError(code, message), details if isinstance(details, list) else None
     except (ValueError, KeyError, TypeError, AttributeError):
-        return RowError(f"http_{response.status_code}", response.text[:200])
+        return RowError(f"http_{response.status_code}", response.text[:200]), None
 
 
 def _errors_by_index(body: dict[str, Any]) -> dict[int, RowError]:
@@ -128,15 +137,14 @@ class HttpTarget:
                 return response.json()
             except ValueError:
                 raise FatalTargetError(f"{method} {url}: 200 with a body that is not JSON") from None
-        error = _error_of(response)
+        error, details = _error_of(response)
         if status in SPLITTABLE_STATUSES:
-            raise _Rejected(status, error)
+            raise _Rejected(status, error, details)
         hint = " (check --token / --api-key / --aws-sigv4)" if status in (401, 403) else ""
         raise FatalTargetError(f"{method} {url}: HTTP {status} {error.code}: {error.message}{hint}")
 
     def describe(self) -> dict[str, Any]:
-        body = self._request("GET", "/")
-        return {k: body[k] for k in ("model", "variant", "architecture", "dim") if k in body}
+        return self._request("GET", "/").get("model") or {}
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -193,7 +201,13 @@ class HttpTarget:
         truncated: set[int] = set()
         remote_errors: dict[int, RowError] = {}
         if texts or images:
-            text_list, image_list, body = self._post_embed([t for _, t in texts], [im for _, im in images], normalize)
+            try:
+                text_list, image_list, body = self._post_embed([t for _, t in texts], [im for _, im in images], normalize)
+            except _Rejected as rejected:
+                body = rejected.per_image()  # /embed/image where every image failed
+                if body is None or texts:
+                    raise
+                text_list, image_list = [], [None] * len(images)
             text_vectors = {row_i: decode_vector(v) for (row_i, _), v in zip(texts, text_list, strict=True)}
             image_vectors = {row_i: decode_vector(v) for (row_i, _), v in zip(images, image_list, strict=True)}
             truncated = {texts[j][0] for j in body.get("truncated") or []}
@@ -245,13 +259,15 @@ class HttpTarget:
             else:
                 pairs.append((i, row.text, wire))  # type: ignore[arg-type]
         if pairs:
-            body = self._request(
-                "POST",
-                "/score",
-                {"texts": [t for _, t, _ in pairs], "images": [im for _, _, im in pairs], "pairwise": True},
-            )
+            request = {"texts": [t for _, t, _ in pairs], "images": [im for _, _, im in pairs], "pairwise": True}
+            try:
+                body = self._request("POST", "/score", request)
+            except _Rejected as rejected:
+                body = rejected.per_image()  # every image failed
+                if body is None:
+                    raise
             errors = _errors_by_index(body)
-            scores, cosines = body["clip_score"], body["cosine"]
+            scores, cosines = body.get("clip_score") or [None] * len(pairs), body.get("cosine") or [None] * len(pairs)
             for j, (row_i, _, _) in enumerate(pairs):
                 if j in errors or scores[j] is None:
                     results[row_i] = ScoreResult(error=errors.get(j, RowError("error", "no score returned")))

@@ -115,8 +115,8 @@ class FakeService:
         errors = [{"index": i, "code": "invalid_image", "message": "not an image"}
                   for i, im in enumerate(images) if im == BROKEN_IMAGE]
         bad = {e["index"] for e in errors}
-        if images and len(bad) == len(images) and path != "/embed/mixed":
-            return 422, {"error": {"code": "invalid_image", "message": "every image failed"}}
+        if images and len(bad) == len(images) and not (path == "/embed/mixed" and texts):
+            return 422, {"error": {"code": "all_images_failed", "message": "every image failed", "details": errors}}
         image_vectors = [None if i in bad else _wire(fake_image_vector(im), fmt) for i, im in enumerate(images)]
         text_vectors = [_wire(fake_text_vector(t), fmt) for t in texts]
         if path == "/embed/text":

@@ -56,15 +56,19 @@ def test_embed_writes_the_services_vectors_on_the_right_rows(tmp_path, capsys, s
     assert all(body["encoding_format"] == "base64" for _, body in service.requests)
 
 
-def test_a_batch_whose_images_all_fail_reports_each_row(tmp_path, capsys, service):
-    """The service answers 422 for the whole request; each row still gets its own error."""
-    rows = [{"id": "a", "image": BROKEN_IMAGE}, {"id": "b", "image": BROKEN_IMAGE}]
+@pytest.mark.parametrize("command", ["embed", "score"])
+def test_a_batch_whose_images_all_fail_reports_each_row(tmp_path, capsys, service, command):
+    """The service answers 422 with per-image details; each row gets its own error, in one request."""
+    rows = [{"id": "a", "image": BROKEN_IMAGE, "text": "x"}, {"id": "b", "image": BROKEN_IMAGE, "text": "y"}]
+    if command == "embed":
+        rows = [{"id": r["id"], "image": r["image"]} for r in rows]
     src = write_csv(tmp_path / "in.csv", rows)
-    status, summary = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+    status, summary = run_cli(capsys, command, "--input", src, "--output", tmp_path / "o.jsonl",
                               "--endpoint", service.url)
     assert status == 0
     assert [(r["id"], r["error"]["code"]) for r in read_jsonl(tmp_path / "o.jsonl")] == [
         ("a", "invalid_image"), ("b", "invalid_image")]
+    assert len(service.requests) == 1
 
 
 def test_a_rejected_row_costs_only_itself(tmp_path, capsys, service):

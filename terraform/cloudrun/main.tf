@@ -1,25 +1,3 @@
-locals {
-  default_cpu        = { english = 2, multilingual = 4 }
-  default_memory_gib = { english = 2, multilingual = 6 }
-  cpu                = coalesce(var.cpu, local.default_cpu[var.model_variant])
-  memory_gib         = coalesce(var.memory_gib, local.default_memory_gib[var.model_variant])
-  min_memory_gib     = { 1 = 0.5, 2 = 0.5, 4 = 2, 6 = 4, 8 = 4 }
-  deploy_app         = var.image != null
-  port               = 8080
-
-  app_env = merge(var.extra_env, {
-    MODEL_VARIANT = var.model_variant
-    # One worker process; one spare thread beyond the concurrency so probes never queue.
-    HTTP_THREADS      = tostring(var.concurrency + 1)
-    TORCH_THREADS     = tostring(local.cpu)
-    REQUEST_TIMEOUT_S = tostring(max(1, var.request_timeout_s - 5))
-  })
-  resource_limits = {
-    cpu    = tostring(local.cpu)
-    memory = "${local.memory_gib}Gi"
-  }
-}
-
 resource "google_artifact_registry_repository" "images" {
   repository_id = var.name
   location      = var.region
@@ -110,13 +88,6 @@ resource "google_cloud_run_v2_service" "service" {
           port = local.port
         }
       }
-    }
-  }
-
-  lifecycle {
-    precondition {
-      condition     = local.memory_gib <= 4 * local.cpu && local.memory_gib >= local.min_memory_gib[tostring(local.cpu)]
-      error_message = "Cloud Run allows at most 4 GiB per vCPU and needs at least 2 GiB at 4 vCPUs, 4 GiB at 6 or 8."
     }
   }
 }

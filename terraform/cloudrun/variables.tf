@@ -55,6 +55,12 @@ variable "memory_gib" {
     condition     = var.memory_gib == null ? true : (floor(var.memory_gib) == var.memory_gib && var.memory_gib >= 1 && var.memory_gib <= 32)
     error_message = "memory_gib: a whole number from 1 to 32."
   }
+  validation {
+    # Checked on the effective values (variant defaults included).
+    condition = (coalesce(var.memory_gib, local.default_memory_gib[var.model_variant]) <= 4 * local.cpu &&
+    coalesce(var.memory_gib, local.default_memory_gib[var.model_variant]) >= lookup({ 4 = 2, 6 = 4, 8 = 4 }, tostring(local.cpu), 1))
+    error_message = "Cloud Run allows at most 4 GiB per vCPU and needs at least 2 GiB at 4 vCPUs and 4 GiB at 6 or 8."
+  }
 }
 
 variable "min_instances" {

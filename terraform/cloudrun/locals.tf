@@ -1,0 +1,23 @@
+# Values derived from the variables only (no resources): tests evaluate this file with
+# `terraform console` alongside variables.tf, which needs no Google provider.
+locals {
+  default_cpu        = { english = 2, multilingual = 4 }
+  default_memory_gib = { english = 2, multilingual = 6 }
+  cpu                = coalesce(var.cpu, local.default_cpu[var.model_variant])
+  memory_gib         = coalesce(var.memory_gib, local.default_memory_gib[var.model_variant])
+  deploy_app         = var.image != null
+  port               = 8080
+
+  app_env = merge(var.extra_env, {
+    MODEL_VARIANT = var.model_variant
+    # One worker process; one spare thread beyond the concurrency so probes never queue.
+    HTTP_THREADS      = tostring(var.concurrency + 1)
+    TORCH_THREADS     = tostring(local.cpu)
+    REQUEST_TIMEOUT_S = tostring(max(1, var.request_timeout_s - 5))
+  })
+  resource_limits = {
+    cpu    = tostring(local.cpu)
+    memory = "${local.memory_gib}Gi"
+  }
+}
+

@@ -1,0 +1,331 @@
+"""Terraform checks, all offline.
+
+- Both modules: `terraform fmt -check`.
+- AWS (terraform/lambda): init from the local provider mirror, validate, a real plan with the
+  offline provider switches, and `terraform test` (mocked provider, tests/lambda.tftest.hcl).
+- Google (terraform/cloudrun): there is no google provider offline, so
+  * variables.tf + locals.tf are evaluated with `terraform console` (they need no provider):
+    defaults per variant and every validation rule, exactly as Terraform applies them;
+  * python-hcl2 reads main.tf and checks the wiring (always runs, even without terraform).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from deploy_support import (TERRAFORM_DIR, aws_provider_mirror, copy_module, offline_env,
+                            run_terraform, terraform_binary)
+
+
+# ---------------------------------------------------------------- python-hcl2 helpers
+
+def _unquote(value: Any) -> Any:
+    """python-hcl2 keeps the quotes of string literals ('"x"'); drop them."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def load_module(name: str) -> dict[str, Any]:
+    """Every .tf file of terraform/<name>, merged: {'resource': {type: {name: body}}, 'variable': {...}}."""
+    merged: dict[str, Any] = {"resource": {}, "variable": {}, "output": {}, "locals": {}}
+    for path in sorted((TERRAFORM_DIR / name).glob("*.tf")):
+        with path.open() as handle:
+            parsed = hcl2.load(handle)
+        for block in parsed.get("resource", []):
+            for rtype, named in block.items():
+                for rname, body in named.items():
+                    merged["resource"].setdefault(_unquote(rtype), {})[_unquote(rname)] = body
+        for kind in ("variable", "output"):
+            for block in parsed.get(kind, []):
+                for vname, body in block.items():
+                    merged[kind][_unquote(vname)] = body
+        for block in parsed.get("locals", []):
+            merged["locals"].update(block)
+    return merged
+
+
+def resource(module: dict[str, Any], rtype: str, rname: str) -> dict[str, Any]:
+    return module["resource"][rtype][rname]
+
+
+def default(module: dict[str, Any], var: str) -> Any:
+    return _unquote(module["variable"][var].get("default"))
+
+
+@pytest.fixture(scope="module")
+def cloudrun() -> dict[str, Any]:
+    return load_module("cloudrun")
+
+
+@pytest.fixture(scope="module")
+def aws() -> dict[str, Any]:
+    return load_module("lambda")
+
+
+# ---------------------------------------------------------------- Google: wiring (python-hcl2)
+
+def test_cloud_run_scales_to_zero_with_a_cap(cloudrun):
+    template = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
+    scaling = template["scaling"][0]
+    assert scaling["min_instance_count"] == "${var.min_instances}"
+    assert scaling["max_instance_count"] == "${var.max_instances}"
+    assert default(cloudrun, "min_instances") == 0
+    assert 1 <= default(cloudrun, "max_instances") <= 10
+    # request-based billing (CPU only during requests) is what makes idle instances cheap
+    assert template["containers"][0]["resources"][0]["cpu_idle"] == "${!var.cpu_always_allocated}"
+    assert default(cloudrun, "cpu_always_allocated") is False
+
+
+def test_cloud_run_concurrency_matches_gunicorn_threads(cloudrun):
+    template = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
+    assert template["max_instance_request_concurrency"] == "${var.concurrency}"
+    env = cloudrun["locals"]["app_env"]
+    assert "HTTP_THREADS = tostring(var.concurrency + 1)" in env
+    assert template["containers"][0]["dynamic"][0]['"env"']["for_each"] == "${local.app_env}"
+    assert 1 <= default(cloudrun, "concurrency") <= 16, "a CPU-bound model wants a small concurrency"
+
+
+def test_cloud_run_probes_use_health_within_the_start_window(cloudrun):
+    container = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]["containers"][0]
+    startup = container["startup_probe"][0]
+    liveness = container["liveness_probe"][0]
+    assert _unquote(startup["http_get"][0]["path"]) == "/health"
+    assert _unquote(liveness["http_get"][0]["path"]) == "/health"
+    assert startup["period_seconds"] == "${var.startup_probe_period_s}"
+    assert startup["failure_threshold"] == "${var.startup_probe_failure_threshold}"
+    window = (default(cloudrun, "startup_probe_initial_delay_s")
+              + default(cloudrun, "startup_probe_period_s") * default(cloudrun, "startup_probe_failure_threshold"))
+    assert 120 <= window <= 240, f"default startup window {window}s: give the model time, within Cloud Run's 240 s"
+
+
+def test_cloud_run_boosts_cpu_at_start_and_sizes_per_variant(cloudrun):
+    container = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]["containers"][0]
+    assert container["resources"][0]["startup_cpu_boost"] == "${var.startup_cpu_boost}"
+    assert default(cloudrun, "startup_cpu_boost") is True
+    assert container["resources"][0]["limits"] == "${local.resource_limits}"
+    assert cloudrun["locals"]["default_cpu"] == {"english": 2, "multilingual": 4}
+
+
+def test_cloud_run_runs_as_a_service_account_with_no_roles(cloudrun):
+    template = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
+    assert template["service_account"] == "${google_service_account.service.email}"
+    project_grants = [rtype for rtype in cloudrun["resource"] if rtype.startswith("google_project_iam")]
+    assert project_grants == [], "the runtime identity must hold no project roles"
+    grants_to_runtime = [f"{rtype}.{rname}" for rtype, named in cloudrun["resource"].items()
+                         for rname, body in named.items()
+                         if "google_service_account.service." in json.dumps(body.get("member", ""))]
+    assert grants_to_runtime == [], "no role may be granted to the service's own account"
+
+
+def test_cloud_run_is_private_unless_asked(cloudrun):
+    public = resource(cloudrun, "google_cloud_run_v2_service_iam_member", "public")
+    assert _unquote(public["member"]) == "allUsers"
+    assert _unquote(public["role"]) == "roles/run.invoker"
+    assert "var.allow_unauthenticated" in public["count"]
+    assert default(cloudrun, "allow_unauthenticated") is False
+    invokers = resource(cloudrun, "google_cloud_run_v2_service_iam_member", "invokers")
+    assert "var.invokers" in invokers["for_each"]
+    assert default(cloudrun, "invokers") == []
+    iam_members = cloudrun["resource"]["google_cloud_run_v2_service_iam_member"]
+    assert set(iam_members) == {"public", "invokers"}, "no other path may grant invoke"
+
+
+def test_cloud_run_service_and_job_pass_the_variant(cloudrun):
+    assert "MODEL_VARIANT = var.model_variant" in cloudrun["locals"]["app_env"]
+    job = resource(cloudrun, "google_cloud_run_v2_job", "batch")
+    container = job["template"][0]["template"][0]["containers"][0]
+    assert "MODEL_VARIANT = var.model_variant" in container["dynamic"][0]['"env"']["for_each"]
+
+
+def test_batch_job_runs_the_same_image_with_tasks_and_retries(cloudrun):
+    job = resource(cloudrun, "google_cloud_run_v2_job", "batch")
+    service = resource(cloudrun, "google_cloud_run_v2_service", "service")
+    execution = job["template"][0]
+    task = execution["template"][0]
+    assert execution["task_count"] == "${var.job_tasks}"
+    assert execution["parallelism"] == "${var.job_parallelism}"
+    assert task["max_retries"] == "${var.job_max_retries}"
+    assert task["timeout"] == '"${var.job_task_timeout_s}s"'
+    assert task["containers"][0]["image"] == service["template"][0]["containers"][0]["image"] == "${var.image}"
+    assert task["service_account"] == "${google_service_account.job.email}"
+    assert default(cloudrun, "job_max_retries") >= 1
+
+
+# Knobs a user tunes: each must carry a validation block with the platform's range.
+CLOUDRUN_KNOBS = ["cpu", "memory_gib", "min_instances", "max_instances", "concurrency", "request_timeout_s",
+                  "startup_probe_initial_delay_s", "startup_probe_period_s", "startup_probe_failure_threshold",
+                  "liveness_probe_period_s", "liveness_probe_failure_threshold", "job_tasks", "job_parallelism",
+                  "job_max_retries", "job_task_timeout_s", "model_variant", "ingress", "invokers", "keep_images"]
+LAMBDA_KNOBS = ["memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency",
+                "provisioned_concurrency", "function_url_auth", "log_retention_days", "ecr_keep_images",
+                "model_variant", "architecture", "image_tag"]
+
+
+@pytest.mark.parametrize("module_name,knobs", [("cloudrun", CLOUDRUN_KNOBS), ("lambda", LAMBDA_KNOBS)])
+def test_every_knob_is_validated_and_documented(module_name, knobs):
+    module = load_module(module_name)
+    for name in knobs:
+        assert module["variable"][name].get("validation"), f"{module_name}: variable {name} has no validation"
+    for name, body in module["variable"].items():
+        assert _unquote(body.get("description", "")).strip(), f"{module_name}: variable {name} has no description"
+
+
+def test_both_modules_output_the_url(cloudrun, aws):
+    assert "url" in cloudrun["output"] and "url" in aws["output"]
+
+
+# ---------------------------------------------------------------- terraform itself
+
+def test_terraform_fmt_is_clean(tmp_path):
+    env = offline_env(tmp_path)
+    result = run_terraform(["fmt", "-check", "-recursive", "-diff", "-no-color", str(TERRAFORM_DIR)],
+                           cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def cloudrun_vars_only(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """terraform/cloudrun's variables.tf + locals.tf, initialised: needs no provider."""
+    terraform_binary()
+    work = tmp_path_factory.mktemp("cloudrun_vars")
+    module = copy_module("cloudrun", work, files=("variables.tf", "locals.tf"))
+    env = offline_env(work)
+    init = run_terraform(["init", "-backend=false", "-no-color"], cwd=module, env=env)
+    assert init.returncode == 0, init.stdout + init.stderr
+    return module, env
+
+
+def _var_args(variables: dict[str, Any]) -> list[str]:
+    args = ["-var", "project_id=test-project"]
+    for key, value in variables.items():
+        args += ["-var", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return args
+
+
+def cloudrun_eval(setup: tuple[Path, dict[str, str]], expression: str, **variables: Any) -> Any:
+    """Value of an expression of the Cloud Run module, computed by `terraform console`."""
+    module, env = setup
+    result = run_terraform(["console", "-no-color", *_var_args(variables)], cwd=module, env=env,
+                           stdin=f"jsonencode({expression})\n", timeout=60)
+    # console exits 0 even when a validation fails: look for the error itself
+    assert result.returncode == 0 and "Error:" not in result.stderr, result.stdout + result.stderr
+    return _json_out(result.stdout)
+
+
+def cloudrun_plan(setup: tuple[Path, dict[str, str]], **variables: Any) -> tuple[int, str]:
+    """`terraform plan` of the variables-only copy: where validation rules run, with a real exit code."""
+    module, env = setup
+    result = run_terraform(["plan", "-no-color", "-lock=false", *_var_args(variables)], cwd=module, env=env,
+                           timeout=60)
+    return result.returncode, result.stdout + result.stderr
+
+
+def _json_out(output: str) -> Any:
+    """`terraform console` prints jsonencode(...) as a quoted HCL string."""
+    return json.loads(json.loads(output.strip()))
+
+
+def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
+    limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]")
+    assert limits == {"cpu": "2", "memory": "2Gi"}
+    assert env["MODEL_VARIANT"] == "english"
+    assert env["HTTP_THREADS"] == "9" and env["TORCH_THREADS"] == "2"
+    limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]",
+                                model_variant="multilingual", concurrency=4)
+    assert limits == {"cpu": "4", "memory": "6Gi"}
+    assert env["MODEL_VARIANT"] == "multilingual" and env["HTTP_THREADS"] == "5"
+
+
+@pytest.mark.parametrize("variables,offending", [
+    ({"startup_probe_period_s": 10, "startup_probe_failure_threshold": 30}, "startup_probe_failure_threshold"),
+    ({"min_instances": 3, "max_instances": 2}, "max_instances"),
+    ({"cpu": 1, "memory_gib": 8}, "memory_gib"),
+    ({"cpu": 4, "memory_gib": 1}, "memory_gib"),
+    ({"cpu": 3}, "cpu"),
+    ({"concurrency": 0}, "concurrency"),
+    ({"request_timeout_s": 3601}, "request_timeout_s"),
+    ({"model_variant": "klingon"}, "model_variant"),
+    ({"invokers": ["allUsers"]}, "invokers"),
+    ({"job_max_retries": 11}, "job_max_retries"),
+])
+def test_cloud_run_rejects_values_the_platform_refuses(cloudrun_vars_only, variables, offending):
+    rc, out = cloudrun_plan(cloudrun_vars_only, **variables)
+    assert rc != 0, f"{variables} was accepted"
+    assert "Invalid value for variable" in out and f'variable "{offending}"' in out, out
+
+
+def test_cloud_run_accepts_the_platform_limits(cloudrun_vars_only):
+    limits = dict(cpu=8, memory_gib=32, concurrency=255, min_instances=0, max_instances=1000,
+                  request_timeout_s=3600, startup_probe_initial_delay_s=0, startup_probe_period_s=240,
+                  startup_probe_failure_threshold=1, job_tasks=10000, job_max_retries=10)
+    rc, out = cloudrun_plan(cloudrun_vars_only, **limits)
+    assert rc == 0, out
+    assert cloudrun_eval(cloudrun_vars_only, "local.resource_limits", **limits) == {"cpu": "8", "memory": "32Gi"}
+
+
+@pytest.fixture(scope="module")
+def lambda_module(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """terraform/lambda copied and initialised from the local provider mirror."""
+    terraform_binary()
+    mirror = aws_provider_mirror()
+    work = tmp_path_factory.mktemp("tf_lambda")
+    module = copy_module("lambda", work)
+    env = offline_env(work, mirror)
+    init = run_terraform(["init", "-backend=false", "-no-color"], cwd=module, env=env)
+    assert init.returncode == 0, init.stdout + init.stderr
+    return module, env
+
+
+def test_lambda_module_validates(lambda_module):
+    module, env = lambda_module
+    result = run_terraform(["validate", "-no-color"], cwd=module, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lambda_plan_offline(lambda_module):
+    """A real provider plan (no mocks) with dummy credentials: what a deploy would create."""
+    module, env = lambda_module
+    plan = run_terraform(["plan", "-no-color", "-out=tfplan", "-var", "offline_checks=true",
+                          "-var", "image_tag=t1", "-var", "model_variant=multilingual"], cwd=module, env=env)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    shown = run_terraform(["show", "-json", "tfplan"], cwd=module, env=env)
+    assert shown.returncode == 0, shown.stderr
+    planned = {r["address"]: r["values"]
+               for r in json.loads(shown.stdout)["planned_values"]["root_module"]["resources"]}
+    function = planned["aws_lambda_function.service[0]"]
+    assert function["package_type"] == "Image"
+    assert function["memory_size"] == 6144 and function["timeout"] == 60
+    assert function["reserved_concurrent_executions"] == 10
+    assert function["image_config"] == [{"entry_point": ["python", "-m", "awslambdaric"],
+                                         "command": ["infra.lambda_handler.handler"],
+                                         "working_directory": "/app"}]
+    assert function["environment"][0]["variables"]["MODEL_VARIANT"] == "multilingual"
+    assert planned["aws_lambda_function_url.live[0]"]["authorization_type"] == "AWS_IAM"
+    assert planned["aws_cloudwatch_log_group.function"]["retention_in_days"] == 30
+    assert not any(address.startswith("aws_lambda_permission") for address in planned), \
+        "the default deploy must not add resource-policy grants"
+    assert not any(address.startswith("aws_lambda_provisioned") for address in planned)
+
+
+def test_lambda_plan_rejects_out_of_range_memory(lambda_module):
+    module, env = lambda_module
+    plan = run_terraform(["plan", "-no-color", "-var", "offline_checks=true", "-var", "image_tag=t1",
+                          "-var", "memory_mb=64"], cwd=module, env=env)
+    assert plan.returncode != 0
+    assert 'variable "memory_mb"' in plan.stderr
+
+
+def test_lambda_terraform_test_suite_passes(lambda_module):
+    """tests/lambda.tftest.hcl: memory, timeout, concurrency, auth and image config on a mocked provider."""
+    module, env = lambda_module
+    result = run_terraform(["test", "-no-color"], cwd=module, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    passed = re.search(r"(\d+) passed, 0 failed", result.stdout)
+    assert passed and int(passed.group(1)) >= 10, result.stdout

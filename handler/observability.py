@@ -219,6 +219,8 @@ def _emit(record: RequestRecord, response: Response) -> None:
             fields["error_code"] = code
     if record.image_errors:
         fields["image_errors"] = dict(record.image_errors)
+    if record.trace is not None:
+        fields["trace_id"] = record.trace.trace_id
     if record.batch_sizes:
         fields["batch_sizes"] = record.batch_sizes
         fields["queue_wait_ms"] = round(record.queue_wait_s * 1000, 2)
@@ -238,8 +240,8 @@ def _trace_extra(trace: TraceContext | None, project: str | None) -> dict[str, A
     if trace is None:
         return {}
     name = trace.resource_name(project)
-    if name is None:  # no project known: keep the id as a plain field, Cloud Logging cannot link it anyway
-        return {"json_fields_trace_id": trace.trace_id}
+    if name is None:  # no project known: Cloud Logging could not link it; the plain trace_id field still helps
+        return {}
     return {"trace": name, "span_id": trace.span_id, "trace_sampled": trace.sampled}
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import certifi
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from inputs.errors import FETCH_FAILED, FETCH_TIMEOUT, FORBIDDEN_URL, TOO_LARGE, ImageError
 
@@ -154,6 +154,10 @@ def _open(target: _Target, address: str, limits: FetchLimits, deadline: float) -
     try:
         return pool.urlopen("GET", target.path, headers=headers, redirect=False, retries=False,
                             preload_content=False, decode_content=False, assert_same_host=False)
+    except NewConnectionError as exc:  # a subclass of ConnectTimeoutError in urllib3, but usually "refused"
+        if _caused_by_timeout(exc.__cause__ or exc.__context__):
+            raise ImageError(FETCH_TIMEOUT, "the image URL did not answer in time") from None
+        raise ImageError(FETCH_FAILED, "could not connect to the image URL") from None
     except (ConnectTimeoutError, ReadTimeoutError, TimeoutError, socket.timeout):
         raise ImageError(FETCH_TIMEOUT, "the image URL did not answer in time") from None
     except (HTTPError, OSError, ValueError) as exc:
@@ -199,11 +203,15 @@ def _set_read_timeout(response: urllib3.BaseHTTPResponse, seconds: float) -> Non
         sock.settimeout(seconds)
 
 
-def _caused_by_timeout(exc: BaseException) -> bool:
-    seen = 0
-    while exc is not None and seen < 8:
+def _caused_by_timeout(exc: object) -> bool:
+    """Whether a timeout lies anywhere in the exception chain (urllib3 wraps them in several layers)."""
+    for _ in range(8):
+        if not isinstance(exc, BaseException):
+            return False
+        if isinstance(exc, NewConnectionError):
+            exc = exc.__cause__ or exc.__context__
+            continue
         if isinstance(exc, (TimeoutError, socket.timeout, ConnectTimeoutError, ReadTimeoutError)):
             return True
         exc = exc.__cause__ or exc.__context__ or getattr(exc, "reason", None)
-        seen += 1
     return False

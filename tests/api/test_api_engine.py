@@ -1,0 +1,302 @@
+"""The batching engine: grouping, limits, 429 when full, failures reach every waiter, wedged loops show in health."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from engine import (Batcher, BatchFailed, EmbeddingEngine, EngineStopped, ModelState, NotReady, Overloaded,
+                    RequestTimedOut)
+
+WAIT = 5.0  # generous bound on every wait in this file; the happy paths take milliseconds
+
+
+class Recorder:
+    """run_batch that records each batch and can be held (to pile up a queue) or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, object, list]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_on: object = None
+
+    def __call__(self, kind, options, payloads):
+        self.entered.set()
+        assert self.gate.wait(WAIT)
+        self.batches.append((kind, options, list(payloads)))
+        if self.fail_on is not None and self.fail_on in payloads:
+            raise ValueError("bad payload")
+        return [f"{kind}/{options}/{p}" for p in payloads]
+
+    def hold(self) -> None:
+        self.gate.clear()
+        self.entered.clear()
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def make_batcher(recorder):
+    made = []
+
+    def make(**kwargs):
+        batcher = Batcher(recorder, **{"max_wait_s": 0.0, **kwargs})
+        batcher.start()
+        made.append(batcher)
+        return batcher
+
+    yield make
+    recorder.gate.set()
+    for batcher in made:
+        batcher.shutdown(timeout=WAIT)
+
+
+def results(futures):
+    return [f.result(timeout=WAIT) for f in futures]
+
+
+def blocked(batcher, recorder):
+    """Occupy the inference thread with a held batch, so that what is submitted next queues up."""
+    recorder.hold()
+    first = batcher.submit("text", True, ["blocker"])
+    assert recorder.entered.wait(WAIT)
+    return first
+
+
+def test_each_item_gets_its_own_result(make_batcher):
+    batcher = make_batcher()
+    futures = batcher.submit("text", True, ["a", "b", "c"])
+    assert results(futures) == ["text/True/a", "text/True/b", "text/True/c"]
+
+
+def test_batches_group_by_kind_and_options_and_respect_max_size(make_batcher, recorder):
+    batcher = make_batcher(max_batch_size=3)
+    first = blocked(batcher, recorder)
+    texts = batcher.submit("text", True, [f"t{i}" for i in range(5)])
+    raw = batcher.submit("text", False, ["r0", "r1"])
+    images = batcher.submit("image", True, ["i0", "i1"])
+    recorder.gate.set()
+    assert results(texts) == [f"text/True/t{i}" for i in range(5)]
+    assert results(raw) == ["text/False/r0", "text/False/r1"]
+    assert results(images) == ["image/True/i0", "image/True/i1"]
+    results(first)
+    for kind, options, payloads in recorder.batches:
+        assert 1 <= len(payloads) <= 3
+        assert all(p.startswith({("text", True): "t", ("text", False): "r", ("image", True): "i"}[(kind, options)])
+                   for p in payloads if p != "blocker")
+    assert sorted(len(b[2]) for b in recorder.batches) == [1, 2, 2, 2, 3]
+
+
+def test_items_of_concurrent_requests_share_a_batch(make_batcher, recorder):
+    batcher = make_batcher(max_batch_size=8)
+    blocked(batcher, recorder)
+    a = batcher.submit("text", True, ["a1", "a2"])
+    b = batcher.submit("text", True, ["b1"])
+    recorder.gate.set()
+    assert results(a) + results(b) == ["text/True/a1", "text/True/a2", "text/True/b1"]
+    assert recorder.batches[-1][2] == ["a1", "a2", "b1"]
+
+
+def test_max_wait_gathers_items_that_arrive_late(make_batcher, recorder):
+    batcher = make_batcher(max_batch_size=8, max_wait_s=0.3)
+    first = batcher.submit("text", True, ["early"])
+    time.sleep(0.05)
+    second = batcher.submit("text", True, ["late"])
+    results(first + second)
+    assert recorder.batches == [("text", True, ["early", "late"])]
+
+
+def test_full_queue_refuses_the_whole_request_and_keeps_the_rest(make_batcher, recorder):
+    batcher = make_batcher(queue_size=4)
+    blocked(batcher, recorder)
+    accepted = batcher.submit("text", True, ["a", "b", "c"])
+    with pytest.raises(Overloaded):
+        batcher.submit("text", True, ["d", "e"])
+    assert batcher.health().queue_depth == 3      # nothing of the refused request was queued
+    recorder.gate.set()
+    assert results(accepted) == ["text/True/a", "text/True/b", "text/True/c"]
+    assert all("d" not in b[2] for b in recorder.batches)
+
+
+def test_failing_batch_fails_every_future_and_the_loop_goes_on(make_batcher, recorder):
+    batcher = make_batcher(isolate_failures=False)
+    blocked(batcher, recorder)
+    recorder.fail_on = "bad"
+    futures = batcher.submit("text", True, ["ok1", "bad", "ok2"])
+    recorder.gate.set()
+    for future in futures:
+        with pytest.raises(BatchFailed) as info:
+            future.result(timeout=WAIT)
+        assert isinstance(info.value.__cause__, ValueError)
+    recorder.fail_on = None
+    assert results(batcher.submit("text", True, ["after"])) == ["text/True/after"]
+    assert batcher.health().batches_failed == 1 and batcher.health().healthy
+
+
+def test_one_bad_item_does_not_fail_its_batch_mates(make_batcher, recorder):
+    batcher = make_batcher()
+    blocked(batcher, recorder)
+    recorder.fail_on = "bad"
+    good1 = batcher.submit("text", True, ["ok1"])
+    bad = batcher.submit("text", True, ["bad"])
+    good2 = batcher.submit("text", True, ["ok2"])
+    recorder.gate.set()
+    assert results(good1 + good2) == ["text/True/ok1", "text/True/ok2"]
+    with pytest.raises(BatchFailed):
+        bad[0].result(timeout=WAIT)
+
+
+def test_wrong_number_of_results_is_a_failure_not_a_hang(make_batcher):
+    batcher = Batcher(lambda kind, options, payloads: payloads[:-1], isolate_failures=False)
+    batcher.start()
+    try:
+        futures = batcher.submit("text", True, ["a", "b"])
+        for future in futures:
+            with pytest.raises(BatchFailed):
+                future.result(timeout=WAIT)
+    finally:
+        batcher.shutdown()
+
+
+def test_wedged_model_call_makes_health_stalled(make_batcher, recorder):
+    batcher = make_batcher(stall_timeout_s=0.2)
+    blocked(batcher, recorder)
+    assert batcher.health().healthy
+    time.sleep(0.35)
+    health = batcher.health()
+    assert health.running and health.stalled and not health.healthy and health.busy_for_s >= 0.2
+    recorder.gate.set()
+    deadline = time.monotonic() + WAIT
+    while not batcher.health().healthy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.health().healthy
+
+
+def test_cancelled_items_are_skipped(make_batcher, recorder):
+    batcher = make_batcher()
+    blocked(batcher, recorder)
+    gone = batcher.submit("text", True, ["gone"])
+    assert gone[0].cancel()
+    kept = batcher.submit("text", True, ["kept"])
+    recorder.gate.set()
+    assert results(kept) == ["text/True/kept"]
+    assert all("gone" not in b[2] for b in recorder.batches)
+
+
+def test_shutdown_fails_queued_items_and_refuses_new_ones(make_batcher, recorder):
+    batcher = make_batcher()
+    blocked(batcher, recorder)
+    queued = batcher.submit("text", True, ["q"])
+    threading.Timer(0.1, recorder.gate.set).start()
+    batcher.shutdown(timeout=WAIT)
+    with pytest.raises(EngineStopped):
+        queued[0].result(timeout=WAIT)
+    with pytest.raises(EngineStopped):
+        batcher.submit("text", True, ["late"])
+    assert not batcher.health().running
+
+
+def test_submit_before_start_is_refused(recorder):
+    with pytest.raises(EngineStopped):
+        Batcher(recorder).submit("text", True, ["a"])
+
+
+def test_loop_restarts_in_a_forked_child(make_batcher, monkeypatch):
+    import engine.batcher as batcher_mod
+    batcher = make_batcher()
+    real_pid = batcher_mod.os.getpid()
+    monkeypatch.setattr(batcher_mod.os, "getpid", lambda: real_pid + 1)   # as seen from a child after fork
+    assert not batcher.health().running
+    batcher.start()
+    assert batcher.health().running
+    assert results(batcher.submit("text", True, ["x"])) == ["text/True/x"]
+
+
+# --- EmbeddingEngine: background load, states, and the model contract ----------------------------
+
+class FakeEncoder:
+    """Follows the model-layer contract; only used here, to exercise load states and failures."""
+
+    info = SimpleNamespace(dim=3, logit_scale=100.0)
+
+    def encode_text(self, texts, normalize=True):
+        vectors = np.array([[len(t), 1.0, 0.0] for t in texts], np.float32)
+        return SimpleNamespace(embeddings=vectors, truncated=[i for i, t in enumerate(texts) if len(t) > 5])
+
+    def encode_images(self, tensors, normalize=True):
+        return np.array([[0.0, 0.0, t] for t in tensors], np.float32)
+
+    def prepare_image(self, image):
+        return float(image)
+
+
+def test_engine_reports_loading_then_ready():
+    release = threading.Event()
+
+    def slow_load():
+        assert release.wait(WAIT)
+        return FakeEncoder()
+
+    engine = EmbeddingEngine(slow_load)
+    engine.start()
+    try:
+        assert engine.state is ModelState.LOADING
+        with pytest.raises(NotReady):
+            engine.embed_texts(["a"], normalize=True, timeout=1)
+        release.set()
+        assert engine.wait_ready(WAIT)
+        result = engine.embed_texts(["ab", "abcdefg"], normalize=True, timeout=WAIT)
+        assert result.embeddings.tolist() == [[2, 1, 0], [7, 1, 0]] and result.truncated == [1]
+        assert engine.embed_images([1.5, 2.5], normalize=True, timeout=WAIT).tolist() == [[0, 0, 1.5], [0, 0, 2.5]]
+    finally:
+        engine.shutdown()
+
+
+def test_engine_load_failure_is_reported_not_raised():
+    def broken():
+        raise FileNotFoundError("no bundle at /models/english")
+
+    engine = EmbeddingEngine(broken)
+    engine.start()
+    assert not engine.wait_ready(WAIT)
+    assert engine.state is ModelState.FAILED and isinstance(engine.load_error, FileNotFoundError)
+    with pytest.raises(NotReady):
+        engine.embed_texts(["a"], normalize=True, timeout=1)
+
+
+def test_engine_request_timeout_withdraws_queued_items():
+    gate = threading.Event()
+    seen: list[str] = []
+
+    class Slow(FakeEncoder):
+        def encode_text(self, texts, normalize=True):
+            assert gate.wait(WAIT)
+            seen.extend(texts)
+            return super().encode_text(texts, normalize)
+
+    engine = EmbeddingEngine(Slow, max_wait_s=0)
+    engine.start()
+    try:
+        assert engine.wait_ready(WAIT)
+        holder = threading.Thread(target=lambda: engine.embed_texts(["first"], normalize=True, timeout=WAIT))
+        holder.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(RequestTimedOut):
+            engine.embed_texts(["second"], normalize=True, timeout=0.2)
+        assert time.monotonic() - started < 1.0
+        gate.set()
+        holder.join(WAIT)
+        assert engine.embed_texts(["third"], normalize=True, timeout=WAIT).embeddings.shape == (1, 3)
+        assert seen == ["first", "third"]   # the timed-out text never reached the model
+    finally:
+        gate.set()
+        engine.shutdown()

@@ -57,11 +57,18 @@ class LoopHealth:
         return self.running and not self.stalled
 
 
+class ItemFuture(Future):
+    """A Future that also says which model call served it, for the request's log line."""
+
+    batch_size: int = 0        # items in the model call that produced this result
+    queue_wait_s: float = 0.0  # time from enqueue to the start of that call
+
+
 @dataclass
 class _Item:
     key: tuple[str, Hashable]
     payload: Any
-    future: Future
+    future: ItemFuture
     enqueued_at: float
 
 
@@ -128,7 +135,7 @@ class Batcher:
         if self._stop.is_set() or self._thread is None or self._pid != os.getpid():
             raise EngineStopped("the inference loop is not running")
         now = time.monotonic()
-        items = [_Item((kind, options), p, Future(), now) for p in payloads]
+        items = [_Item((kind, options), p, ItemFuture(), now) for p in payloads]
         with self._cond:
             if len(self._pending) + len(items) > self._capacity:
                 raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
@@ -199,6 +206,7 @@ class Batcher:
         else:
             self._batches_done += 1
             for item, result in zip(batch, results):
+                item.future.batch_size, item.future.queue_wait_s = len(batch), started - item.enqueued_at
                 item.future.set_result(result)
         finally:
             self._busy_since = None
@@ -211,6 +219,7 @@ class Batcher:
     def _run_alone(self, item: _Item) -> None:
         kind, options = item.key
         self._busy_since = time.monotonic()
+        item.future.batch_size, item.future.queue_wait_s = 1, self._busy_since - item.enqueued_at
         try:
             item.future.set_result(self._call(kind, options, [item.payload])[0])
         except BaseException as exc:  # noqa: BLE001

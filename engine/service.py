@@ -63,6 +63,7 @@ class EmbeddingEngine:
         self._loader_pid: int | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._request_observer: Callable[[str, list[tuple[int, float]]], None] | None = None
         self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
                                 queue_size=queue_size, stall_timeout_s=stall_timeout_s)
 
@@ -133,6 +134,13 @@ class EmbeddingEngine:
     def set_batch_observer(self, observer: Callable[[str, int, float], None] | None) -> None:
         self._batcher.set_batch_observer(observer)
 
+    def set_request_observer(self, observer: Callable[[str, list[tuple[int, float]]], None] | None) -> None:
+        """Call ``observer(kind, [(batch_size, queue_wait_s) per item])`` on the request thread once its items are done.
+
+        Lets the HTTP layer log, per request, which batch sizes served it and how long it queued.
+        """
+        self._request_observer = observer
+
     # work ------------------------------------------------------------------------------------
 
     def prepare_image(self, image: Any) -> Any:
@@ -141,27 +149,33 @@ class EmbeddingEngine:
 
     def embed_texts(self, texts: Sequence[str], *, normalize: bool, timeout: float) -> TextResult:
         self._require_encoder()
-        rows = self._wait(self._batcher.submit(TEXT, normalize, list(texts)), timeout)
+        rows = self._wait(TEXT, self._batcher.submit(TEXT, normalize, list(texts)), timeout)
         return TextResult(embeddings=_stack([r[0] for r in rows]),
                           truncated=[i for i, r in enumerate(rows) if r[1]])
 
     def embed_images(self, tensors: Sequence[Any], *, normalize: bool, timeout: float) -> np.ndarray:
         self._require_encoder()
-        return _stack(self._wait(self._batcher.submit(IMAGE, normalize, list(tensors)), timeout))
+        return _stack(self._wait(IMAGE, self._batcher.submit(IMAGE, normalize, list(tensors)), timeout))
 
     def _require_encoder(self) -> Any:
         if self._state is not ModelState.READY:
             raise NotReady(self._state)
         return self._encoder
 
-    @staticmethod
-    def _wait(futures: list[concurrent.futures.Future], timeout: float) -> list[Any]:
+    def _wait(self, kind: str, futures: list[concurrent.futures.Future], timeout: float) -> list[Any]:
         done, not_done = concurrent.futures.wait(futures, timeout=timeout)
         if not_done:
             for f in not_done:
                 f.cancel()  # a queued item is dropped; one already in a batch just finishes unread
             raise RequestTimedOut(f"{len(not_done)} of {len(futures)} items not encoded within {timeout:.1f} s")
-        return [f.result() for f in futures]
+        results = [f.result() for f in futures]
+        if self._request_observer is not None:
+            try:
+                self._request_observer(kind, [(getattr(f, "batch_size", 0), getattr(f, "queue_wait_s", 0.0))
+                                              for f in futures])
+            except Exception:  # noqa: BLE001 - logging trouble must not fail an encoded request
+                log.exception("request observer failed")
+        return results
 
     def _run_batch(self, kind: str, normalize: Any, payloads: list[Any]) -> list[Any]:
         """Runs on the inference thread: the only place the model is called."""

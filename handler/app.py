@@ -16,7 +16,7 @@ import numpy as np
 from flask import Flask, Response, jsonify
 
 from engine import EmbeddingEngine, ModelState
-from handler import scoring
+from handler import auth, observability, scoring
 from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
 from handler.openapi import DOCS_HTML, RouteDoc, build_openapi
 from handler.parsing import read_json, read_with_images
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     api = ClipApi(settings, engine)
     app.extensions[EXTENSION] = api
     register_error_handlers(app)
+    observability.init_app(app, settings, engine)  # first: a request refused by auth still gets an id and a log line
+    auth.init_app(app, settings)
     app.before_request(engine.start)
     for doc, view in api.routes():
         app.add_url_rule(doc.path, view.__name__, view, methods=[doc.method])
@@ -213,6 +215,8 @@ class ClipApi:
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]
+        observability.record_items(images=len(images))
+        observability.record_image_errors(e["code"] for e in errors)
         if not ok:
             if all_fail_ok:
                 return np.zeros((0, self.engine.info.dim), np.float32), ok, errors

@@ -5,8 +5,8 @@ which error codes, how long it took and where the time went (batch size, queue w
 place, tied to the platform's trace. Contents (texts, image bytes, URLs) are never logged: they
 may be private, and an image would flood the log store.
 
-Views add facts to the line with ``annotate`` / ``record_image_errors`` / ``record_batch``;
-everything else is gathered here. ``/metrics`` exists only when ``METRICS_ENABLED`` is on.
+Views add facts to the line with ``record_items`` / ``record_image_errors`` / ``annotate``; the engine
+reports texts encoded, batch sizes and queue waits through its request observer; the rest is gathered here. ``/metrics`` exists only when ``METRICS_ENABLED`` is on.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class RequestRecord:
     trace: TraceContext | None
     fields: dict[str, Any] = field(default_factory=dict)
     image_errors: Tally = field(default_factory=Tally)
-    batch_sizes: list[int] = field(default_factory=list)
-    queue_wait_s: float = 0.0
+    batch_size: int = 0        # largest model call that served items of this request
+    queue_wait_s: float = 0.0  # longest time one of its items waited for the model
 
 
 class Metrics:
@@ -138,11 +138,19 @@ def record_image_errors(codes: Iterable[str]) -> None:
 
 
 def record_batch(batch_size: int, queue_wait_s: float) -> None:
-    """One model call that served items of this request: its size and how long our items waited for it."""
+    """A model call served items of this request: its size and how long our items waited for it (maxima are kept)."""
     record = current_record()
     if record is not None:
-        record.batch_sizes.append(batch_size)
+        record.batch_size = max(record.batch_size, batch_size)
         record.queue_wait_s = max(record.queue_wait_s, queue_wait_s)
+
+
+def _on_engine_items(kind: str, items: list[tuple[int, float]]) -> None:
+    """The engine's request observer (runs on the request thread): texts encoded, batch sizes, queue waits."""
+    if kind == "text":
+        record_items(texts=len(items))
+    for batch_size, queue_wait_s in items:
+        record_batch(batch_size, queue_wait_s)
 
 
 def _metrics() -> Metrics | None:
@@ -171,6 +179,8 @@ def init_app(app: Flask, settings: Any, engine: Any = None) -> None:
     add_context_provider(_log_context)
     app.before_request(_begin)
     app.after_request(_finish)
+    if engine is not None and hasattr(engine, "set_request_observer"):
+        engine.set_request_observer(_on_engine_items)
     if metrics is not None:
         if engine is not None and hasattr(engine, "set_batch_observer"):
             engine.set_batch_observer(metrics.observe_batch)
@@ -221,8 +231,8 @@ def _emit(record: RequestRecord, response: Response) -> None:
         fields["image_errors"] = dict(record.image_errors)
     if record.trace is not None:
         fields["trace_id"] = record.trace.trace_id
-    if record.batch_sizes:
-        fields["batch_sizes"] = record.batch_sizes
+    if record.batch_size:
+        fields["batch_size"] = record.batch_size
         fields["queue_wait_ms"] = round(record.queue_wait_s * 1000, 2)
     http_request = {"requestMethod": request.method, "requestUrl": request.path, "status": status,
                     "latency": f"{latency:.6f}s", "protocol": request.environ.get("SERVER_PROTOCOL", ""),
@@ -230,9 +240,15 @@ def _emit(record: RequestRecord, response: Response) -> None:
                     "responseSize": str(response.calculate_content_length() or 0)}
     extra: dict[str, Any] = {"json_fields": fields, "http_request": http_request}
     extra.update(_trace_extra(record.trace, state.project))
-    quiet = route in _QUIET_ROUTES and status < 400
-    level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
+    level = _level(route, status)
     log.log(level, "%s %s %d %.1f ms", request.method, route, status, latency * 1000, extra=extra)
+
+
+def _level(route: str, status: int) -> int:
+    """DEBUG for successful probes and scrapes, INFO for a probe told 503 (loading), WARNING for other 5xx."""
+    if route in _QUIET_ROUTES:
+        return logging.DEBUG if status < 400 else logging.INFO
+    return logging.WARNING if status >= 500 else logging.INFO
 
 
 def _trace_extra(trace: TraceContext | None, project: str | None) -> dict[str, Any]:

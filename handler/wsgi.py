@@ -5,5 +5,9 @@ no thread and loads no model; gunicorn's ``post_worker_init`` hook (or the first
 """
 
 from handler.app import create_app
+from infra.logs import configure_logging
+from infra.settings import Settings
 
-app = create_app()
+settings = Settings.from_env()
+configure_logging(settings)  # JSON lines on stdout before anything else logs
+app = create_app(settings)

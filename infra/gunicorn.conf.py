@@ -12,6 +12,7 @@ import sys
 # gunicorn loads this file by path; make the project importable however it was started.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from infra.logs import gunicorn_logconfig  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
@@ -34,7 +35,9 @@ preload_app = False
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 errorlog = "-"
 accesslog = None
-loglevel = "info"
+loglevel = _settings.log_level.lower()
+# gunicorn's own lines as JSON on stdout, like the app's (the app logs one line per request itself).
+logconfig_dict = gunicorn_logconfig(_settings)
 
 
 def _engine(worker):  # noqa: ANN001, ANN202 - gunicorn objects

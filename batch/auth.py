@@ -15,12 +15,13 @@ class MissingDependency(RuntimeError):
 
 
 def bearer_headers(token: str | None, api_key: str | None) -> dict[str, str]:
-    headers = {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if api_key:
-        headers["x-api-key"] = api_key
-    return headers
+    """--token (e.g. a Cloud Run ID token) or --api-key (the service's API_KEYS): both travel as
+    'Authorization: Bearer', which is where clipserve checks its keys, so only one may be given."""
+    if token and api_key:
+        raise ValueError("--token and --api-key both go in 'Authorization: Bearer'; give one"
+                         " (a gateway key in another header: --header 'x-api-key: KEY')")
+    secret = token or api_key
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
 def region_from_url(url: str) -> str | None:

@@ -54,7 +54,7 @@ def _add_job_args(parser: argparse.ArgumentParser, command: str) -> None:
     auth.add_argument("--token", default=os.environ.get("CLIPSERVE_TOKEN"),
                       help="sent as 'Authorization: Bearer TOKEN' (default: $CLIPSERVE_TOKEN)")
     auth.add_argument("--api-key", default=os.environ.get("CLIPSERVE_API_KEY"),
-                      help="sent as 'x-api-key' (default: $CLIPSERVE_API_KEY)")
+                      help="one of the service's API_KEYS, sent as 'Authorization: Bearer KEY' (default: $CLIPSERVE_API_KEY)")
     auth.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
     auth.add_argument("--aws-sigv4", action="store_true",
                       help="sign requests with AWS SigV4 (Lambda function URL, AWS_IAM auth); needs botocore")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.export import MergeError, merge, output_format
-from batch.reader import Columns, InputError
+from batch.reader import Columns, InputError, iter_records
 from batch.retry import RetryTally
 from batch.runner import COMMANDS, JobSpec, JobStopped, run_job
 from batch.sharding import SHARD_BY, Shard, find_parts, parse_shard, part_path, shard_from_env
@@ -164,6 +164,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, concurrency=args.concurrency,
         normalize=getattr(args, "normalize", True), progress_interval_s=args.progress_interval,
     )
+    iter_records(args.input)  # a missing or unknown input fails now, not after loading a model
     tally = RetryTally()
     target = _make_target(args, tally)
     try:

@@ -76,9 +76,10 @@ def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """The raw records (dicts) of a CSV or JSONL file."""
+    fmt = input_format(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    if input_format(path) == "csv":
+    if fmt == "csv":
         return _iter_csv(path)
     return _iter_jsonl(path)
 

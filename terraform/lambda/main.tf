@@ -96,7 +96,7 @@ resource "aws_lambda_function" "service" {
   # The image's CMD starts gunicorn for Cloud Run; on Lambda the runtime interface client
   # drives the same Flask app through infra/lambda_handler.py.
   image_config {
-    entry_point       = ["python", "-m", "awslambdaric"]
+    entry_point       = ["/opt/venv/bin/python", "-m", "awslambdaric"]
     command           = ["infra.lambda_handler.handler"]
     working_directory = "/app"
   }

@@ -303,7 +303,7 @@ def test_lambda_plan_offline(lambda_module):
     assert function["package_type"] == "Image"
     assert function["memory_size"] == 6144 and function["timeout"] == 60
     assert function["reserved_concurrent_executions"] == 10
-    assert function["image_config"] == [{"entry_point": ["python", "-m", "awslambdaric"],
+    assert function["image_config"] == [{"entry_point": ["/opt/venv/bin/python", "-m", "awslambdaric"],
                                          "command": ["infra.lambda_handler.handler"],
                                          "working_directory": "/app"}]
     assert function["environment"][0]["variables"]["MODEL_VARIANT"] == "multilingual"

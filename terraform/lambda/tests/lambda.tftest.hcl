@@ -65,7 +65,7 @@ run "defaults_are_private_and_bounded" {
   }
   assert {
     condition = (
-      aws_lambda_function.service[0].image_config[0].entry_point == tolist(["python", "-m", "awslambdaric"]) &&
+      aws_lambda_function.service[0].image_config[0].entry_point == tolist(["/opt/venv/bin/python", "-m", "awslambdaric"]) &&
       aws_lambda_function.service[0].image_config[0].command == tolist(["infra.lambda_handler.handler"])
     )
     error_message = "Lambda must run awslambdaric with infra.lambda_handler.handler"

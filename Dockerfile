@@ -1,0 +1,85 @@
+# syntax=docker/dockerfile:1.7
+#
+# One image for Google Cloud Run (gunicorn: the default CMD) and AWS Lambda (Terraform's
+# image_config runs awslambdaric with infra.lambda_handler.handler instead).
+#
+#   docker buildx build --platform linux/amd64 --provenance=false \
+#     [--build-arg MODEL_VARIANTS="english"] [--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm] -t clipserve .
+#
+# Layer order, slowest-changing first: python deps -> baked weights (changes only with models/)
+# -> the code. A change to handler/, engine/, inputs/, infra/ or batch/ reuses both heavy layers,
+# and the download cache mount means even a re-bake (models/ changed) does not re-download.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------- deps: CPU torch + requirements
+FROM ${PYTHON_IMAGE} AS deps
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN python -m venv /opt/venv
+COPY requirements.txt /tmp/requirements.txt
+# torch and torchvision come first, from the PyTorch CPU wheel index (no CUDA libraries: about
+# 700 MB instead of several GB), at exactly the versions requirements.txt pins; the plain
+# `pip install -r` then finds them already satisfied (2.x.y+cpu meets ==2.x.y).
+RUN grep -E '^(torch|torchvision)==' /tmp/requirements.txt > /tmp/torch-pins.txt \
+ && test "$(wc -l < /tmp/torch-pins.txt)" -eq 2 \
+ && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu -r /tmp/torch-pins.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
+
+# ---------------------------------------------------------------- weights: bake at build time
+FROM deps AS weights
+# Space-separated variants to bake; MODEL_VARIANT picks one of them at deploy time, no rebuild.
+ARG MODEL_VARIANTS="english multilingual"
+WORKDIR /src
+COPY models/ models/
+RUN --mount=type=cache,target=/root/.cache \
+    for variant in ${MODEL_VARIANTS}; do \
+      python -m models.bake --variant "$variant" --out /models || exit 1; \
+    done \
+ && chmod -R a+rX /models
+
+# ---------------------------------------------------------------- runtime: slim, non-root
+FROM ${PYTHON_IMAGE} AS runtime
+ARG MODEL_VARIANT=english
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface \
+    XDG_CACHE_HOME=/tmp/.cache \
+    MODEL_DIR=/models \
+    MODEL_VARIANT=${MODEL_VARIANT} \
+    PORT=8080
+# A fixed numeric user (Kubernetes-style runAsNonRoot checks need a number; Lambda runs its own
+# uid, so everything the app reads is world-readable and nothing needs writing outside /tmp).
+RUN groupadd --system --gid 10001 clipserve \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin clipserve
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=weights /models /models
+WORKDIR /app
+COPY pyproject.toml ./
+COPY models/ models/
+COPY inputs/ inputs/
+COPY engine/ engine/
+COPY handler/ handler/
+COPY batch/ batch/
+COPY infra/ infra/
+# Editable install, as in development: the code stays in /app, the package gets its version
+# metadata and the clipserve-batch console script; then byte-compile for faster cold starts.
+RUN pip install --no-cache-dir --no-deps --editable . \
+ && python -m compileall -q /app \
+ && chmod -R a+rX /app
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=240s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8080'), timeout=4)"]
+# Checks MODEL_VARIANT was baked (exits 78 naming what was) and the env settings, then execs CMD.
+ENTRYPOINT ["python", "-m", "infra.preflight"]
+CMD ["gunicorn", "-c", "infra/gunicorn.conf.py", "handler.wsgi:app"]

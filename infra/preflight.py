@@ -1,0 +1,64 @@
+"""Container entrypoint: check the configuration and the baked model, then exec the real command.
+
+    ENTRYPOINT ["python", "-m", "infra.preflight"]   CMD ["gunicorn", "-c", "infra/gunicorn.conf.py", ...]
+
+Why: the model loads in a background thread after gunicorn starts, so a container asked for a
+variant that was not baked would otherwise keep running with /health at 503 until the platform
+gives up (up to 240 s on Cloud Run) with the reason buried in the logs. Here it exits at once,
+saying which variants the image does hold. The check reads only manifests and file sizes
+(milliseconds, no torch). The Lambda entry (infra/lambda_handler.py) runs the same check at init.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from infra.settings import Settings, SettingsError
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+
+class VariantNotBaked(RuntimeError):
+    """MODEL_VARIANT has no complete bundle under MODEL_DIR; the message lists what is there."""
+
+
+def baked_variants(model_dir: Path) -> list[str]:
+    """Variants with a manifest under model_dir (what `models.bake` wrote into the image)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(p.parent.name for p in model_dir.glob("*/manifest.json"))
+
+
+def check_model_baked(settings: Settings) -> None:
+    """Raise VariantNotBaked unless MODEL_DIR/MODEL_VARIANT is a complete bundle."""
+    from models.bundle import BundleError, check_bundle
+
+    try:
+        check_bundle(settings.model_dir, settings.model_variant)
+    except BundleError as exc:
+        baked = baked_variants(settings.model_dir)
+        held = ", ".join(baked) if baked else "no variant at all"
+        raise VariantNotBaked(
+            f"MODEL_VARIANT={settings.model_variant} is not baked into this image: MODEL_DIR={settings.model_dir} "
+            f"holds {held}. Set MODEL_VARIANT to one of those, or rebuild the image with "
+            f"--build-arg MODEL_VARIANTS=\"{settings.model_variant}\" ({exc})") from exc
+
+
+def main(argv: list[str]) -> int:
+    """Check, then replace this process with argv (so signals reach gunicorn directly)."""
+    try:
+        check_model_baked(Settings.from_env())
+    except (SettingsError, VariantNotBaked) as exc:
+        print(f"clipserve: cannot start: {exc}", file=sys.stderr, flush=True)
+        return EX_CONFIG
+    if not argv:
+        print("clipserve: preflight passed; no command to run", file=sys.stderr)
+        return 0
+    os.execvp(argv[0], argv)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

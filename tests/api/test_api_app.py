@@ -1,0 +1,469 @@
+"""Every endpoint, option and error code through Flask's test client, on the tiny bundles.
+
+Vectors are compared with the encoder's own output for the same inputs, exactly (float32 -> JSON -> float32
+is lossless). Every JSON response is also validated against the response model that /openapi.json documents.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from api_helpers import b64, data_uri, image_bytes, png_header_claiming
+from conftest import Gate
+from handler.schemas import (ErrorResponse, HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse,
+                             ScoreResponse, TextEmbedResponse)
+
+VARIANTS = ["english", "multilingual"]
+PNG = image_bytes("PNG")
+JPG = image_bytes("JPEG", size=(80, 60), color=(10, 120, 230))
+TEXTS = ["a photo of a cat", "ein Hund im Schnee", ""]
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    return request.param
+
+
+@pytest.fixture
+def client(apps, variant):
+    return apps(variant).test_client()
+
+
+@pytest.fixture(scope="session")
+def encoders(english_encoder, multilingual_encoder):
+    return {"english": english_encoder, "multilingual": multilingual_encoder}
+
+
+def ok(response, model):
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    model.model_validate(response.json)
+    return response.json
+
+
+def error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/json"
+    ErrorResponse.model_validate(response.json)
+    assert response.json["error"]["code"] == code, response.json
+    return response.json["error"]
+
+
+def expected_images(encoder, blobs, normalize=True):
+    tensors = [encoder.prepare_image(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]
+    return encoder.encode_images(tensors, normalize=normalize)
+
+
+def as_array(rows) -> np.ndarray:
+    return np.array(rows, dtype=np.float32)
+
+
+def from_base64(rows) -> np.ndarray:
+    return np.stack([np.frombuffer(base64.b64decode(r), dtype="<f4") for r in rows])
+
+
+# --- embeddings, exact against the encoder --------------------------------------------------------
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_embed_text_matches_encoder_exactly(client, encoders, variant, normalize):
+    body = ok(client.post("/embed/text", json={"texts": TEXTS, "normalize": normalize}), TextEmbedResponse)
+    expected = encoders[variant].encode_text(TEXTS, normalize=normalize)
+    assert np.array_equal(as_array(body["embeddings"]), expected.embeddings)
+    assert body["truncated"] == expected.truncated == []
+    info = encoders[variant].info
+    assert body["model"] == {"variant": variant, "architecture": info.architecture} and body["dim"] == info.dim
+    norms = np.linalg.norm(as_array(body["embeddings"]), axis=1)
+    assert np.allclose(norms, 1, atol=1e-5) if normalize else not np.allclose(norms, 1, atol=1e-3)
+
+
+def test_embed_text_base64_is_little_endian_float32(client, encoders, variant):
+    body = ok(client.post("/embed/text", json={"texts": TEXTS, "encoding_format": "base64"}), TextEmbedResponse)
+    assert all(isinstance(r, str) for r in body["embeddings"])
+    assert np.array_equal(from_base64(body["embeddings"]), encoders[variant].encode_text(TEXTS).embeddings)
+
+
+def test_long_text_is_truncated_and_reported(client, encoders, variant):
+    texts = ["short", " ".join(["word"] * 390)[:400]]
+    body = ok(client.post("/embed/text", json={"texts": texts}), TextEmbedResponse)
+    expected = encoders[variant].encode_text(texts)
+    assert body["truncated"] == expected.truncated
+    assert (body["truncated"] == [1]) == (variant == "english")   # 77 tokens for CLIP, 512 for M-CLIP
+    assert np.array_equal(as_array(body["embeddings"]), expected.embeddings)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_embed_image_json_matches_encoder_exactly(client, encoders, variant, normalize):
+    images = [b64(PNG), data_uri(JPG, "jpeg")]
+    body = ok(client.post("/embed/image", json={"images": images, "normalize": normalize}), ImageEmbedResponse)
+    assert body["errors"] == []
+    assert np.array_equal(as_array(body["embeddings"]), expected_images(encoders[variant], [PNG, JPG], normalize))
+
+
+def test_embed_image_accepts_legacy_urls_key(client, encoders, variant):
+    body = ok(client.post("/embed/image", json={"urls": [b64(PNG)]}), ImageEmbedResponse)
+    assert np.array_equal(as_array(body["embeddings"]), expected_images(encoders[variant], [PNG]))
+
+
+def test_embed_image_multipart_upload(client, encoders, variant):
+    data = {"images": [(io.BytesIO(PNG), "cat.png"), (io.BytesIO(JPG), "dog.jpg")], "normalize": "false",
+            "encoding_format": "base64"}
+    body = ok(client.post("/embed/image", data=data, content_type="multipart/form-data"), ImageEmbedResponse)
+    assert np.array_equal(from_base64(body["embeddings"]), expected_images(encoders[variant], [PNG, JPG], False))
+
+
+def test_embed_image_from_url(apps, encoders, image_server):
+    client = apps("english", allow_private_urls=True).test_client()
+    urls = [f"{image_server.base}/img.png", f"{image_server.base}/redirect?to=/img.jpg"]
+    body = ok(client.post("/embed/image", json={"images": urls}), ImageEmbedResponse)
+    expected = expected_images(encoders["english"], [image_server.png, image_server.jpg])
+    assert np.array_equal(as_array(body["embeddings"]), expected)
+
+
+def test_private_urls_refused_by_default(client, image_server):
+    body = ok(client.post("/embed/image", json={"images": [b64(PNG), f"{image_server.base}/img.png"]}),
+              ImageEmbedResponse)
+    assert body["errors"] == [{"index": 1, "code": "forbidden_url", "message": body["errors"][0]["message"]}]
+    assert image_server.hits == []
+
+
+def test_per_image_errors_keep_arrays_aligned(apps, encoders, image_server):
+    client = apps("english", allow_private_urls=True, max_image_bytes=50_000).test_client()
+    images = [
+        b64(PNG),                                   # 0 ok
+        "definitely not base64!",                   # 1 invalid_image
+        "file:///etc/passwd",                       # 2 forbidden_url
+        f"{image_server.base}/status?code=404",     # 3 fetch_failed
+        f"{image_server.base}/never",               # 4 fetch_timeout
+        b64(png_header_claiming(50_000, 50_000)),   # 5 too_large (pixels)
+        b64(b"\0" * 60_000),                        # 6 too_large (bytes)
+        data_uri(JPG, "jpeg"),                      # 7 ok
+    ]
+    body = ok(client.post("/embed/image", json={"images": images}), ImageEmbedResponse)
+    assert [(e["index"], e["code"]) for e in body["errors"]] == [
+        (1, "invalid_image"), (2, "forbidden_url"), (3, "fetch_failed"), (4, "fetch_timeout"), (5, "too_large"),
+        (6, "too_large")]
+    assert [e is None for e in body["embeddings"]] == [False, True, True, True, True, True, True, False]
+    expected = expected_images(encoders["english"], [PNG, JPG])
+    assert np.array_equal(as_array([body["embeddings"][0], body["embeddings"][7]]), expected)
+
+
+def test_all_images_failed_is_422_with_details(client):
+    err = error(client.post("/embed/image", json={"images": ["nope!", "file:///x"]}), 422, "all_images_failed")
+    assert [(d["index"], d["code"]) for d in err["details"]] == [(0, "invalid_image"), (1, "forbidden_url")]
+
+
+def test_embed_mixed(client, encoders, variant):
+    body = ok(client.post("/embed/mixed", json={"texts": TEXTS[:2], "images": [b64(PNG), "bad!"]}),
+              MixedEmbedResponse)
+    encoder = encoders[variant]
+    assert np.array_equal(as_array(body["text_embeddings"]), encoder.encode_text(TEXTS[:2]).embeddings)
+    assert np.array_equal(as_array(body["image_embeddings"][:1]), expected_images(encoder, [PNG]))
+    assert body["image_embeddings"][1] is None and body["errors"][0]["index"] == 1 and body["truncated"] == []
+
+
+def test_embed_mixed_one_side_only(client):
+    texts_only = ok(client.post("/embed/mixed", json={"texts": ["a"]}), MixedEmbedResponse)
+    assert len(texts_only["text_embeddings"]) == 1 and texts_only["image_embeddings"] == []
+    images_only = ok(client.post("/embed/mixed", json={"images": [b64(PNG)]}), MixedEmbedResponse)
+    assert images_only["text_embeddings"] == [] and len(images_only["image_embeddings"]) == 1
+    error(client.post("/embed/mixed", json={}), 400, "invalid_request")
+
+
+def test_embed_mixed_with_texts_survives_all_images_failing(client):
+    body = ok(client.post("/embed/mixed", json={"texts": ["a"], "images": ["bad!"]}), MixedEmbedResponse)
+    assert body["image_embeddings"] == [None] and body["errors"][0]["code"] == "invalid_image"
+    error(client.post("/embed/mixed", json={"images": ["bad!"]}), 422, "all_images_failed")
+
+
+def test_embed_mixed_multipart(client, encoders, variant):
+    data = {"images": [(io.BytesIO(PNG), "a.png")], "texts": ["one", "two"]}
+    body = ok(client.post("/embed/mixed", data=data, content_type="multipart/form-data"), MixedEmbedResponse)
+    assert np.array_equal(as_array(body["text_embeddings"]), encoders[variant].encode_text(["one", "two"]).embeddings)
+    assert np.array_equal(as_array(body["image_embeddings"]), expected_images(encoders[variant], [PNG]))
+
+
+# --- score ----------------------------------------------------------------------------------------
+
+def reference_scores(encoder, blobs, texts):
+    images = expected_images(encoder, blobs).astype(np.float64)
+    text = encoder.encode_text(texts).embeddings.astype(np.float64)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    cosine = images @ text.T
+    logits = encoder.info.logit_scale * cosine
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return cosine, probs / probs.sum(axis=1, keepdims=True)
+
+
+def test_score_matrix(client, encoders, variant):
+    texts = ["a cat", "a dog", "a car"]
+    body = ok(client.post("/score", json={"texts": texts, "images": [b64(PNG), "bad!", b64(JPG)]}), ScoreResponse)
+    cosine, probs = reference_scores(encoders[variant], [PNG, JPG], texts)
+    assert body["cosine"][1] is None and body["clip_score"][1] is None and body["probs"][1] is None
+    got = np.array([body["cosine"][0], body["cosine"][2]])
+    assert got.shape == (2, 3) and np.allclose(got, cosine, atol=1e-6)
+    assert np.allclose([body["probs"][0], body["probs"][2]], probs, atol=1e-6)
+    assert np.allclose(np.array(body["probs"][0]).sum(), 1.0)
+    assert np.allclose([body["clip_score"][0], body["clip_score"][2]], np.maximum(100 * got, 0))
+    assert body["errors"][0]["index"] == 1 and body["pairwise"] is False
+
+
+def test_score_pairwise(client, encoders, variant):
+    texts = ["a cat", "a dog"]
+    body = ok(client.post("/score", json={"texts": texts, "images": [b64(PNG), b64(JPG)], "pairwise": True}),
+              ScoreResponse)
+    cosine, _ = reference_scores(encoders[variant], [PNG, JPG], texts)
+    assert np.allclose(body["cosine"], np.diag(cosine), atol=1e-6)
+    assert np.allclose(body["clip_score"], np.maximum(100 * np.diag(cosine), 0), atol=1e-4)
+    assert body["probs"] is None and body["pairwise"] is True
+    error(client.post("/score", json={"texts": texts, "images": [b64(PNG)], "pairwise": True}), 400, "invalid_request")
+
+
+def test_score_with_cached_embeddings(client, encoders, variant):
+    encoder = encoders[variant]
+    text_vectors = encoder.encode_text(["a cat", "a dog"], normalize=False).embeddings
+    image_vectors = expected_images(encoder, [PNG], normalize=False)
+    cosine, probs = reference_scores(encoder, [PNG], ["a cat", "a dog"])
+    for body in ({"text_embeddings": text_vectors.tolist(), "images": [b64(PNG)]},
+                 {"texts": ["a cat", "a dog"], "image_embeddings": image_vectors.tolist()},
+                 {"text_embeddings": text_vectors.tolist(), "image_embeddings": (3 * image_vectors).tolist()}):
+        got = ok(client.post("/score", json=body), ScoreResponse)
+        assert np.allclose(got["cosine"], cosine, atol=1e-5) and np.allclose(got["probs"], probs, atol=1e-4)
+
+
+def test_score_rejects_bad_vectors(client, encoders, variant):
+    dim = encoders[variant].info.dim
+    err = error(client.post("/score", json={"texts": ["a"], "image_embeddings": [[1.0] * (dim + 1)]}), 400,
+                "invalid_request")
+    assert "image_embeddings[0]" in err["message"] and str(dim) in err["message"]
+    error(client.post("/score", json={"texts": ["a"], "image_embeddings": [[0.0] * dim]}), 400, "invalid_request")
+    error(client.post("/score", json={"texts": ["a"], "images": [b64(PNG)], "text_embeddings": [[1.0] * dim]}),
+          400, "invalid_request")
+    error(client.post("/score", json={"images": [b64(PNG)]}), 400, "invalid_request")
+
+
+def test_score_multipart(client):
+    data = {"images": [(io.BytesIO(PNG), "a.png")], "texts": ["a", "b"]}
+    body = ok(client.post("/score", data=data, content_type="multipart/form-data"), ScoreResponse)
+    assert np.array(body["cosine"]).shape == (1, 2)
+
+
+# --- meta endpoints -------------------------------------------------------------------------------
+
+def test_health_and_info(client, encoders, variant):
+    assert ok(client.get("/health"), HealthResponse) == {"status": "ok"}
+    info = ok(client.get("/"), InfoResponse)
+    assert info["status"] == "ok" and info["model"] == encoders[variant].info.as_dict()
+    assert info["limits"]["max_items"] == 8 and "POST /score" in info["endpoints"]
+
+
+def test_openapi_is_generated_from_the_request_models(client):
+    doc = client.get("/openapi.json").json
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) >= {"/", "/health", "/embed/text", "/embed/image", "/embed/mixed", "/score",
+                                 "/openapi.json", "/docs"}
+    schemas = doc["components"]["schemas"]
+    texts = schemas["TextEmbedRequest"]["properties"]["texts"]
+    assert texts["maxItems"] == 8 and texts["items"]["maxLength"] == 400        # the configured limits
+    image_body = doc["paths"]["/embed/image"]["post"]["requestBody"]["content"]
+    assert image_body["multipart/form-data"]["schema"]["properties"]["images"]["items"]["format"] == "binary"
+    assert "422" in doc["paths"]["/embed/image"]["post"]["responses"]
+    assert doc["paths"]["/embed/text"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TextEmbedResponse"}
+
+
+def test_docs_page(client):
+    response = client.get("/docs")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "openapi.json" in response.get_data(as_text=True)
+
+
+# --- request errors -------------------------------------------------------------------------------
+
+@pytest.fixture
+def en(apps):
+    return apps("english").test_client()
+
+
+def test_not_found_and_method_not_allowed_are_json(en):
+    error(en.get("/nope"), 404, "not_found")
+    err = en.get("/embed/text")
+    error(err, 405, "method_not_allowed")
+    assert "POST" in err.headers["Allow"]
+
+
+def test_body_over_limit_is_413(apps):
+    client = apps("english", max_body_bytes=2048).test_client()
+    error(client.post("/embed/text", json={"texts": ["x" * 3000]}), 413, "payload_too_large")
+    data = {"images": [(io.BytesIO(b"\0" * 4096), "big.png")]}
+    error(client.post("/embed/image", data=data, content_type="multipart/form-data"), 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "application/xml", ""])
+def test_unsupported_content_type_is_415(en, ctype):
+    error(en.post("/embed/text", data=json.dumps({"texts": ["a"]}), content_type=ctype), 415,
+          "unsupported_media_type")
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"{'texts': ['a']}", b"\xff\xfe\xfa\x00garbage", b"[" * 100_000,
+                                  b'{"texts": ["a"]} trailing'])
+def test_malformed_json_is_400(en, body):
+    error(en.post("/embed/text", data=body, content_type="application/json"), 400, "invalid_json")
+
+
+@pytest.mark.parametrize("body,where", [
+    ([1, 2], "object"),
+    ({"texts": []}, "texts"),
+    ({"texts": "a cat"}, "texts"),
+    ({"texts": ["a", 5]}, "texts[1]"),
+    ({"texts": ["ok", "x" * 401]}, "texts[1]"),
+    ({"texts": ["a"] * 9}, "texts"),
+    ({"text": ["a"]}, "text"),
+    ({"texts": ["a"], "normalize": "maybe"}, "normalize"),
+    ({"texts": ["a"], "encoding_format": "hex"}, "encoding_format"),
+    ({"texts": [{"nested": [[[[]]]]}]}, "texts[0]"),
+])
+def test_invalid_fields_are_400_naming_the_field(en, body, where):
+    err = error(en.post("/embed/text", json=body), 400, "invalid_request")
+    assert where in err["message"]
+    assert "Traceback" not in err["message"]
+
+
+def test_invalid_image_requests(en):
+    error(en.post("/embed/image", json={"images": [b64(PNG)], "urls": [b64(PNG)]}), 400, "invalid_request")
+    error(en.post("/embed/image", json={}), 400, "invalid_request")
+    error(en.post("/embed/image", json={"images": [b64(PNG)] * 9}), 400, "invalid_request")
+    error(en.post("/embed/image", data={"image": [(io.BytesIO(PNG), "a.png")]}, content_type="multipart/form-data"),
+          400, "invalid_request")
+    error(en.post("/embed/image", data={}, content_type="multipart/form-data"), 400, "invalid_request")
+
+
+# --- engine states and failures through HTTP ------------------------------------------------------
+
+def test_loading_then_ready(tiny_model_dir):
+    from engine import EmbeddingEngine
+    from handler.app import create_app, load_bundle_encoder
+    from conftest import tiny_settings
+
+    release = threading.Event()
+    settings = tiny_settings(tiny_model_dir)
+
+    def slow_load():
+        assert release.wait(30)
+        return load_bundle_encoder(settings)
+
+    app = create_app(settings, EmbeddingEngine.from_settings(settings, slow_load))
+    client = app.test_client()
+    try:
+        assert client.get("/health").status_code == 503 and client.get("/health").json == {"status": "loading"}
+        response = client.post("/embed/text", json={"texts": ["a"]})
+        error(response, 503, "model_loading")
+        assert response.headers["Retry-After"]
+        assert ok(client.get("/"), InfoResponse)["model"] is None
+        release.set()
+        assert app.extensions["clipserve"].engine.wait_ready(60)
+        assert client.get("/health").json == {"status": "ok"}
+        ok(client.post("/embed/text", json={"texts": ["a"]}), TextEmbedResponse)
+    finally:
+        release.set()
+        app.extensions["clipserve"].engine.shutdown()
+
+
+def test_missing_bundle_reports_failed(tmp_path):
+    from conftest import tiny_settings
+    from handler.app import create_app
+
+    app = create_app(tiny_settings(tmp_path / "empty"))
+    client = app.test_client()
+    client.get("/health")   # first request starts the load
+    assert not app.extensions["clipserve"].engine.wait_ready(60)
+    response = client.get("/health")
+    assert response.status_code == 503 and response.json["status"] == "failed"
+    error(client.post("/embed/text", json={"texts": ["a"]}), 503, "model_unavailable")
+
+
+def test_model_exception_is_500_without_internals_and_service_recovers(app_with_encoder):
+    state = {"fail": True}
+
+    class Flaky:
+        def __init__(self, encoder):
+            self._encoder, self.info = encoder, encoder.info
+
+        def prepare_image(self, image):
+            return self._encoder.prepare_image(image)
+
+        def encode_images(self, images, normalize=True):
+            return self._encoder.encode_images(images, normalize=normalize)
+
+        def encode_text(self, texts, normalize=True):
+            if state["fail"]:
+                raise RuntimeError("secret internal detail /opt/model.bin")
+            return self._encoder.encode_text(texts, normalize=normalize)
+
+    client = app_with_encoder(Flaky).test_client()
+    err = error(client.post("/embed/text", json={"texts": ["a"]}), 500, "internal_error")
+    assert "secret" not in json.dumps(err) and "RuntimeError" not in json.dumps(err)
+    assert client.get("/health").status_code == 200
+    state["fail"] = False
+    ok(client.post("/embed/text", json={"texts": ["a"]}), TextEmbedResponse)
+
+
+def test_full_queue_is_429_with_retry_after(app_with_encoder):
+    gates = []
+
+    def gated(encoder):
+        gates.append(Gate(encoder))
+        return gates[0]
+
+    app = app_with_encoder(gated, queue_size=8, max_items=8, request_timeout_s=10)
+    client = app.test_client()
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", client.post("/embed/text",
+                                                                                    json={"texts": ["a"]})))
+    first.start()
+    assert gates[0].entered.wait(10)                                 # the loop is busy with "first"
+    second = threading.Thread(target=lambda: results.setdefault("second", client.post("/embed/text",
+                                                                                      json={"texts": ["b"] * 8})))
+    second.start()
+    deadline = time.monotonic() + 10
+    while app.extensions["clipserve"].engine.loop_health().queue_depth < 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    response = client.post("/embed/text", json={"texts": ["c"]})
+    error(response, 429, "overloaded")
+    assert int(response.headers["Retry-After"]) >= 1
+    gates[0].release()
+    first.join(10)
+    second.join(10)
+    assert results["first"].status_code == 200 and results["second"].status_code == 200
+    assert len(results["second"].json["embeddings"]) == 8
+
+
+def test_wedged_model_times_out_and_health_turns_unhealthy(app_with_encoder):
+    gates = []
+
+    def gated(encoder):
+        gates.append(Gate(encoder))
+        return gates[0]
+
+    app = app_with_encoder(gated, request_timeout_s=0.5, stall_timeout_s=1.0)
+    client = app.test_client()
+    error(client.post("/embed/text", json={"texts": ["a"]}), 504, "timeout")
+    assert client.get("/health").status_code == 200            # busy for 0.5 s only: not yet stalled
+    time.sleep(0.7)
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json["status"] == "unhealthy"
+    HealthResponse.model_validate(health.json)
+    gates[0].release()
+    deadline = time.monotonic() + 10
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ok(client.post("/embed/text", json={"texts": ["after"]}), TextEmbedResponse)

@@ -77,9 +77,9 @@ class MClipText:
     """An M-CLIP text tower: an XLM-R encoder, mean pooling, a linear map into CLIP space."""
 
     repo: str
-    revision: str | None
     weights: Source  # pytorch_model.bin; converted to safetensors at bake time
     config: Source  # M-CLIP's config.json (transformerDimSize, imageDimSize)
+    # tokenizer.json, not sentencepiece.bpe.model: the latter alone would need protobuf to convert.
     tokenizer_files: tuple[Source, ...]
     base_config: Source  # the XLM-R config.json: do not trust XLMRobertaConfig() defaults
     max_length: int = 512
@@ -138,6 +138,7 @@ def get(name: str) -> Variant:
 
 # Revisions and sha256 of hub files: not knowable offline when this was written (see module doc).
 MCLIP_REPO = "M-CLIP/XLM-Roberta-Large-Vit-B-16Plus"
+MCLIP_REVISION: str | None = None  # fill in with the commit hash bake prints; and each file's sha256 below
 
 register(Variant(
     name="english",
@@ -157,11 +158,10 @@ register(Variant(
             "vit_b_16_plus_240-laion400m_e32-699c4b84.pt"),
     text=MClipText(
         repo=MCLIP_REPO,
-        revision=None,
-        weights=hub_file(MCLIP_REPO, "pytorch_model.bin"),
-        config=hub_file(MCLIP_REPO, "config.json"),
-        tokenizer_files=tuple(hub_file(MCLIP_REPO, f) for f in (
-            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model")),
+        weights=hub_file(MCLIP_REPO, "pytorch_model.bin", MCLIP_REVISION),
+        config=hub_file(MCLIP_REPO, "config.json", MCLIP_REVISION),
+        tokenizer_files=tuple(hub_file(MCLIP_REPO, f, MCLIP_REVISION) for f in (
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")),
         base_config=hub_file("FacebookAI/xlm-roberta-large", "config.json"),
     ),
     notes=("image tower: only visual.* and logit_scale are kept from the full CLIP checkpoint",),

@@ -1,0 +1,242 @@
+"""Bake real weights into bundles (image build time, with network).
+
+    python -m models.bake --variant english|multilingual|all --out DIR [--from-dir MIRROR] [--allow-unpinned]
+
+For each variant: download the pinned files, check their sha256 against the registry, convert
+the weights to safetensors through open_clip's own checkpoint loader (so every format and key
+fix-up open_clip knows applies), check the result loads, and publish `DIR/<variant>/`
+atomically with the manifest written last. A variant whose bundle is already complete and
+baked from the same pins is skipped, so running it twice is a no-op.
+
+Downloads go through a `FileSource`: `HubSource` (huggingface_hub `hf_hub_download` at the
+pinned revision; plain HTTPS for release URLs) or `LocalDirSource` (a mirror directory laid out
+as `<repo>/<filename>` and `<url file name>`: air-gapped builds and tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import models  # noqa: F401  (offline by default; HubSource turns the network back on)
+from models import bundle, manifest, registry
+from models.registry import Source, Variant
+
+
+class ChecksumMismatch(ValueError):
+    """A downloaded file's sha256 is not the pinned one."""
+
+
+class UnpinnedSource(ValueError):
+    """A source has no sha256 (or hub revision) pinned and `allow_unpinned` was not given."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    resolved: dict[str, str] = field(default_factory=dict)  # e.g. the hub commit a branch resolved to
+
+
+class FileSource(Protocol):
+    def fetch(self, source: Source, dest_dir: Path) -> Fetched:
+        """Put the file for `source` under `dest_dir` and return where it is."""
+
+
+class LocalDirSource:
+    """Files from a local mirror: `root/<repo>/<filename>` for hub files, `root/<filename>` for URLs."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def fetch(self, source: Source, dest_dir: Path) -> Fetched:
+        path = self.root / source.repo / source.filename if source.repo else self.root / source.filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not in the local mirror {self.root}")
+        return Fetched(path)
+
+
+class HubSource:
+    """The real downloads. Re-enables network for huggingface_hub, which `models` switches off."""
+
+    def __init__(self, timeout_s: float = 60.0):
+        self.timeout_s = timeout_s
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[name] = "0"
+        import huggingface_hub.constants
+
+        if huggingface_hub.constants.HF_HUB_OFFLINE:  # imported before we could switch it
+            raise RuntimeError("huggingface_hub was imported in offline mode; run `python -m models.bake` "
+                               "in its own process")
+
+    def fetch(self, source: Source, dest_dir: Path) -> Fetched:
+        return self._from_hub(source, dest_dir) if source.repo else self._from_url(source, dest_dir)
+
+    def _from_hub(self, source: Source, dest_dir: Path) -> Fetched:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+        # Resolve a branch to its commit first, so the file and the recorded revision agree.
+        meta = get_hf_file_metadata(hf_hub_url(source.repo, source.filename, revision=source.revision))
+        revision = meta.commit_hash or source.revision
+        path = hf_hub_download(source.repo, source.filename, revision=revision,
+                               local_dir=dest_dir / source.repo, etag_timeout=self.timeout_s)
+        return Fetched(Path(path), {"revision": revision} if revision else {})
+
+    def _from_url(self, source: Source, dest_dir: Path) -> Fetched:
+        import requests
+
+        dest = dest_dir / source.filename
+        partial = dest.with_name(dest.name + ".part")
+        with requests.get(source.url, stream=True, timeout=self.timeout_s) as response:
+            response.raise_for_status()
+            with open(partial, "wb") as f:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    f.write(chunk)
+        partial.rename(dest)
+        return Fetched(dest)
+
+
+def verify(source: Source, fetched: Fetched, allow_unpinned: bool) -> dict[str, Any]:
+    """Check the file against its pins; return the manifest's record of where it came from."""
+    actual = bundle.sha256_file(fetched.path)
+    if source.sha256 is not None and actual != source.sha256:
+        raise ChecksumMismatch(f"{source.filename}: sha256 {actual}, pinned {source.sha256}")
+    if source.sha256_prefix is not None and not actual.startswith(source.sha256_prefix):
+        raise ChecksumMismatch(f"{source.filename}: sha256 {actual} does not start with {source.sha256_prefix}")
+    if not source.pinned and not allow_unpinned:
+        missing = "sha256" if source.sha256 is None else "revision"
+        raise UnpinnedSource(f"{source.filename} ({source.repo or source.url}) has no pinned {missing} in "
+                             f"models/registry.py; its sha256 is {actual}. Pin it, or pass --allow-unpinned.")
+    return {**source.describe(), **fetched.resolved, "sha256_seen": actual}
+
+
+def is_up_to_date(out: Path, variant: Variant) -> bool:
+    """A complete baked bundle exists whose recorded sources carry exactly the registry's pins."""
+    try:
+        _, existing = bundle.check_bundle(out, variant.name)
+    except (bundle.BundleError, ValueError, KeyError):
+        return False
+    if existing.get("origin") != "models.bake":
+        return False
+    recorded = {_source_key(r): r for r in existing.get("sources", [])}
+    for source in all_sources(variant):
+        record = recorded.get(_source_key(source.describe()))
+        if record is None or any(record.get(k) != v for k, v in source.describe().items()):
+            return False
+    return True
+
+
+def _source_key(record: dict[str, Any]) -> tuple:
+    return record.get("repo") or record.get("url"), record["filename"]
+
+
+def all_sources(variant: Variant) -> list[Source]:
+    sources = [variant.clip.weights]
+    if variant.text is not None:
+        t = variant.text
+        sources += [t.weights, t.config, t.base_config, *t.tokenizer_files]
+    return sources
+
+
+def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow_unpinned: bool = False) -> Path | None:
+    """Bake one variant into `out/<variant>`. Returns the bundle path, or None if it was up to date."""
+    out = Path(out)
+    if is_up_to_date(out, variant):
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{variant.name}.download-", dir=out) as tmp, \
+            bundle.stage(out, variant.name) as staging:
+        downloads = Path(tmp)
+        records = []
+
+        def fetch(src: Source, role: str) -> Path:
+            fetched = source.fetch(src, downloads)
+            records.append({"role": role, **verify(src, fetched, allow_unpinned)})
+            return fetched.path
+
+        clip_config = _bake_clip(variant, fetch(variant.clip.weights, "open_clip weights"), staging)
+        mclip = None if variant.text is None else _bake_mclip(variant, fetch, staging)
+        spec = manifest.build_manifest(variant, clip_config, origin="models.bake", sources=records, mclip=mclip)
+        _check_loadable(staging, spec)
+        return bundle.publish(staging, out, spec)
+
+
+def _bake_clip(variant: Variant, weights: Path, staging: Path) -> dict[str, Any]:
+    """Load through open_clip's reference path, save what the bundle needs as safetensors."""
+    import open_clip
+
+    config = open_clip.get_model_config(variant.clip.arch)
+    if config is None:
+        raise registry.UnknownVariant(f"open_clip has no architecture {variant.clip.arch!r}; "
+                                      f"known: {', '.join(open_clip.list_models())}")
+    model = open_clip.create_model(variant.clip.arch, pretrained=str(weights), load_weights=True)
+    state = manifest.clip_state_to_save(model, image_only=variant.text is not None)
+    manifest.save_safetensors(state, staging / manifest.clip_weights_name(variant))
+    return config
+
+
+def _bake_mclip(variant: Variant, fetch, staging: Path) -> dict[str, Any]:
+    import transformers
+
+    text = variant.text
+    weights = _torch_load(fetch(text.weights, "M-CLIP weights"))
+    manifest.save_safetensors(weights, staging / manifest.MCLIP_WEIGHTS)
+    del weights
+    mclip_config = json.loads(fetch(text.config, "M-CLIP config").read_text())
+    base_config = json.loads(fetch(text.base_config, "XLM-R config").read_text())
+    for src in text.tokenizer_files:
+        shutil.copyfile(fetch(src, "tokenizer"), staging / src.filename)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(staging), local_files_only=True)
+    return {"config": mclip_config, "base_config": base_config, "tokenizer_class": type(tokenizer).__name__}
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    """A pickled state dict, tensors only (`weights_only`); mmap where the file format allows it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (pre-zip) serialization cannot be mmapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _check_loadable(staging: Path, spec: dict[str, Any]) -> None:
+    """The staged weights fit the manifest's architectures exactly (the loader's own code path)."""
+    from models import mclip_tower, openclip_tower
+
+    clip = spec["clip"]
+    openclip_tower.load_model(clip["config"], staging / clip["weights"], with_text=spec["text"]["type"] == "open_clip")
+    if spec["text"]["type"] == "mclip":
+        text = spec["text"]
+        mclip_tower.load_model(text["base_config"], text["config"], staging / text["weights"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.bake", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", required=True, choices=[*registry.names(), "all"])
+    parser.add_argument("--out", required=True, type=Path, help="MODEL_DIR; bundles go to OUT/<variant>")
+    parser.add_argument("--from-dir", type=Path, help="bake from a local mirror instead of the network")
+    parser.add_argument("--allow-unpinned", action="store_true",
+                        help="accept files without a pinned sha256/revision (recorded in the manifest)")
+    args = parser.parse_args(argv)
+    source: FileSource = LocalDirSource(args.from_dir) if args.from_dir else HubSource()
+    for name in registry.names() if args.variant == "all" else [args.variant]:
+        path = bake_variant(registry.get(name), args.out, source, allow_unpinned=args.allow_unpinned)
+        if path is None:
+            print(f"{args.out / name}: up to date")
+            continue
+        print(f"wrote {path}")
+        for record in json.loads((path / bundle.MANIFEST).read_text())["sources"]:
+            print(f"  {record['role']}: {record.get('repo') or record.get('url')} {record['filename']} "
+                  f"revision={record.get('revision', '-')} sha256={record['sha256_seen']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""`models.bake` without the hub: a local mirror holding tiny files in the upstream formats
+(.safetensors from the hub, a .pt release checkpoint, M-CLIP's pytorch_model.bin)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from models import bake, registry
+from models.bundle import sha256_file
+from models.loader import load_encoder
+from models.registry import MClipText, OpenClipModel, Source, Variant
+from models.tiny import random_clip
+
+TEXTS = ["a photo of a cat", "un chat", " ".join(["tree"] * 700)]
+
+
+class CountingSource(bake.LocalDirSource):
+    def __init__(self, root, fail_on: str | None = None):
+        super().__init__(root)
+        self.fetched: list[str] = []
+        self.fail_on = fail_on
+
+    def fetch(self, source, dest_dir):
+        if source.filename == self.fail_on:
+            raise ConnectionError(f"download of {source.filename} interrupted")
+        self.fetched.append(source.filename)
+        return super().fetch(source, dest_dir)
+
+
+def pinned(root: Path, filename: str, repo: str | None = None, **kw) -> Source:
+    path = root / repo / filename if repo else root / filename
+    return Source(filename, repo=repo, url=None if repo else f"https://example.invalid/{filename}",
+                  revision="0123abc" if repo else None, sha256=sha256_file(path), **kw)
+
+
+@pytest.fixture(scope="module")
+def mirror(tiny_model_dir, tmp_path_factory) -> dict:
+    """Upstream-shaped files made from the session's tiny bundles, and test variants pinning them."""
+    root = tmp_path_factory.mktemp("mirror")
+    configs = tmp_path_factory.mktemp("oc_configs")
+    manifests = {v: json.loads((tiny_model_dir / v / "manifest.json").read_text()) for v in ("english", "multilingual")}
+    for v, name in (("english", "bake-test-english"), ("multilingual", "bake-test-b16plus")):
+        (configs / f"{name}.json").write_text(json.dumps(manifests[v]["clip"]["config"]))
+    open_clip.add_model_config(configs)
+
+    # english: the hub's open_clip_model.safetensors
+    (root / "org/english").mkdir(parents=True)
+    shutil.copyfile(tiny_model_dir / "english/open_clip_model.safetensors", root / "org/english/open_clip_model.safetensors")
+    english = Variant("english", "test", clip=OpenClipModel(
+        "bake-test-english", "test", pinned(root, "open_clip_model.safetensors", "org/english")))
+
+    # multilingual image tower: a full CLIP .pt release checkpoint whose visual part is the tiny bundle's
+    full = random_clip(manifests["multilingual"]["clip"]["config"]).state_dict()
+    full.update(load_file(tiny_model_dir / "multilingual/open_clip_visual.safetensors"))
+    tmp_pt = root / "release.pt"
+    torch.save({"epoch": 32, "name": "test", "state_dict": {f"module.{k}": v for k, v in full.items()}}, tmp_pt)
+    release_name = f"vit_test-laion400m_e32-{sha256_file(tmp_pt)[:8]}.pt"
+    tmp_pt.rename(root / release_name)
+    image = registry.openclip_from_url("bake-test-b16plus", "test", url=f"https://example.invalid/{release_name}",
+                                       sha256=sha256_file(root / release_name))
+    assert image.weights.sha256_prefix == image.weights.sha256[:8]
+
+    # M-CLIP: pytorch_model.bin (with the position_ids key old transformers saved), configs, tokenizer
+    text_section = manifests["multilingual"]["text"]
+    (root / "org/mclip").mkdir(parents=True)
+    (root / "org/xlmr").mkdir(parents=True)
+    state = load_file(tiny_model_dir / "multilingual/mclip_text.safetensors")
+    state["transformer.embeddings.position_ids"] = torch.arange(514).expand(1, -1)
+    torch.save(state, root / "org/mclip/pytorch_model.bin")
+    (root / "org/mclip/config.json").write_text(json.dumps(text_section["config"]))
+    (root / "org/xlmr/config.json").write_text(json.dumps(text_section["base_config"]))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_model_dir / "multilingual" / f, root / "org/mclip" / f)
+    multilingual = Variant("multilingual", "test", clip=image, text=MClipText(
+        repo="org/mclip",
+        weights=pinned(root, "pytorch_model.bin", "org/mclip"),
+        config=pinned(root, "config.json", "org/mclip"),
+        tokenizer_files=(pinned(root, "tokenizer.json", "org/mclip"), pinned(root, "tokenizer_config.json", "org/mclip")),
+        base_config=pinned(root, "config.json", "org/xlmr")))
+    return {"root": root, "english": english, "multilingual": multilingual}
+
+
+def assert_same_vectors(a, b, size: int):
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    ta, tb = a.encode_text(TEXTS), b.encode_text(TEXTS)
+    np.testing.assert_allclose(ta.embeddings, tb.embeddings, atol=1e-6, rtol=0)
+    assert ta.truncated == tb.truncated == [2]
+    xa, xb = a.prepare_image(image), b.prepare_image(image)
+    assert xa.shape == (3, size, size)
+    np.testing.assert_allclose(a.encode_images([xa]), b.encode_images([xb]), atol=1e-6, rtol=0)
+
+
+def test_bake_english_gives_the_source_weights(mirror, english_encoder, tmp_path):
+    path = bake.bake_variant(mirror["english"], tmp_path, bake.LocalDirSource(mirror["root"]))
+    assert path == tmp_path / "english"
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["origin"] == "models.bake"
+    [record] = manifest["sources"]
+    assert record["revision"] == "0123abc" and record["sha256_seen"] == mirror["english"].clip.weights.sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["english"]  # no staging or download leftovers
+    assert_same_vectors(load_encoder("english", tmp_path), english_encoder, 224)
+
+
+def test_bake_multilingual_converts_pt_and_bin(mirror, multilingual_encoder, tmp_path):
+    path = bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]))
+    files = sorted(p.name for p in path.iterdir())
+    assert files == ["manifest.json", "mclip_text.safetensors", "open_clip_visual.safetensors",
+                     "tokenizer.json", "tokenizer_config.json"]
+    visual = load_file(path / "open_clip_visual.safetensors")
+    assert all(k.startswith("visual.") or k == "logit_scale" for k in visual)  # text tower not shipped
+    assert_same_vectors(load_encoder("multilingual", tmp_path), multilingual_encoder, 240)
+
+
+def test_corrupted_download_is_rejected_and_leaves_no_bundle(mirror, tmp_path):
+    bad_root = tmp_path / "bad_mirror"
+    shutil.copytree(mirror["root"] / "org/english", bad_root / "org/english")
+    weights = bad_root / "org/english/open_clip_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    out = tmp_path / "models"
+    with pytest.raises(bake.ChecksumMismatch, match="open_clip_model.safetensors"):
+        bake.bake_variant(mirror["english"], out, bake.LocalDirSource(bad_root))
+    assert list(out.iterdir()) == []
+
+
+def test_release_file_must_match_its_sha256_prefix(mirror, tmp_path):
+    variant = mirror["multilingual"]
+    wrong = replace(variant, clip=replace(variant.clip, weights=replace(variant.clip.weights, sha256_prefix="00000000")))
+    with pytest.raises(bake.ChecksumMismatch, match="does not start with 00000000"):
+        bake.bake_variant(wrong, tmp_path, bake.LocalDirSource(mirror["root"]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_bake_is_a_noop_and_a_new_pin_rebakes(mirror, tmp_path):
+    source = CountingSource(mirror["root"])
+    bake.bake_variant(mirror["english"], tmp_path, source)
+    manifest = tmp_path / "english/manifest.json"
+    before = manifest.stat().st_mtime_ns
+    assert bake.bake_variant(mirror["english"], tmp_path, source) is None
+    assert source.fetched == ["open_clip_model.safetensors"]
+    assert manifest.stat().st_mtime_ns == before
+
+    moved = replace(mirror["english"], clip=replace(mirror["english"].clip, weights=replace(
+        mirror["english"].clip.weights, revision="4567def")))
+    assert bake.bake_variant(moved, tmp_path, source) == tmp_path / "english"
+    assert json.loads(manifest.read_text())["sources"][0]["revision"] == "4567def"
+
+
+def test_interrupted_rebake_keeps_the_previous_bundle(mirror, multilingual_encoder, tmp_path):
+    bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]))
+    variant = mirror["multilingual"]
+    changed = replace(variant, text=replace(variant.text, config=replace(variant.text.config, revision="new")))
+    with pytest.raises(ConnectionError):
+        bake.bake_variant(changed, tmp_path, CountingSource(mirror["root"], fail_on="tokenizer.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multilingual"]
+    assert_same_vectors(load_encoder("multilingual", tmp_path), multilingual_encoder, 240)
+
+
+def test_unpinned_source_is_refused_unless_allowed(mirror, tmp_path):
+    unpinned = replace(mirror["english"], clip=replace(mirror["english"].clip, weights=replace(
+        mirror["english"].clip.weights, sha256=None, revision=None)))
+    sha = mirror["english"].clip.weights.sha256
+    with pytest.raises(bake.UnpinnedSource, match=sha):
+        bake.bake_variant(unpinned, tmp_path, bake.LocalDirSource(mirror["root"]))
+    assert list(tmp_path.iterdir()) == []
+    path = bake.bake_variant(unpinned, tmp_path, bake.LocalDirSource(mirror["root"]), allow_unpinned=True)
+    assert json.loads((path / "manifest.json").read_text())["sources"][0]["sha256_seen"] == sha
+
+
+def test_registry_pins_are_checked_by_the_cli(tmp_path, capsys):
+    """The real registry's hub files have no sha256 pinned yet: the CLI refuses them by default."""
+    mirror = tmp_path / "mirror/timm/vit_base_patch32_clip_224.laion400m_e32"
+    mirror.mkdir(parents=True)
+    (mirror / "open_clip_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(bake.UnpinnedSource, match="--allow-unpinned"):
+        bake.main(["--variant", "english", "--out", str(tmp_path / "out"), "--from-dir", str(tmp_path / "mirror")])
+    assert not (tmp_path / "out/english").exists()

@@ -22,7 +22,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     ``Image.open`` reads only the header, so the pixel count is checked before any pixel is decoded.
     Raises ImageError(too_large | invalid_image); nothing else escapes.
     """
-    formats = [f for f in ALLOWED_FORMATS if f in Image.OPEN]
+    formats = _allowed_formats()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own, lower limit
@@ -40,6 +40,14 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         return _first_frame_rgb(image)
     finally:
         image.close()
+
+
+def _allowed_formats() -> list[str]:
+    # Pillow registers its format plugins lazily: Image.OPEN is empty in a fresh process (so the first image
+    # was refused) and holds only the common five after preinit() (so WebP and TIFF never opened). init() is
+    # idempotent and cheap after its first call.
+    Image.init()
+    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
 
 def _first_frame_rgb(image: Image.Image) -> Image.Image:

@@ -1,0 +1,88 @@
+"""Image decoding in a fresh process and under random/mutated bytes: only ImageError ever escapes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from inputs.decode import decode_image
+from inputs.errors import CODES, ImageError
+from ops_support import REPO, image_bytes
+
+MAX_PIXELS = 4_000_000
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+SEEDS = {fmt: image_bytes(fmt, size=(24, 16), seed=i) for i, fmt in enumerate(FORMATS)}
+
+
+def test_every_format_decodes_as_the_first_image_of_a_fresh_process():
+    """Regression: Pillow loads its plugins lazily; the service's first image (and every WebP/TIFF) was refused."""
+    script = (
+        "import sys, base64\n"
+        "from inputs.decode import decode_image\n"
+        "for line in sys.stdin.read().split():\n"
+        "    fmt, data = line.split(':')\n"
+        "    print(fmt, decode_image(base64.b64decode(data), max_pixels=10**6).size)\n"
+    )
+    import base64
+
+    stdin = "\n".join(f"{fmt}:{base64.b64encode(SEEDS[fmt]).decode()}" for fmt in ("WEBP", "TIFF", "PNG"))
+    out = subprocess.run([sys.executable, "-c", script], input=stdin, capture_output=True, text=True, cwd=REPO,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["WEBP (24, 16)", "TIFF (24, 16)", "PNG (24, 16)"]
+
+
+def _decode_or_image_error(data: bytes) -> None:
+    try:
+        image = decode_image(data, max_pixels=MAX_PIXELS)
+    except ImageError as exc:
+        assert exc.code in CODES
+    else:
+        assert image.mode == "RGB" and image.size[0] * image.size[1] <= MAX_PIXELS
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_random_bytes_never_raise_anything_but_image_error(data):
+    _decode_or_image_error(data)
+
+
+@st.composite
+def mutated_images(draw):
+    """A valid image of some format with a few bytes flipped, a slice cut out, or junk spliced in."""
+    data = bytearray(SEEDS[draw(st.sampled_from(FORMATS))])
+    for _ in range(draw(st.integers(1, 8))):
+        op = draw(st.sampled_from(["flip", "truncate", "splice", "zero_run"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[pos] ^= draw(st.integers(1, 255))
+        elif op == "truncate":
+            del data[pos:]
+        elif op == "splice":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
+        else:
+            data[pos:pos + 16] = bytes(16)
+    return bytes(data)
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_images())
+def test_mutated_images_never_raise_anything_but_image_error(data):
+    _decode_or_image_error(data)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_headers_declaring_huge_sizes_are_too_large_before_decoding(fmt):
+    """Every format's header patched (where it is simple) or built to claim more pixels than allowed."""
+    big = Image.new("L", (3000, 2000))  # 6 MP > MAX_PIXELS, tiny when compressed
+    buf = io.BytesIO()
+    big.save(buf, fmt)
+    with pytest.raises(ImageError) as info:
+        decode_image(buf.getvalue(), max_pixels=MAX_PIXELS)
+    assert info.value.code == "too_large"

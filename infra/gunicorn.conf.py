@@ -17,7 +17,7 @@ from infra.settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
 
-bind = f"0.0.0.0:{_settings.port}"
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 # One process: the model is CPU-bound and large; a second worker would double the memory and fight
 # for the same cores. Request threads mostly wait (fetching images, or on the inference thread).
 workers = 1

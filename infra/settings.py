@@ -50,7 +50,8 @@ class Settings:
                                      "torch intra-op threads; empty = the CPUs the container really has.",
                                      minimum=1, maximum=256)
     # server
-    port: int = _env("PORT", 8080, "Port gunicorn binds on 0.0.0.0.", minimum=1, maximum=65535)
+    host: str = _env("HOST", "0.0.0.0", "Address gunicorn binds (0.0.0.0 in a container; 127.0.0.1 for local only).")
+    port: int = _env("PORT", 8080, "Port gunicorn binds (Cloud Run sets it).", minimum=1, maximum=65535)
     http_threads: int = _env("HTTP_THREADS", 8, "gunicorn request threads (one worker process).",
                              minimum=1, maximum=256)
     request_timeout_s: float = _env("REQUEST_TIMEOUT_S", 60.0,

@@ -1,0 +1,67 @@
+"""AWS Lambda entry: the same Flask app as on Cloud Run, behind Function URL / API Gateway v2 events.
+
+Terraform's ``image_config`` runs ``python -m awslambdaric`` with ``infra.lambda_handler.handler``.
+apig-wsgi turns each event into a WSGI request and the response back into an event result:
+base64 request bodies (multipart uploads) are decoded, and non-text responses are base64-encoded.
+
+The model loads during Lambda's init phase, not on the first request: awslambdaric resolves
+``handler`` before it asks for the first event, and resolving it builds the app, checks that
+MODEL_VARIANT was baked and waits for the model. Init is capped at 10 s; a load that takes longer
+(multilingual on a small memory size) is cut off and Lambda runs init again inside the first
+invocation, where the function's timeout applies. That first request is then slow but succeeds;
+give such functions more memory (= more vCPUs) or provisioned concurrency. A missing variant or
+a bad setting fails init with the message (Runtime.Unknown / init error in the logs).
+
+``handler`` is built on first attribute access (PEP 562) so tests can import ``build_handler``
+without loading a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from apig_wsgi import make_lambda_handler
+from flask import Flask
+
+from infra.preflight import check_model_baked
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+class ModelLoadFailed(RuntimeError):
+    """The model did not load at init; the cause is chained and its message included."""
+
+
+def build_app(settings: Settings) -> Flask:
+    """The production app with its model loaded (raises if it cannot be)."""
+    from handler.app import EXTENSION, create_app
+
+    check_model_baked(settings)
+    app = create_app(settings)
+    engine = app.extensions[EXTENSION].engine
+    engine.start()
+    if not engine.wait_ready():
+        error = engine.load_error
+        raise ModelLoadFailed(f"model {settings.model_variant} failed to load from {settings.model_dir}: "
+                              f"{error!r}") from error
+    return app
+
+
+def build_handler(settings: Settings | None = None, app: Flask | None = None) -> LambdaHandler:
+    """A Lambda handler around ``app`` (default: the production app for ``settings`` / the env)."""
+    if app is None:
+        app = build_app(settings or Settings.from_env())
+    # binary_support: decode base64 event bodies and base64-encode non-text responses.
+    return make_lambda_handler(app, binary_support=True)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "handler":
+        built = build_handler()
+        globals()["handler"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

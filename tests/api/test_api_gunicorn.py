@@ -84,6 +84,10 @@ def expected_images(encoder, blobs):
     return encoder.encode_images([encoder.prepare_image(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
 
 
+def test_command_is_the_one_in_the_readme():
+    assert " ".join(COMMAND) in (ROOT / "README.md").read_text()
+
+
 def test_health_and_meta_endpoints(service):
     base = service["base"]
     assert service["first_answer"] in (200, 503)

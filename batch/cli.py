@@ -71,6 +71,8 @@ def _add_job_args(parser: argparse.ArgumentParser, command: str) -> None:
                      help="process shard I of N (default: $CLOUD_RUN_TASK_INDEX/$CLOUD_RUN_TASK_COUNT)")
     run.add_argument("--shard-by", choices=SHARD_BY, default="position",
                      help="position: row i -> shard i mod N; id: stable hash of the id")
+    run.add_argument("--retry-errors", action="store_true",
+                     help="when resuming, do again the rows written with an error (e.g. fetch_timeout)")
     run.add_argument("--progress-interval", type=float, default=30.0,
                      help="seconds between progress lines when stderr is not a terminal")
     if command == "embed":
@@ -163,6 +165,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         command=args.command, input=args.input, part=part, shard=shard, columns=_columns(args),
         batch_size=args.batch_size, concurrency=args.concurrency,
         normalize=getattr(args, "normalize", True), progress_interval_s=args.progress_interval,
+        retry_errors=args.retry_errors,
     )
     iter_records(args.input)  # a missing or unknown input fails now, not after loading a model
     tally = RetryTally()

@@ -119,6 +119,26 @@ def recover(path: Path) -> PartState:
     return state
 
 
+def drop_error_records(path: Path) -> int:
+    """Rewrites the part without its per-row errors (atomically), so a re-run retries those rows.
+    Returns how many were dropped. A torn last line is dropped too."""
+    if not path.exists():
+        return 0
+    tmp = path.with_name(f".{path.name}.retry-{os.getpid()}")
+    dropped = 0
+    with tmp.open("wb") as out:
+        for _, line in iter_lines_with_offsets(path):
+            record = parse_line(line)
+            if record is None or record.get("error"):
+                dropped += record is not None
+                continue
+            out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return dropped
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """Whole records of a part file (a torn last line is skipped, not repaired)."""
     for _, line in iter_lines_with_offsets(path):

@@ -36,6 +36,7 @@ class JobSpec:
     concurrency: int = 4
     normalize: bool = True
     progress_interval_s: float = 30.0
+    retry_errors: bool = False  # drop rows written with an error, so this run does them again
 
 
 @dataclass
@@ -91,6 +92,8 @@ def clip_score_stats(part: Path) -> dict[str, float] | None:
 def run_job(spec: JobSpec, target: Target, retries: Any = None) -> Summary:
     """Process what is left of the shard. Raises FatalTargetError after writing what finished."""
     summary = Summary(spec.command, str(spec.input), str(spec.part), f"{spec.shard.index}/{spec.shard.count}")
+    if spec.retry_errors:
+        log.info("%s: %d rows with errors dropped, to be retried", spec.part, output.drop_error_records(spec.part))
     state = output.recover(spec.part)
     errors: Counter[str] = Counter(state.errors)
     todo = 0

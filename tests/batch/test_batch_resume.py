@@ -165,3 +165,19 @@ def test_unsharded_npy_output_is_written_when_the_job_completes(tmp_path, capsys
     texts = np.load(paths["text"])
     assert paths["ids"].read_text().splitlines() == [r["id"] for r in rows]
     np.testing.assert_array_equal(texts, np.stack([fake_text_vector(r["text"]) for r in rows]))
+
+
+def test_retry_errors_redoes_only_the_failed_rows(tmp_path, capsys):
+    rows = [{"id": str(i), "image": BROKEN_IMAGE if i in (2, 5) else f"img{i}"} for i in range(8)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "o.jsonl"
+    with FakeService() as svc:
+        args = ("embed", "--input", src, "--output", out, "--endpoint", svc.url, "--batch-size", "3")
+        assert run_cli(capsys, *args)[0] == 0
+        assert {r["id"] for r in read_jsonl(out) if r["error"]} == {"2", "5"}
+        svc.requests.clear()
+        status, summary = run_cli(capsys, *args, "--retry-errors")
+        sent = sorted(im for _, body in svc.requests for im in body["images"])
+    assert status == 0 and summary["already_done"] == 6 and summary["written"] == 2
+    assert sent == [BROKEN_IMAGE, BROKEN_IMAGE]  # only the failed rows went out again
+    assert sorted(r["id"] for r in read_jsonl(out)) == sorted(r["id"] for r in rows)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +116,27 @@ def test_wrong_inputs_raise(encoder):
         encoder.encode_text(["ok", 3])
     with pytest.raises(ValueError, match="prepare_image"):
         encoder.encode_images([torch.zeros(3, 10, 10)])
+
+
+def test_prepare_image_from_many_threads_while_another_encodes(english_encoder):
+    """Request threads prepare images while the inference thread runs the model: same tensors as alone."""
+    images = [random_image(seed=i, width=200 + 10 * i) for i in range(8)]
+    expected = [english_encoder.prepare_image(im) for im in images]
+    stop = threading.Event()
+    encoded = []
+
+    def inference_loop():
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            encoded.append(english_encoder.encode_images(expected[:4]))
+
+    worker = threading.Thread(target=inference_loop)
+    worker.start()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(english_encoder.prepare_image, images * 4))
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert all(torch.equal(r, expected[i % 8]) for i, r in enumerate(results))
+    assert encoded and all(np.allclose(e, encoded[0], atol=1e-6) for e in encoded)

@@ -56,6 +56,9 @@ def _add_job_args(parser: argparse.ArgumentParser, command: str) -> None:
     auth.add_argument("--api-key", default=os.environ.get("CLIPSERVE_API_KEY"),
                       help="one of the service's API_KEYS, sent as 'Authorization: Bearer KEY' (default: $CLIPSERVE_API_KEY)")
     auth.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
+    auth.add_argument("--google-id-token", action="store_true",
+                      help="send a Google ID token for the endpoint (private Cloud Run service), refreshed hourly;"
+                           " from the metadata server or GOOGLE_APPLICATION_CREDENTIALS")
     auth.add_argument("--aws-sigv4", action="store_true",
                       help="sign requests with AWS SigV4 (Lambda function URL, AWS_IAM auth); needs botocore")
     auth.add_argument("--aws-region", help="--aws-sigv4 region (default: from the URL or the AWS config)")
@@ -136,10 +139,17 @@ def _make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
     from batch.http_target import HttpOptions, HttpTarget
 
     auth = None
+    if args.aws_sigv4 and args.google_id_token:
+        raise ValueError("--aws-sigv4 and --google-id-token: choose one")
     if args.aws_sigv4:
         from batch.auth import SigV4Auth, region_from_url
 
         auth = SigV4Auth(args.aws_region or region_from_url(args.endpoint))
+    elif args.google_id_token:
+        from batch.auth import GoogleIdTokenAuth
+
+        auth = GoogleIdTokenAuth(args.endpoint.rstrip("/"))
+        auth.token()  # no credentials: fail now, before any row
     options = HttpOptions(
         endpoint=args.endpoint, headers=_headers(args), auth=auth, timeout_s=args.timeout,
         max_retries=args.max_retries, backoff_max_s=args.backoff_max, pool_size=max(2, args.concurrency),

@@ -207,3 +207,29 @@ def test_aws_sigv4_without_botocore_says_what_to_install(tmp_path, capsys, servi
                         "--endpoint", service.url, "--aws-sigv4", "--aws-region", "eu-west-1")
     assert status == 1
     assert "pip install botocore" in caplog.text
+
+
+def test_google_id_token_is_sent_and_fetched_again_before_it_expires(tmp_path, capsys, service, monkeypatch):
+    from batch import auth
+
+    fetched = []
+
+    def fake_fetch(audience):
+        fetched.append(audience)
+        return f"id-token-{len(fetched)}"
+
+    monkeypatch.setattr(auth, "_fetch_google_id_token", fake_fetch)
+    src = write_csv(tmp_path / "in.csv", [{"id": str(i), "text": f"t{i}"} for i in range(4)])
+    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
+                        "--endpoint", service.url + "/", "--google-id-token", "--batch-size", "2")
+    assert status == 0
+    assert fetched == [service.url]  # audience = the service URL; one fetch for the whole short job
+    assert [h["Authorization"] for h in service.headers] == ["Bearer id-token-1"] * 2
+
+    now = [0.0]
+    token = auth.GoogleIdTokenAuth("https://x.run.app", fetch=lambda a: f"tok@{now[0]}", clock=lambda: now[0])
+    assert token.token() == "tok@0.0"
+    now[0] = 44 * 60.0
+    assert token.token() == "tok@0.0"
+    now[0] = 46 * 60.0
+    assert token.token() == "tok@2760.0"

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from flask import request
 from pydantic import BaseModel, ValidationError
 
-from handler.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+from handler.errors import InvalidJson, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 ImageInput = str | bytes
@@ -31,7 +31,20 @@ def read_json(model: type[M]) -> M:
     """The body as ``model``: 415 if it is not JSON, 400 (invalid_json / invalid_request) if it does not parse or fit."""
     if not is_json_type(request.mimetype):
         raise UnsupportedMediaType(f"send Content-Type: application/json (got {request.mimetype or 'none'!r})")
-    return validate(model, parse_json_object(request.get_data(cache=False)))
+    return validate(model, parse_json_object(read_body()))
+
+
+def read_body() -> bytes:
+    """The raw body; 413 when a chunked body (no Content-Length) reaches the limit.
+
+    Werkzeug stops reading a chunked body silently at MAX_CONTENT_LENGTH, which would surface as a
+    confusing "invalid JSON" for what is really an oversized request.
+    """
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise PayloadTooLarge("the request body is larger than the limit (see GET / for limits)")
+    return raw
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def test_request_line_has_fields_and_trace_name_cloud_logging_expects(logged):
     assert line["logging.googleapis.com/trace_sampled"] is True
     assert line["route"] == "/embed/text" and line["method"] == "POST" and line["status"] == 200
     assert line["texts"] == 3
-    assert line["batch_sizes"] == [3] and line["queue_wait_ms"] == pytest.approx(4.0)
+    assert line["batch_size"] == 3 and line["queue_wait_ms"] == pytest.approx(4.0)
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
     assert line["request_id"] == r.headers["X-Request-ID"]
     assert line["httpRequest"]["status"] == 200 and line["httpRequest"]["requestMethod"] == "POST"

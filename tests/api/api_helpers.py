@@ -36,10 +36,10 @@ def data_uri(data: bytes, subtype: str = "png") -> str:
     return f"data:image/{subtype};base64,{b64(data)}"
 
 
-def animated_gif(frames: int = 3) -> bytes:
+def animated_gif(frames: int = 3, size: int = 32) -> bytes:
     """Frames of different colours: the first is red."""
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    images = [Image.new("RGB", (32, 32), colours[i % 3]) for i in range(frames)]
+    images = [Image.new("RGB", (size, size), colours[i % 3]) for i in range(frames)]
     buf = io.BytesIO()
     images[0].save(buf, "GIF", save_all=True, append_images=images[1:], duration=10, loop=0)
     return buf.getvalue()
@@ -64,7 +64,7 @@ def free_port() -> int:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes: /img.png /img.jpg /redirect?to=URL /status?code=N /big /trickle /stream /never /bigheader."""
+    """Routes: /img.png /img.jpg /delay?s=SECONDS /redirect?to=URL /status?code=N /big /trickle /stream /never /bigheader."""
 
     server: "ImageServer"
     protocol_version = "HTTP/1.1"
@@ -95,6 +95,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _route_img_jpg(self, query) -> None:
         self._send(200, self.server.jpg, "image/jpeg")
+
+    def _route_delay(self, query) -> None:
+        self.server.stop.wait(float(query["s"][0]))
+        self._send(200, self.server.png)
 
     def _route_redirect(self, query) -> None:
         self._send(int(query.get("code", ["302"])[0]), b"", "text/plain", {"Location": query["to"][0]})

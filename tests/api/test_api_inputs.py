@@ -47,10 +47,10 @@ def test_first_frame_of_animation():
 
 
 def test_gif_with_thousands_of_frames_is_fast():
-    data = animated_gif(frames=3000)
+    data = animated_gif(frames=3000, size=8)
     started = time.monotonic()
     assert load_image(data, ImageLimits(max_bytes=len(data))).getpixel((5, 5)) == (255, 0, 0)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
 
 
 def test_one_pixel_image():
@@ -60,7 +60,7 @@ def test_one_pixel_image():
 def test_decompression_bomb_refused_from_header():
     started = time.monotonic()
     assert code_of(png_header_claiming(50_000, 50_000)) == "too_large"
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2.0   # decoding 2.5 gigapixels would take minutes and ~7 GB
 
 
 def test_pixel_limit_is_exact():
@@ -127,6 +127,20 @@ def test_load_images_keeps_order_and_reports_failures_in_place():
     results = load_images([b64(good), "garbage!", good, "file:///etc/passwd"], LIMITS, then=lambda im: im.size)
     assert results[0] == (64, 48) and results[2] == (64, 48)
     assert [r.code for r in (results[1], results[3])] == ["invalid_image", "forbidden_url"]
+
+
+def test_urls_of_one_request_are_fetched_concurrently_within_the_bound():
+    from api_helpers import serve_images
+    from inputs import FetchLimits
+
+    limits = ImageLimits(concurrency=4, fetch=FetchLimits(total_timeout_s=5, allow_private=True))
+    with serve_images() as server:
+        urls = [f"{server.base}/delay?s=0.6"] * 8
+        started = time.monotonic()
+        results = load_images(urls, limits)
+        elapsed = time.monotonic() - started
+    assert all(r.size == (64, 48) for r in results)
+    assert 1.2 <= elapsed < 2.4      # two waves of four: concurrent, and no more than four at once
 
 
 def test_preprocessing_failure_becomes_invalid_image():

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# Deploy clipserve to Google Cloud Run or AWS Lambda: build and push the image, apply Terraform,
+# then smoke-test the new URL with infra/smoke.sh.
+#
+#   ./deploy.sh cloudrun|lambda [--variant english|multilingual] [--project ID] [--region R] [--dry-run]
+#
+#   --variant V      model variant to serve (default english)
+#   --bake B         variants baked into the image: all (default; switch MODEL_VARIANT later without a
+#                    rebuild) or just one of them (smaller image, faster cold starts)
+#   --project ID     Cloud Run: Google Cloud project (default: GOOGLE_CLOUD_PROJECT, then gcloud config)
+#   --region R       Cloud Run default us-central1; Lambda default AWS_REGION, then us-east-1
+#   --name N         service / function name (default clipserve)
+#   --tag T          image tag (default: git commit + UTC time; tags are immutable)
+#   --builder B      Cloud Run only: cloudbuild (default, no local Docker needed) or buildx (local Docker)
+#   --public         no authentication (Cloud Run allUsers invoker; Lambda function URL auth NONE)
+#   --skip-build     deploy an image already pushed under --tag
+#   --skip-smoke     do not run infra/smoke.sh afterwards
+#   --dry-run        print every command, run none
+#
+# Other Terraform variables (min/max instances, concurrency, memory, ...) come from the environment
+# as TF_VAR_<name>, e.g. TF_VAR_min_instances=1 ./deploy.sh cloudrun. See terraform/*/variables.tf.
+#
+# Exit codes: 0 deployed and smoke-tested, 2 bad usage, 3 a required tool is missing,
+# 4 credentials / project / account problem, 5 image build or push failed, 6 terraform failed,
+# 7 the smoke test failed (the deployment is live: inspect it).
+set -euo pipefail
+
+EXIT_USAGE=2 EXIT_TOOL=3 EXIT_CREDENTIALS=4 EXIT_BUILD=5 EXIT_TERRAFORM=6 EXIT_SMOKE=7
+ROOT=$(cd "$(dirname "$0")" && pwd)
+
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+fail() { local code=$1; shift; echo "deploy: $*" >&2; exit "$code"; }
+usage_error() { echo "deploy: $*" >&2; echo "usage: ./deploy.sh cloudrun|lambda [--variant V] [--project ID] [--region R] [--dry-run] (see --help)" >&2; exit "$EXIT_USAGE"; }
+
+# ---------------------------------------------------------------- arguments
+target="" variant=english bake=all project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
+builder="" public=false skip_build=false skip_smoke=false dry_run=false
+need_value() { [ "$2" -ge 2 ] && [[ "${3:-}" != --* ]] || usage_error "$1 needs a value"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    cloudrun|lambda) [ -z "$target" ] || usage_error "one target only"; target=$1; shift ;;
+    --variant) need_value "$1" $# "${2:-}"; variant=$2; shift 2 ;;
+    --bake) need_value "$1" $# "${2:-}"; bake=$2; shift 2 ;;
+    --project) need_value "$1" $# "${2:-}"; project=$2; shift 2 ;;
+    --region) need_value "$1" $# "${2:-}"; region=$2; shift 2 ;;
+    --name) need_value "$1" $# "${2:-}"; name=$2; shift 2 ;;
+    --tag) need_value "$1" $# "${2:-}"; tag=$2; shift 2 ;;
+    --builder) need_value "$1" $# "${2:-}"; builder=$2; shift 2 ;;
+    --public) public=true; shift ;;
+    --skip-build) skip_build=true; shift ;;
+    --skip-smoke) skip_smoke=true; shift ;;
+    --dry-run) dry_run=true; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage_error "unknown argument '$1'" ;;
+  esac
+done
+[ -n "$target" ] || usage_error "say where: cloudrun or lambda"
+case "$variant" in english|multilingual) ;; *) usage_error "--variant must be english or multilingual" ;; esac
+case "$bake" in
+  all) baked="english multilingual" ;;
+  english|multilingual) baked=$bake ;;
+  *) usage_error "--bake must be all, english or multilingual" ;;
+esac
+[[ " $baked " == *" $variant "* ]] || usage_error "--variant $variant is not in --bake $bake"
+case "$target:$builder" in
+  cloudrun:) builder=cloudbuild ;;
+  cloudrun:cloudbuild|cloudrun:buildx|lambda:|lambda:buildx) ;;
+  lambda:*) usage_error "Lambda images are built with docker buildx (--builder buildx)" ;;
+  *) usage_error "--builder must be cloudbuild or buildx" ;;
+esac
+[[ "$name" =~ ^[a-z][a-z0-9-]{0,22}[a-z0-9]$ ]] || usage_error "--name: 2-24 lower-case letters, digits or '-'"
+if [ -z "$tag" ]; then
+  commit=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo nogit)
+  tag="$commit-$(date -u +%Y%m%d%H%M%S)"
+fi
+[[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || usage_error "--tag: letters, digits, '_', '.', '-' (at most 128)"
+if [ "$target" = cloudrun ]; then region=${region:-us-central1}; else region=${region:-${AWS_REGION:-us-east-1}}; fi
+
+# Dimension each variant must report (checked by the smoke test): a wrong one means a wrong deploy.
+case "$variant" in english) dim=512 ;; multilingual) dim=640 ;; esac
+
+# ---------------------------------------------------------------- running (or printing) commands
+# show CMD...: print a command as it would be typed (placeholders like <url> left readable).
+show() {
+  local arg out="+"
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+%\<\>|-]+$ ]]; then out+=" $arg"; else out+=" '${arg//\'/\'\\\'\'}'"; fi
+  done
+  printf '%s\n' "$out"
+}
+
+# run EXIT_CODE CMD...: run the command (dry run: print it); on failure exit with EXIT_CODE.
+run() {
+  local code=$1; shift
+  show "$@"
+  "$dry_run" && return 0
+  "$@" || fail "$code" "failed (exit $?): $*"
+}
+
+# capture VAR EXIT_CODE CMD...: VAR=$(CMD); in a dry run VAR becomes the placeholder <VAR>.
+capture() {
+  local var=$1 code=$2 value; shift 2
+  show "$@"
+  if "$dry_run"; then printf -v "$var" '<%s>' "$var"; return 0; fi
+  value=$("$@") || fail "$code" "failed (exit $?): $*"
+  printf -v "$var" '%s' "$value"
+}
+
+require_tools() { # require_tools TOOL... (a dry run only lists them)
+  local tool missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  if "$dry_run"; then echo "# needs: $*${missing[*]:+ (missing here: ${missing[*]})}"; return 0; fi
+  [ ${#missing[@]} -eq 0 ] || fail "$EXIT_TOOL" "missing tools: ${missing[*]} (see the README's deploy section)"
+}
+
+terraform_in() { # terraform_in DIR ARGS...
+  local dir=$1; shift
+  run "$EXIT_TERRAFORM" terraform -chdir="$dir" "$@"
+}
+
+smoke() { # smoke URL [auth args...]
+  local url=$1; shift
+  if "$skip_smoke"; then echo "deploy: --skip-smoke: not testing $url"; return 0; fi
+  local shown=("$@")
+  [ "${shown[0]:-}" != --token ] || shown[1]="<identity-token>"  # never print a credential
+  show "$ROOT/infra/smoke.sh" "$url" "${shown[@]}" --expect-dim "$dim" --wait 300
+  "$dry_run" && return 0
+  "$ROOT/infra/smoke.sh" "$url" "$@" --expect-dim "$dim" --wait 300 \
+    || fail "$EXIT_SMOKE" "the smoke test failed against $url (the deployment is live; see above)"
+}
+
+# ---------------------------------------------------------------- Cloud Run
+deploy_cloudrun() {
+  local tf="$ROOT/terraform/cloudrun" tools=(gcloud terraform curl)
+  [ "$builder" = buildx ] && tools+=(docker)
+  require_tools "${tools[@]}"
+
+  # Credentials: gcloud for the build and the identity token, ADC for Terraform's google provider.
+  if ! "$dry_run"; then
+    gcloud auth print-access-token >/dev/null 2>&1 \
+      || fail "$EXIT_CREDENTIALS" "gcloud has no credentials: run 'gcloud auth login'"
+    gcloud auth application-default print-access-token >/dev/null 2>&1 \
+      || fail "$EXIT_CREDENTIALS" "Terraform needs application-default credentials: run 'gcloud auth application-default login'"
+  else
+    show gcloud auth print-access-token
+    show gcloud auth application-default print-access-token
+  fi
+  if [ -z "$project" ]; then
+    capture project "$EXIT_CREDENTIALS" gcloud config get-value project
+    [ -n "$project" ] || fail "$EXIT_CREDENTIALS" "no project: pass --project or run 'gcloud config set project ID'"
+  fi
+
+  local tfvars=(-var "project_id=$project" -var "region=$region" -var "name=$name")
+  local registry="$region-docker.pkg.dev/$project/$name"
+  local image="$registry/clipserve:$tag"
+
+  run "$EXIT_CREDENTIALS" gcloud services enable run.googleapis.com artifactregistry.googleapis.com \
+    cloudbuild.googleapis.com iam.googleapis.com --project "$project"
+  terraform_in "$tf" init -input=false
+  # The repository must exist before the push; -target leaves a running service untouched.
+  terraform_in "$tf" apply -input=false -auto-approve -target=google_artifact_registry_repository.images "${tfvars[@]}"
+
+  if ! "$skip_build"; then
+    if [ "$builder" = cloudbuild ]; then
+      local config
+      config=$(cloudbuild_config "$image")
+      printf '# cloudbuild.yaml:\n#   %s\n' "${config//$'\n'/$'\n'#   }"
+      if "$dry_run"; then
+        show gcloud builds submit "$ROOT" --project "$project" --region "$region" --config cloudbuild.yaml
+      else
+        local dir; dir=$(mktemp -d); printf '%s\n' "$config" > "$dir/cloudbuild.yaml"
+        run "$EXIT_BUILD" gcloud builds submit "$ROOT" --project "$project" --region "$region" \
+          --config "$dir/cloudbuild.yaml"
+        rm -rf "$dir"
+      fi
+    else
+      run "$EXIT_CREDENTIALS" gcloud auth configure-docker "$region-docker.pkg.dev" --quiet
+      run "$EXIT_BUILD" docker buildx build "$ROOT" --platform linux/amd64 --provenance=false \
+        --build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant" --tag "$image" --push
+    fi
+  fi
+
+  local public_var=false
+  "$public" && public_var=true
+  terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image=$image" \
+    -var "model_variant=$variant" -var "allow_unauthenticated=$public_var"
+  local url
+  capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
+  echo "deploy: Cloud Run service $name serves $variant at $url"
+
+  if "$public"; then
+    smoke "$url"
+  else
+    local token
+    capture token "$EXIT_CREDENTIALS" gcloud auth print-identity-token
+    smoke "$url" --token "$token"
+  fi
+}
+
+cloudbuild_config() { # the Cloud Build steps: BuildKit (cache mounts) and the bake build args
+  cat <<EOF
+steps:
+  - name: gcr.io/cloud-builders/docker
+    env: ["DOCKER_BUILDKIT=1"]
+    args: ["build", "--build-arg", "MODEL_VARIANTS=$baked", "--build-arg", "MODEL_VARIANT=$variant",
+           "--tag", "$1", "."]
+images: ["$1"]
+timeout: 3600s
+options:
+  machineType: E2_HIGHCPU_8
+  diskSizeGb: 100
+EOF
+}
+
+# ---------------------------------------------------------------- Lambda
+deploy_lambda() {
+  local tf="$ROOT/terraform/lambda"
+  require_tools aws docker terraform curl
+
+  local account
+  capture account "$EXIT_CREDENTIALS" aws sts get-caller-identity --query Account --output text
+  if ! "$dry_run"; then
+    docker info >/dev/null 2>&1 || fail "$EXIT_TOOL" "docker is installed but its daemon is not reachable"
+    docker buildx version >/dev/null 2>&1 || fail "$EXIT_TOOL" "docker buildx is missing (needed for --platform)"
+  else
+    show docker info
+    show docker buildx version
+  fi
+
+  local tfvars=(-var "region=$region" -var "name=$name")
+  local registry="$account.dkr.ecr.$region.amazonaws.com"
+  local image="$registry/$name:$tag"
+
+  terraform_in "$tf" init -input=false
+  # The repository must exist before the push; -target leaves a running function untouched.
+  terraform_in "$tf" apply -input=false -auto-approve -target=aws_ecr_repository.images \
+    -target=aws_ecr_lifecycle_policy.images "${tfvars[@]}"
+
+  if ! "$skip_build"; then
+    show aws ecr get-login-password --region "$region" "|" docker login --username AWS --password-stdin "$registry"
+    if ! "$dry_run"; then
+      aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry" \
+        || fail "$EXIT_CREDENTIALS" "could not log in to ECR $registry"
+    fi
+    # --provenance=false: Lambda accepts a single-platform image manifest, not an index with attestations.
+    run "$EXIT_BUILD" docker buildx build "$ROOT" --platform linux/amd64 --provenance=false \
+      --build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant" --tag "$image" --push
+  fi
+
+  local auth=AWS_IAM
+  "$public" && auth=NONE
+  terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image_tag=$tag" \
+    -var "model_variant=$variant" -var "function_url_auth=$auth"
+  local url
+  capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
+  echo "deploy: Lambda function $name serves $variant at $url"
+
+  if "$public"; then
+    smoke "$url"
+  else
+    lambda_credentials
+    smoke "$url" --aws-sigv4 "$region"
+  fi
+}
+
+lambda_credentials() { # smoke.sh signs with env credentials; take the CLI's if the env has none
+  [ -n "${AWS_ACCESS_KEY_ID:-}" ] && return 0
+  show aws configure export-credentials --format env
+  "$dry_run" && return 0
+  local exports
+  exports=$(aws configure export-credentials --format env 2>/dev/null) \
+    || fail "$EXIT_CREDENTIALS" "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use AWS CLI v2) for the signed smoke test"
+  eval "$exports"
+}
+
+"$dry_run" && echo "# dry run: nothing below is executed"
+echo "deploy: $target, variant $variant (baked: $baked), region $region, tag $tag"
+case "$target" in
+  cloudrun) deploy_cloudrun ;;
+  lambda) deploy_lambda ;;
+esac
+"$dry_run" || echo "deploy: done"

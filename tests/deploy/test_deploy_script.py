@@ -1,0 +1,264 @@
+"""deploy.sh: the dry run prints the whole deployment; a real run executes exactly that and maps
+each kind of failure to its exit code.
+
+Real runs use stand-in gcloud / aws / docker / terraform scripts on PATH that log their
+arguments, answer the few queries deploy.sh makes, and fail on request (FAKE_FAIL glob).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from deploy_support import REPO
+
+DEPLOY = REPO / "deploy.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="deploy.sh needs bash")
+
+
+def deploy(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(DEPLOY), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False, cwd=REPO)
+
+
+def commands(output: str) -> list[str]:
+    return [line[2:] for line in output.splitlines() if line.startswith("+ ")]
+
+
+# ---------------------------------------------------------------- dry runs
+
+def test_cloudrun_dry_run_prints_every_step_in_order():
+    result = deploy("cloudrun", "--project", "my-proj", "--region", "europe-west4", "--tag", "v1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    tf = f"terraform -chdir={REPO}/terraform/cloudrun"
+    image = "europe-west4-docker.pkg.dev/my-proj/clipserve/clipserve:v1"
+    common = "-var project_id=my-proj -var region=europe-west4 -var name=clipserve"
+    assert commands(result.stdout) == [
+        "gcloud auth print-access-token",
+        "gcloud auth application-default print-access-token",
+        "gcloud services enable run.googleapis.com artifactregistry.googleapis.com cloudbuild.googleapis.com "
+        "iam.googleapis.com --project my-proj",
+        f"{tf} init -input=false",
+        f"{tf} apply -input=false -auto-approve -target=google_artifact_registry_repository.images {common}",
+        f"gcloud builds submit {REPO} --project my-proj --region europe-west4 --config cloudbuild.yaml",
+        f"{tf} apply -input=false -auto-approve {common} -var image={image} -var model_variant=english "
+        "-var allow_unauthenticated=false",
+        f"{tf} output -raw url",
+        "gcloud auth print-identity-token",
+        f"{REPO}/infra/smoke.sh <url> --token <identity-token> --expect-dim 512 --wait 300",
+    ]
+    # Cloud Build gets BuildKit (cache mounts) and both variants baked by default.
+    assert '"DOCKER_BUILDKIT=1"' in result.stdout
+    assert '"MODEL_VARIANTS=english multilingual"' in result.stdout
+    assert f'"--tag", "{image}"' in result.stdout
+
+
+def test_lambda_dry_run_prints_every_step_in_order():
+    result = deploy("lambda", "--variant", "multilingual", "--region", "eu-west-1", "--tag", "v2", "--dry-run",
+                    env={"AWS_ACCESS_KEY_ID": "", "AWS_REGION": ""})
+    assert result.returncode == 0, result.stderr
+    tf = f"terraform -chdir={REPO}/terraform/lambda"
+    registry = "<account>.dkr.ecr.eu-west-1.amazonaws.com"
+    assert commands(result.stdout) == [
+        "aws sts get-caller-identity --query Account --output text",
+        "docker info",
+        "docker buildx version",
+        f"{tf} init -input=false",
+        f"{tf} apply -input=false -auto-approve -target=aws_ecr_repository.images "
+        "-target=aws_ecr_lifecycle_policy.images -var region=eu-west-1 -var name=clipserve",
+        f"aws ecr get-login-password --region eu-west-1 | docker login --username AWS --password-stdin {registry}",
+        f"docker buildx build {REPO} --platform linux/amd64 --provenance=false "
+        "--build-arg 'MODEL_VARIANTS=english multilingual' --build-arg MODEL_VARIANT=multilingual "
+        f"--tag {registry}/clipserve:v2 --push",
+        f"{tf} apply -input=false -auto-approve -var region=eu-west-1 -var name=clipserve -var image_tag=v2 "
+        "-var model_variant=multilingual -var function_url_auth=AWS_IAM",
+        f"{tf} output -raw url",
+        "aws configure export-credentials --format env",
+        f"{REPO}/infra/smoke.sh <url> --aws-sigv4 eu-west-1 --expect-dim 640 --wait 300",
+    ]
+
+
+def test_public_and_single_variant_options_reach_the_commands():
+    result = deploy("lambda", "--public", "--bake", "english", "--tag", "v3", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = commands(result.stdout)
+    assert any("--build-arg MODEL_VARIANTS=english --build-arg MODEL_VARIANT=english" in c for c in lines)
+    assert any(c.endswith("-var function_url_auth=NONE") for c in lines)
+    assert lines[-1].endswith("smoke.sh <url> --expect-dim 512 --wait 300"), "a public URL needs no signature"
+
+    result = deploy("cloudrun", "--project", "p", "--public", "--builder", "buildx", "--tag", "v3", "--dry-run")
+    lines = commands(result.stdout)
+    assert "gcloud auth configure-docker us-central1-docker.pkg.dev --quiet" in lines
+    assert any(c.startswith("docker buildx build") and c.endswith("--push") for c in lines)
+    assert any(c.endswith("-var allow_unauthenticated=true") for c in lines)
+    assert "gcloud auth print-identity-token" not in lines
+
+
+def test_dry_run_without_a_project_asks_gcloud_for_it():
+    result = deploy("cloudrun", "--tag", "v1", "--dry-run", env={"GOOGLE_CLOUD_PROJECT": ""})
+    assert result.returncode == 0
+    assert commands(result.stdout)[2] == "gcloud config get-value project"
+    assert "-var project_id=<project>" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "cloudrun or lambda"),
+    (["azure"], "unknown argument"),
+    (["cloudrun", "--variant", "klingon"], "--variant"),
+    (["cloudrun", "--variant", "multilingual", "--bake", "english"], "not in --bake"),
+    (["lambda", "--builder", "cloudbuild"], "docker buildx"),
+    (["cloudrun", "--region"], "needs a value"),
+    (["cloudrun", "--tag", "bad tag"], "--tag"),
+])
+def test_bad_usage_exits_2(args, message):
+    result = deploy("--dry-run", *args)  # --dry-run first: a usage slip must never start a real deploy
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+
+
+# ---------------------------------------------------------------- real runs with stand-in tools
+
+FAKE_TOOL = r"""#!/usr/bin/env bash
+# Stand-in for a cloud CLI: log the call, answer queries, fail when FAKE_FAIL matches.
+line="$(basename "$0") $*"
+printf '%s\n' "$line" >> "$FAKE_LOG"
+# shellcheck disable=SC2053
+if [ -n "${FAKE_FAIL:-}" ] && [[ "$line" == $FAKE_FAIL ]]; then echo "fake failure: $line" >&2; exit 1; fi
+case "$line" in
+  "gcloud config get-value project") echo fake-project ;;
+  "gcloud auth print-identity-token") echo fake-id-token ;;
+  "aws sts get-caller-identity"*) echo 123456789012 ;;
+  "aws ecr get-login-password"*) echo fake-password ;;
+  "docker login"*) cat > /dev/null ;;
+  "terraform "*"output -raw url") echo "$FAKE_URL" ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_tools(tmp_path) -> dict[str, str]:
+    """PATH with stand-in gcloud/aws/docker/terraform before the real tools; returns the env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("gcloud", "aws", "docker", "terraform"):
+        path = bin_dir / tool
+        path.write_text(FAKE_TOOL)
+        path.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_URL": "http://127.0.0.1:9",
+            "GOOGLE_CLOUD_PROJECT": "", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s"}
+
+
+def logged(env: dict[str, str]) -> list[str]:
+    return Path(env["FAKE_LOG"]).read_text().splitlines()
+
+
+def normalise(command: str) -> str:
+    """The dry run's view of a command: placeholders where the fakes answered."""
+    return (command.replace("fake-project", "<project>").replace("123456789012", "<account>")
+            .replace("'MODEL_VARIANTS=english multilingual'", "MODEL_VARIANTS=english multilingual"))
+
+
+@pytest.mark.parametrize("target", ["cloudrun", "lambda"])
+def test_a_real_run_executes_what_the_dry_run_printed(fake_tools, target):
+    args = (target, "--tag", "v9", "--skip-smoke")
+    printed = commands(deploy(*args, "--dry-run", env=fake_tools).stdout)
+    result = deploy(*args, env=fake_tools)
+    assert result.returncode == 0, result.stdout + result.stderr
+    executed = logged(fake_tools)
+    # the dry run shows the pipeline and the config file as such; the real run runs them
+    expected = []
+    for command in printed:
+        if " | docker login " in command:
+            expected += command.split(" | ")
+        elif command.startswith("gcloud builds submit"):
+            expected.append(command.rsplit(" ", 1)[0])
+        else:
+            expected.append(command)
+    expected = [c for c in expected if not c.startswith("aws configure")]
+    actual = [normalise(c).replace("MODEL_VARIANTS=english multilingual", "MODEL_VARIANTS=english multilingual")
+              for c in executed]
+    for i, command in enumerate(actual):
+        if command.startswith("gcloud builds submit"):
+            assert command.split(" --config ")[1].endswith("/cloudbuild.yaml")
+            actual[i] = command.split(" --config ")[0] + " --config"
+    assert actual == [normalise(c) for c in expected]
+
+
+@pytest.mark.parametrize("target,fail_on,code", [
+    ("cloudrun", "gcloud auth print-access-token*", 4),
+    ("cloudrun", "gcloud auth application-default*", 4),
+    ("cloudrun", "gcloud builds submit*", 5),
+    ("cloudrun", "terraform *apply*", 6),
+    ("cloudrun", "terraform *init*", 6),
+    ("lambda", "aws sts get-caller-identity*", 4),
+    ("lambda", "docker buildx build*", 5),
+    ("lambda", "terraform *-var image_tag=*", 6),
+])
+def test_failures_have_distinct_exit_codes(fake_tools, target, fail_on, code):
+    result = deploy(target, "--tag", "v9", "--skip-smoke", env={**fake_tools, "FAKE_FAIL": fail_on})
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("deploy: ")
+
+
+def test_missing_tools_are_named_before_anything_runs(fake_tools, tmp_path):
+    Path(fake_tools["PATH"].split(":")[0], "terraform").unlink()
+    Path(fake_tools["PATH"].split(":")[0], "gcloud").unlink()
+    only_basics = tmp_path / "basics"
+    only_basics.mkdir()
+    for tool in ("bash", "git", "date", "sed", "dirname", "mktemp", "rm", "cat", "curl"):
+        found = shutil.which(tool)
+        if found:
+            (only_basics / tool).symlink_to(found)
+    env = {**fake_tools, "PATH": f"{fake_tools['PATH'].split(':')[0]}:{only_basics}"}
+    result = deploy("cloudrun", "--project", "p", "--tag", "v9", env=env)
+    assert result.returncode == 3
+    assert "missing tools: gcloud terraform" in result.stderr
+    assert logged(fake_tools) == []
+
+
+class _BrokenService(BaseHTTPRequestHandler):
+    """Healthy, right dimension, but /embed/text is missing: the smoke test must fail."""
+
+    def do_GET(self):  # noqa: N802
+        payload = {"status": "ok"} if self.path == "/health" else {"model": {"dim": 512}}
+        self._send(200, payload)
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(404, {"error": {"code": "not_found", "message": "no"}})
+
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="smoke.sh needs curl")
+def test_a_failed_smoke_test_exits_7(fake_tools):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BrokenService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**fake_tools, "FAKE_URL": f"http://127.0.0.1:{server.server_address[1]}"}
+        result = deploy("cloudrun", "--project", "p", "--tag", "v9", env=env)
+    finally:
+        server.shutdown()
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert "FAIL text" in result.stderr
+    assert "fake-id-token" not in result.stdout, "the identity token must not be printed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -57,7 +58,9 @@ class BarProgress:
     def __init__(self, total: int, desc: str, stream: TextIO) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit="row", file=stream, dynamic_ncols=True, smoothing=0.1)
+        sized = _terminal_columns(stream) > 0  # a pty without a size (some CI runners) would get an empty bar
+        self._bar = tqdm(total=total, desc=desc, unit="row", file=stream, smoothing=0.1,
+                         dynamic_ncols=sized, ncols=None if sized else 100)
         self._errors = 0
 
     def update(self, rows: int, errors: int) -> None:
@@ -68,6 +71,13 @@ class BarProgress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def make_progress(total: int, desc: str, interval_s: float = 30.0, stream: TextIO | None = None) -> Progress:

@@ -60,7 +60,7 @@ class BarProgress:
 
         sized = _terminal_columns(stream) > 0  # a pty without a size (some CI runners) would get an empty bar
         self._bar = tqdm(total=total, desc=desc, unit="row", file=stream, smoothing=0.1,
-                         dynamic_ncols=sized, ncols=None if sized else 100)
+                         dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 20)
         self._errors = 0
 
     def update(self, rows: int, errors: int) -> None:

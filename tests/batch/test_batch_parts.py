@@ -116,3 +116,21 @@ def test_progress_lines_when_not_a_terminal(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "embed: 31/100 rows (31.0%), 1.0 rows/s, ETA 1m09s, 2 errors"
     assert lines[1].startswith("embed: 31/100 rows")
+
+
+def test_a_terminal_gets_a_bar_with_rate_and_errors():
+    import io
+
+    from batch.progress import make_progress
+
+    class Terminal(io.StringIO):  # a terminal that reports no size, as some CI ptys do
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = make_progress(5, "embed", stream=stream)
+    progress.update(3, 0)
+    progress.update(2, 1)
+    progress.close()
+    final = stream.getvalue().split("\r")[-1]
+    assert final.startswith("embed: 100%") and "5/5" in final and "row/s" in final and "errors=1" in final

@@ -143,7 +143,8 @@ class GunicornServer:
         return worker.pid
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_entries(self) -> list[dict[str, Any]]:

@@ -46,11 +46,12 @@ class LoopHealth:
     """What ``/health`` needs to tell a working loop from a wedged one."""
 
     running: bool          # the inference thread is alive in this process
-    stalled: bool          # a model call has run for longer than stall_timeout_s
+    stalled: bool          # a model call, or the oldest queued item's wait, has lasted longer than stall_timeout_s
     busy_for_s: float      # how long the current model call has run (0 when idle)
     queue_depth: int
     batches_done: int
     batches_failed: int
+    oldest_wait_s: float = 0.0  # how long the oldest queued item has waited (0 when the queue is empty)
 
     @property
     def healthy(self) -> bool:
@@ -147,9 +148,18 @@ class Batcher:
         busy_since = self._busy_since
         busy_for = time.monotonic() - busy_since if busy_since is not None else 0.0
         running = self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
-        return LoopHealth(running=running, stalled=busy_for > self._stall_timeout, busy_for_s=busy_for,
+        oldest_wait = self._oldest_wait()
+        # Either a model call hangs, or the loop stopped taking work (alive but stuck elsewhere): no progress.
+        stalled = max(busy_for, oldest_wait) > self._stall_timeout
+        return LoopHealth(running=running, stalled=stalled, busy_for_s=busy_for,
                           queue_depth=len(self._pending), batches_done=self._batches_done,
-                          batches_failed=self._batches_failed)
+                          batches_failed=self._batches_failed, oldest_wait_s=oldest_wait)
+
+    def _oldest_wait(self) -> float:
+        try:
+            return time.monotonic() - self._pending[0].enqueued_at
+        except IndexError:  # empty (possibly emptied by the loop between the check and the read)
+            return 0.0
 
     # inference thread ------------------------------------------------------------------------
 

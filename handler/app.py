@@ -113,7 +113,9 @@ class ClipApi:
         if not loop.running:
             return "unhealthy", "the inference loop is not running"
         if loop.stalled:
-            return "unhealthy", f"a model call has been running for {loop.busy_for_s:.0f} s"
+            if loop.busy_for_s >= loop.oldest_wait_s:
+                return "unhealthy", f"a model call has been running for {loop.busy_for_s:.0f} s"
+            return "unhealthy", f"queued work has waited {loop.oldest_wait_s:.0f} s without being picked up"
         return "ok", None
 
     def info(self) -> Response:

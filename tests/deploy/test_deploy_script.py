@@ -186,13 +186,16 @@ def test_a_real_run_executes_what_the_dry_run_printed(fake_tools, target):
         else:
             expected.append(command)
     expected = [c for c in expected if not c.startswith("aws configure")]
-    actual = [normalise(c).replace("MODEL_VARIANTS=english multilingual", "MODEL_VARIANTS=english multilingual")
-              for c in executed]
+    actual = [normalise(c) for c in executed]
     for i, command in enumerate(actual):
         if command.startswith("gcloud builds submit"):
             assert command.split(" --config ")[1].endswith("/cloudbuild.yaml")
             actual[i] = command.split(" --config ")[0] + " --config"
-    assert actual == [normalise(c) for c in expected]
+    expected = [normalise(c) for c in expected]
+    for i, command in enumerate(expected):  # the two sides of a pipeline start in either order
+        if command.startswith("aws ecr get-login-password") and set(actual[i:i + 2]) == set(expected[i:i + 2]):
+            actual[i:i + 2] = expected[i:i + 2]
+    assert actual == expected
 
 
 @pytest.mark.parametrize("target,fail_on,code", [

@@ -314,14 +314,6 @@ def test_lambda_plan_offline(lambda_module):
     assert not any(address.startswith("aws_lambda_provisioned") for address in planned)
 
 
-def test_lambda_plan_rejects_out_of_range_memory(lambda_module):
-    module, env = lambda_module
-    plan = run_terraform(["plan", "-no-color", "-var", "offline_checks=true", "-var", "image_tag=t1",
-                          "-var", "memory_mb=64"], cwd=module, env=env)
-    assert plan.returncode != 0
-    assert 'variable "memory_mb"' in plan.stderr
-
-
 def test_lambda_terraform_test_suite_passes(lambda_module):
     """tests/lambda.tftest.hcl: memory, timeout, concurrency, auth and image config on a mocked provider."""
     module, env = lambda_module

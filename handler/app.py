@@ -18,7 +18,7 @@ from flask import Flask, Response, jsonify
 from engine import EmbeddingEngine, ModelState
 from handler import auth, observability, scoring
 from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
-from handler.openapi import DOCS_HTML, RouteDoc, build_openapi
+from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
 from handler.parsing import read_json, read_with_images
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
                              TextEmbedResponse, build_request_models)
@@ -83,12 +83,15 @@ class ClipApi:
             (RouteDoc("/embed/text", "POST", "Embed texts.", TextEmbedResponse, self.models.text,
                       errors=_COMMON_ERRORS), self.embed_text),
             (RouteDoc("/embed/image", "POST", "Embed images (JSON, or multipart file parts named 'images').",
-                      ImageEmbedResponse, self.models.image, multipart_files="images", errors=image_errors),
+                      ImageEmbedResponse, self.models.image, multipart=Multipart(required=("images",)),
+                      errors=image_errors),
              self.embed_image),
             (RouteDoc("/embed/mixed", "POST", "Embed texts and images in one call.", MixedEmbedResponse,
-                      self.models.mixed, multipart_files="images", errors=image_errors), self.embed_mixed),
+                      self.models.mixed, multipart=Multipart(any_of=("texts", "images")), errors=image_errors),
+             self.embed_mixed),
             (RouteDoc("/score", "POST", "Score every image against every text (or pairwise).", ScoreResponse,
-                      self.models.score, multipart_files="images", errors=image_errors), self.score),
+                      self.models.score, multipart=Multipart(required=("texts", "images")), errors=image_errors),
+             self.score),
             (RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
             (RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
         ]

@@ -15,13 +15,23 @@ _REF = "#/components/schemas/{model}"
 
 
 @dataclass(frozen=True)
+class Multipart:
+    """How an endpoint takes multipart/form-data: file parts named ``files``, plus the JSON body's simple fields."""
+
+    files: str = "images"
+    required: tuple[str, ...] = ()
+    any_of: tuple[str, ...] = ()            # at least one of these fields must be present
+    json_only: tuple[str, ...] = ("urls", "text_embeddings", "image_embeddings")   # not sendable as form fields
+
+
+@dataclass(frozen=True)
 class RouteDoc:
     path: str
     method: str
     summary: str
     response: type[BaseModel] | None       # None: not a JSON body (e.g. the HTML docs page)
     request: type[BaseModel] | None = None
-    multipart_files: str | None = None   # name of the file field accepted as multipart/form-data
+    multipart: Multipart | None = None
     errors: tuple[str, ...] = field(default=())
     ok_status: int = 200
 
@@ -41,7 +51,7 @@ def build_openapi(routes: list[RouteDoc], *, title: str, version: str, descripti
                               "responses": _responses(route, refs)}
         if route.request is not None:
             content = {"application/json": {"schema": refs[(route.request, "validation")]}}
-            if route.multipart_files:
+            if route.multipart is not None:
                 name = refs[(route.request, "validation")]["$ref"].rsplit("/", 1)[-1]
                 content["multipart/form-data"] = {"schema": _multipart_schema(route, schema["$defs"][name])}
             op["requestBody"] = {"required": True, "content": content}
@@ -75,11 +85,18 @@ def _responses(route: RouteDoc, refs: dict) -> dict[str, Any]:
 
 
 def _multipart_schema(route: RouteDoc, json_schema: dict[str, Any]) -> dict[str, Any]:
-    """The JSON request's fields as form fields, with the image list replaced by file parts."""
-    properties = {k: v for k, v in json_schema.get("properties", {}).items() if k not in ("images", "urls")}
-    properties[route.multipart_files] = {"type": "array", "items": {"type": "string", "format": "binary"},
-                                         "description": "One file part per image (curl -F images=@cat.jpg)."}
-    return {"type": "object", "properties": properties, "required": [route.multipart_files]}
+    """The JSON request's simple fields as form fields, with the image list as file parts."""
+    form = route.multipart
+    skip = {form.files, *form.json_only}
+    properties = {k: v for k, v in json_schema.get("properties", {}).items() if k not in skip}
+    properties[form.files] = {"type": "array", "items": {"type": "string", "format": "binary"},
+                              "description": "One file part per image (curl -F images=@cat.jpg)."}
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if form.required:
+        schema["required"] = list(form.required)
+    if form.any_of:
+        schema["anyOf"] = [{"required": [name]} for name in form.any_of]
+    return schema
 
 
 DOCS_HTML = """<!doctype html>

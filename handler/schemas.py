@@ -140,9 +140,12 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
     class TextEmbedRequest(EmbedOptions):
         texts: Texts
 
+    # Optional fields are typed without None (and default to None) so that an explicit null is refused,
+    # and the schema's oneOf/anyOf below says exactly what the validators accept.
     class ImageEmbedRequest(EmbedOptions):
-        images: Optional[Images] = None
-        urls: Optional[Images] = Field(None, description="Older name for `images`; give one of the two.")
+        model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["images"]}, {"required": ["urls"]}]})
+        images: Images = None  # type: ignore[assignment]
+        urls: Images = Field(None, description="Older name for `images`; give one of the two.")  # type: ignore
 
         @model_validator(mode="after")
         def _one_image_list(self) -> "ImageEmbedRequest":
@@ -153,8 +156,9 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
             return self
 
     class MixedEmbedRequest(EmbedOptions):
-        texts: Optional[Texts] = None
-        images: Optional[Images] = None
+        model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["texts"]}, {"required": ["images"]}]})
+        texts: Texts = None  # type: ignore[assignment]
+        images: Images = None  # type: ignore[assignment]
 
         @model_validator(mode="after")
         def _not_empty(self) -> "MixedEmbedRequest":
@@ -163,10 +167,13 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
             return self
 
     class ScoreRequest(_Strict):
-        texts: Optional[Texts] = None
-        text_embeddings: Optional[Vectors] = None
-        images: Optional[Images] = None
-        image_embeddings: Optional[Vectors] = None
+        model_config = ConfigDict(json_schema_extra={"allOf": [
+            {"oneOf": [{"required": ["texts"]}, {"required": ["text_embeddings"]}]},
+            {"oneOf": [{"required": ["images"]}, {"required": ["image_embeddings"]}]}]})
+        texts: Texts = None  # type: ignore[assignment]
+        text_embeddings: Vectors = None  # type: ignore[assignment]
+        images: Images = None  # type: ignore[assignment]
+        image_embeddings: Vectors = None  # type: ignore[assignment]
         pairwise: bool = Field(False, description="Score images[i] against texts[i] (equal lengths); flat lists.")
 
         @model_validator(mode="after")

@@ -64,8 +64,8 @@ def wait_until_ready(base: str, process: subprocess.Popen, log_path: Path) -> in
         if process.poll() is not None:
             pytest.fail(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            status = requests.get(f"{base}/health", timeout=2).status_code
-        except requests.ConnectionError:
+            status = requests.get(f"{base}/health", timeout=5).status_code
+        except requests.RequestException:  # not listening yet, or too busy importing torch to answer
             time.sleep(0.1)
             continue
         first = first if first is not None else status

@@ -192,7 +192,9 @@ def _bake_mclip(variant: Variant, fetch, staging: Path) -> dict[str, Any]:
     base_config = json.loads(fetch(text.base_config, "XLM-R config").read_text())
     for src in text.tokenizer_files:
         shutil.copyfile(fetch(src, "tokenizer"), staging / src.filename)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(staging), local_files_only=True)
+    # config= spares AutoTokenizer a look for config.json (the bundle has none) to pick the class
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(staging), config=transformers.AutoConfig.for_model(**base_config), local_files_only=True)
     return {"config": mclip_config, "base_config": base_config, "tokenizer_class": type(tokenizer).__name__}
 
 

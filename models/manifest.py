@@ -79,9 +79,12 @@ def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str
         text_name = variant.text.repo
         manifest["architecture"] = f"{text_name.split('/')[-1]} + {clip.arch}"
         manifest["context_length"] = variant.text.max_length
-        if mclip["config"]["imageDimSize"] != clip_config["embed_dim"]:
-            raise ValueError(f"M-CLIP output ({mclip['config']['imageDimSize']}-d) does not match the image "
-                             f"tower ({clip_config['embed_dim']}-d)")
+        from models.mclip_tower import mclip_dims
+
+        text_dim = mclip_dims(mclip["config"])[1]
+        if text_dim != clip_config["embed_dim"]:
+            raise ValueError(f"M-CLIP output ({text_dim}-d) does not match the image tower "
+                             f"({clip_config['embed_dim']}-d)")
         manifest["text"] = {"type": "mclip", "name": text_name, "config": mclip["config"],
                             "base_config": mclip["base_config"], "weights": MCLIP_WEIGHTS,
                             "tokenizer": {"class": mclip["tokenizer_class"]},

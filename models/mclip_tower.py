@@ -21,18 +21,26 @@ from models.weights import assign_weights, load_safetensors, parameters_on_meta
 IGNORED_KEY_PREFIXES = ("transformer.pooler.", "transformer.embeddings.position_ids")
 
 
+def mclip_dims(mclip_config: dict[str, Any]) -> tuple[int, int]:
+    """(XLM-R width, output dim). M-CLIP's config class reads both its constructor names
+    (`transformerDimSize`, `imageDimSize`) and the saved names (`transformerDimensions`, `numDims`)."""
+    from multilingual_clip.Config_MCLIP import MCLIPConfig
+
+    config = MCLIPConfig(**mclip_config)
+    return int(config.transformerDimensions), int(config.numDims)
+
+
 class MClipTextModel(nn.Module):
     """Attribute names match M-CLIP's checkpoint keys (`transformer.*`, `LinearTransformation.*`)."""
 
     def __init__(self, base_config: dict[str, Any], mclip_config: dict[str, Any]):
         super().__init__()
         import transformers
-        from multilingual_clip.Config_MCLIP import MCLIPConfig
 
-        config = MCLIPConfig(**mclip_config)
+        width, dim = mclip_dims(mclip_config)
         base = transformers.AutoConfig.for_model(**base_config)
         self.transformer = transformers.AutoModel.from_config(base, add_pooling_layer=False)
-        self.LinearTransformation = nn.Linear(config.transformerDimensions, config.numDims)
+        self.LinearTransformation = nn.Linear(width, dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Same operations, in the same order, as MultilingualCLIP.forward.

@@ -78,7 +78,7 @@ class MClipText:
 
     repo: str
     weights: Source  # pytorch_model.bin; converted to safetensors at bake time
-    config: Source  # M-CLIP's config.json (transformerDimSize, imageDimSize)
+    config: Source  # M-CLIP's config.json (XLM-R width and output dim)
     # tokenizer.json, not sentencepiece.bpe.model: the latter alone would need protobuf to convert.
     tokenizer_files: tuple[Source, ...]
     base_config: Source  # the XLM-R config.json: do not trust XLMRobertaConfig() defaults

@@ -110,8 +110,9 @@ def _write_random_mclip(variant: Variant, clip_config: dict[str, Any], size: str
     tokenizer.save_pretrained(str(staging))
     base_config = tiny_xlmr_config(len(tokenizer)) if size == "tiny" else dict(XLMR_LARGE_CONFIG)
     dim = clip_config["embed_dim"]
+    # the names M-CLIP's saved config.json uses (its config class also takes transformerDimSize/imageDimSize)
     mclip_config = {"model_type": "M-CLIP", "modelBase": "xlm-roberta-large",
-                    "transformerDimSize": base_config["hidden_size"], "imageDimSize": dim}
+                    "transformerDimensions": base_config["hidden_size"], "numDims": dim}
     manifest.save_safetensors(random_mclip_state(base_config, dim), staging / manifest.MCLIP_WEIGHTS)
     return {"config": mclip_config, "base_config": base_config, "tokenizer_class": type(tokenizer).__name__}
 

@@ -135,8 +135,7 @@ def mclip_reference(tiny_model_dir, tmp_path_factory):
                           if k.startswith("transformer.")}, strict=True)
     base_dir = tmp_path_factory.mktemp("xlmr")
     base.save_pretrained(base_dir)
-    config = MCLIPConfig(modelBase=str(base_dir), transformerDimSize=text["config"]["transformerDimSize"],
-                         imageDimSize=text["config"]["imageDimSize"])
+    config = MCLIPConfig(**dict(text["config"], modelBase=str(base_dir)))
     model = MultilingualCLIP(config).eval()
     model.load_state_dict(state, strict=True)
     return model, AutoTokenizer.from_pretrained(str(bundle))

@@ -182,13 +182,13 @@ def cmd_job(args: argparse.Namespace) -> int:
     target = _make_target(args, tally)
     try:
         summary = run_job(spec, target, tally)
+        summary.model = _describe(target)
     except JobStopped as stopped:
         _report(stopped.summary.as_dict())
         log.error("stopped: %s. Rows written so far are kept; re-run the same command to resume.", stopped.cause)
         return EXIT_TARGET
     finally:
         target.close()
-    summary.model = _describe(target)
     result = summary.as_dict()
     if summary.complete and not sharded and fmt != ".jsonl":
         report = merge(args.input, [part], args.output, spec.columns)

@@ -130,7 +130,7 @@ class HttpTarget:
                 method, url, json=body, timeout=(self.options.connect_timeout_s, self.options.timeout_s)
             )
         except requests.RequestException as exc:
-            raise FatalTargetError(f"{method} {url}: {exc} (after {self.options.max_retries} retries)") from exc
+            raise FatalTargetError(f"{method} {url}: {exc} (up to {self.options.max_retries} retries done)") from exc
         status = response.status_code
         if status == 200:
             try:
@@ -140,7 +140,7 @@ class HttpTarget:
         error, details = _error_of(response)
         if status in SPLITTABLE_STATUSES:
             raise _Rejected(status, error, details)
-        hint = " (check --token / --api-key / --aws-sigv4)" if status in (401, 403) else ""
+        hint = " (check --token / --api-key / --google-id-token / --aws-sigv4)" if status in (401, 403) else ""
         raise FatalTargetError(f"{method} {url}: HTTP {status} {error.code}: {error.message}{hint}")
 
     def describe(self) -> dict[str, Any]:

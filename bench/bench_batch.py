@@ -143,6 +143,31 @@ def run_cli(command: str, src: Path, target: list[str], batch_size: int, concurr
     return summary
 
 
+def encoder_reference(model_dir: Path, variant: str, images: list[Path], texts: Path, batch_size: int) -> dict:
+    """The encoder alone on the same inputs (decode + preprocess + forward, no CLI, no HTTP), in a
+    subprocess like the CLI runs: the ceiling the CLI figures should be read against."""
+    code = f"""
+import csv, json, time
+from PIL import Image
+from models.loader import load_encoder
+enc = load_encoder({variant!r}, {str(model_dir)!r})
+paths = {[str(p) for p in images]!r}
+texts = [r["text"] for r in csv.DictReader(open({str(texts)!r}))]
+bs = {batch_size}
+t = time.monotonic()
+for i in range(0, len(paths), bs):
+    enc.encode_images([enc.prepare_image(Image.open(p).convert("RGB")) for p in paths[i:i + bs]])
+img_s = time.monotonic() - t
+t = time.monotonic()
+for i in range(0, len(texts), bs):
+    enc.encode_text(texts[i:i + bs])
+txt_s = time.monotonic() - t
+print(json.dumps({{"images": [len(paths), img_s], "texts": [len(texts), txt_s]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def machine() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -161,7 +186,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=None, help="default: 2 local, 4 endpoint")
-    parser.add_argument("--modes", nargs="+", default=["local", "endpoint"], choices=("local", "endpoint"))
+    parser.add_argument("--modes", nargs="+", default=["encoder", "local", "endpoint"],
+                        choices=("encoder", "local", "endpoint"),
+                        help="encoder: the model alone in a loop, as a ceiling for the other two")
     parser.add_argument("--urls", action="store_true", help="pass images as loopback URLs instead of local files")
     parser.add_argument("--http-threads", type=int, default=8)
     args = parser.parse_args()
@@ -175,6 +202,16 @@ def main() -> None:
         base = stack.enter_context(image_server(OUT / "images")) if args.urls else None
         inputs = write_inputs(OUT / "inputs", images, args.texts, base)
         for mode in args.modes:
+            if mode == "encoder":
+                ref = encoder_reference(model_dir, args.variant, images, inputs["texts"], args.batch_size)
+                for kind in ("images", "texts"):
+                    n, seconds = ref[kind]
+                    if n:
+                        summary = {"written": n, "seconds": round(seconds, 3), "rows_per_s": round(n / seconds, 2),
+                                   "wall_s": round(seconds, 1), "cmd": "encoder loop in bench_batch.py"}
+                        results.append((mode, kind, summary))
+                        print(f"{mode:8s} {kind:6s} {n:5d} rows {seconds:7.1f} s {n / seconds:7.2f} rows/s", flush=True)
+                continue
             if mode == "local":
                 target = ["--local", "--model-dir", str(model_dir), "--variant", args.variant]
                 if args.urls:

@@ -32,10 +32,10 @@ def assert_each_id_once_with_right_vector(out: Path, rows: list[dict[str, str]])
 
 
 def test_sigkill_mid_run_then_rerun_gives_every_id_exactly_once(tmp_path):
-    rows = text_rows(80)
+    rows = text_rows(100)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "emb.jsonl"
-    with FakeService(delay_s=0.05) as svc:
+    with FakeService(delay_s=0.1) as svc:  # 50 requests, 2 at a time: about 2.5 s in which to kill it
         cmd = [sys.executable, "-m", "batch", "embed", "--input", str(src), "--output", str(out),
                "--endpoint", svc.url, "--batch-size", "2", "--concurrency", "2"]
         env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -231,6 +231,9 @@ def _emit(record: RequestRecord, response: Response) -> None:
         fields["image_errors"] = dict(record.image_errors)
     if record.trace is not None:
         fields["trace_id"] = record.trace.trace_id
+    lambda_context = request.environ.get("apig_wsgi.context")  # set by the Lambda adapter
+    if getattr(lambda_context, "aws_request_id", None):
+        fields["aws_request_id"] = lambda_context.aws_request_id
     if record.batch_size:
         fields["batch_size"] = record.batch_size
         fields["queue_wait_ms"] = round(record.queue_wait_s * 1000, 2)

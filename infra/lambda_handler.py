@@ -24,6 +24,7 @@ from typing import Any, Callable
 from apig_wsgi import make_lambda_handler
 from flask import Flask
 
+from infra.logs import configure_logging
 from infra.preflight import check_model_baked
 from infra.settings import Settings
 
@@ -61,7 +62,9 @@ def build_handler(settings: Settings | None = None, app: Flask | None = None) ->
 
 def __getattr__(name: str) -> Any:
     if name == "handler":
-        built = build_handler()
+        settings = Settings.from_env()
+        configure_logging(settings)  # JSON lines on stdout, like Cloud Run, instead of the runtime's text lines
+        built = build_handler(settings)
         globals()["handler"] = built
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

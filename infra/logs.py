@@ -129,15 +129,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a record is emitted (Lambda's runtime and test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
 def make_handler(*, cloud_run: bool, project: str | None, stream: IO[str] | None = None) -> logging.Handler:
     """StructuredLogHandler on Cloud Run, else a stream handler with JsonFormatter; both write JSON lines."""
-    stream = stream if stream is not None else sys.stdout
     if cloud_run:
         from google.cloud.logging_v2.handlers import StructuredLogHandler  # imported only where it is used
 
-        handler: logging.Handler = StructuredLogHandler(stream=stream, project_id=project)
+        handler: logging.Handler = StructuredLogHandler(stream=stream or sys.stdout, project_id=project)
     else:
-        handler = logging.StreamHandler(stream)
+        handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
         handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
     return handler
@@ -152,7 +166,8 @@ def configure_logging(settings: Any, stream: IO[str] | None = None) -> logging.H
     handler = make_handler(cloud_run=bool(settings.k_service), project=settings.google_cloud_project, stream=stream)
     handler._clipserve = True  # type: ignore[attr-defined] - lets a second call find and replace it
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_clipserve", False) or _is_default_handler(h)]:
+    for old in [h for h in root.handlers if getattr(h, "_clipserve", False) or _is_default_handler(h)
+                or _is_lambda_runtime_handler(h)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
@@ -180,6 +195,11 @@ def gunicorn_logconfig(settings: Any) -> dict[str, Any]:
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
         },
     }
+
+
+def _is_lambda_runtime_handler(handler: logging.Handler) -> bool:
+    # awslambdaric's root handler prints "[LEVEL] time request-id message" text: ours replaces it (JSON on stdout).
+    return type(handler).__module__.startswith("awslambdaric")
 
 
 def _is_default_handler(handler: logging.Handler) -> bool:

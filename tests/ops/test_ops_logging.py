@@ -173,3 +173,42 @@ def test_gunicorn_logconfig_is_accepted_by_dictconfig_and_writes_json():
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+# --- Lambda ----------------------------------------------------------------------------------------------
+
+def test_on_lambda_the_request_line_is_json_with_the_lambda_request_id():
+    from types import SimpleNamespace
+
+    from apig_wsgi import make_lambda_handler
+
+    settings = Settings()
+    for cap in capture(settings):
+        handler = make_lambda_handler(minimal_app(settings), binary_support=True)
+        event = {"version": "2.0", "rawPath": "/embed/text", "rawQueryString": "",
+                 "headers": {"content-type": "application/json", "x-request-id": "fn-url-1"},
+                 "requestContext": {"http": {"method": "POST", "path": "/embed/text", "protocol": "HTTP/1.1",
+                                             "sourceIp": "198.51.100.7"}},
+                 "body": '{"texts": ["a", "b"]}', "isBase64Encoded": False}
+        result = handler(event, SimpleNamespace(aws_request_id="8f5e-lambda-req"))
+        assert result["statusCode"] == 200
+        [line] = cap.request_lines()
+        assert (line["aws_request_id"], line["request_id"], line["texts"]) == ("8f5e-lambda-req", "fn-url-1", 2)
+
+
+def test_configure_logging_replaces_the_lambda_runtimes_text_handler():
+    import logging
+
+    from awslambdaric.bootstrap import LambdaLoggerHandler
+
+    root = logging.getLogger()
+    runtime_handler = LambdaLoggerHandler(log_sink=None)
+    root.addHandler(runtime_handler)
+    try:
+        for cap in capture(Settings()):
+            assert runtime_handler not in root.handlers
+            logging.getLogger("x").warning("hello")
+            assert cap.lines()[-1]["message"] == "hello"
+    finally:
+        if runtime_handler in root.handlers:
+            root.removeHandler(runtime_handler)

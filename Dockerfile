@@ -11,6 +11,7 @@
 # and the download cache mount means even a re-bake (models/ changed) does not re-download.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# checkov:skip=CKV_DOCKER_7:the base is ${PYTHON_IMAGE}, whose default above carries a pinned tag (checkov cannot read ARGs)
 
 # ---------------------------------------------------------------- deps: CPU torch + requirements
 FROM ${PYTHON_IMAGE} AS deps

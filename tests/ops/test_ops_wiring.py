@@ -1,0 +1,59 @@
+"""The ops pieces as the service wires them (create_app on a tiny bundle): keys, metrics from the real engine, logs."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from handler.app import create_app
+from infra.settings import Settings
+from ops_support import b64, capture, image_bytes
+
+KEY = "k-3a9f"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir):
+    settings = Settings(model_dir=tiny_model_dir, api_keys=KEY, metrics_enabled=True, batch_max_wait_ms=1)
+    app = create_app(settings)
+    engine = app.extensions["clipserve"].engine
+    engine.start()
+    assert engine.wait_ready(120), engine.load_error
+    yield app
+    engine.shutdown()
+
+
+def test_service_requires_the_key_except_on_health(app):
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    for path in ("/", "/openapi.json", "/metrics"):
+        assert client.get(path).status_code == 401, path
+    r = client.post("/embed/text", json={"texts": ["a"]})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthorized"
+    assert client.post("/embed/text", json={"texts": ["a"]}, headers=AUTH).status_code == 200
+
+
+def test_metrics_count_real_batches_items_and_image_errors(app):
+    client = app.test_client()
+    good = b64(image_bytes(seed=11))
+    r = client.post("/embed/image", json={"images": [good, "not-an-image!"]}, headers=AUTH)
+    assert r.status_code == 200 and [e["code"] for e in r.get_json()["errors"]] == ["invalid_image"]
+    text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("clipserve_image_errors_total", (("code", "invalid_image"),))] >= 1
+    assert samples[("clipserve_items_total", (("kind", "image"),))] >= 2
+    assert samples[("clipserve_batch_size_count", (("kind", "image"),))] >= 1
+    assert samples[("clipserve_queue_depth", ())] == 0
+    assert samples[("clipserve_inference_loop_healthy", ())] == 1
+
+
+def test_request_line_carries_engine_batch_facts(app):
+    settings = Settings()
+    for cap in capture(settings):
+        r = app.test_client().post("/embed/text", json={"texts": ["x", "y", "z"]}, headers=AUTH)
+        assert r.status_code == 200
+        [line] = cap.request_lines()
+        assert line["texts"] == 3 and line["batch_size"] >= 3 and line["queue_wait_ms"] >= 0
+        assert KEY not in cap.buffer.getvalue()

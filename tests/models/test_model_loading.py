@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +202,17 @@ def test_configure_torch_threads_applies_override():
             threads.configure_torch_threads(0)
     finally:
         threads.configure_torch_threads(before)
+
+
+def test_tiny_bundles_are_deterministic_per_seed(tiny_model_dir, tmp_path):
+    from models.tiny import make_bundle
+
+    def hashes(root: Path, variant: str) -> dict:
+        return json.loads((root / variant / "manifest.json").read_text())["files"]
+
+    for variant in ("english", "multilingual"):
+        make_bundle(variant, tmp_path / "same", seed=0)
+        make_bundle(variant, tmp_path / "other", seed=1)
+        assert hashes(tmp_path / "same", variant) == hashes(tiny_model_dir, variant)
+        weights = [n for n in hashes(tmp_path / "other", variant) if n.endswith(".safetensors")]
+        assert all(hashes(tmp_path / "other", variant)[n] != hashes(tiny_model_dir, variant)[n] for n in weights)

@@ -2,7 +2,7 @@
 # `terraform console` alongside variables.tf, which needs no Google provider.
 locals {
   default_cpu        = { english = 2, multilingual = 4 }
-  default_memory_gib = { english = 2, multilingual = 6 }
+  default_memory_gib = { english = 4, multilingual = 6 }
   cpu                = coalesce(var.cpu, local.default_cpu[var.model_variant])
   memory_gib         = coalesce(var.memory_gib, local.default_memory_gib[var.model_variant])
   deploy_app         = var.image != null

@@ -234,7 +234,7 @@ def _json_out(output: str) -> Any:
 
 def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
     limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]")
-    assert limits == {"cpu": "2", "memory": "2Gi"}
+    assert limits == {"cpu": "2", "memory": "4Gi"}
     assert env["MODEL_VARIANT"] == "english"
     assert env["HTTP_THREADS"] == "9" and env["TORCH_THREADS"] == "2"
     limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]",

@@ -164,19 +164,3 @@ def test_a_variant_that_was_not_baked_fails_init_naming_what_was(tmp_path, tiny_
     settings = Settings(model_dir=tmp_path, model_variant="multilingual")
     with pytest.raises(VariantNotBaked, match="holds english"):
         build_handler(settings)
-
-
-def test_settings_reach_the_handler_from_the_environment(monkeypatch, tiny_model_dir):
-    """`handler` is what awslambdaric resolves: built from the env, model loaded."""
-    import importlib
-
-    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
-    monkeypatch.setenv("MODEL_VARIANT", "multilingual")
-    module = importlib.import_module("infra.lambda_handler")
-    monkeypatch.delitem(module.__dict__, "handler", raising=False)
-    try:
-        result = module.handler(function_url_event("GET", "/"), None)
-        assert result["statusCode"] == 200
-        assert response_json(result)["model"]["variant"] == "multilingual"
-    finally:
-        module.__dict__.pop("handler", None)  # the next test builds its own

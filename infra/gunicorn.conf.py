@@ -38,6 +38,9 @@ accesslog = None
 loglevel = _settings.log_level.lower()
 # gunicorn's own lines as JSON on stdout, like the app's (the app logs one line per request itself).
 logconfig_dict = gunicorn_logconfig(_settings)
+# No runtime-management socket (gunicorn >= 25 opens one in $HOME by default): nothing in the container
+# uses it, and concurrent servers (tests) would share and unlink the same path.
+control_socket_disable = True
 
 
 def _engine(worker):  # noqa: ANN001, ANN202 - gunicorn objects

@@ -9,9 +9,10 @@ fault is alone, so one bad row costs only itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,16 @@ def _errors_by_index(body: dict[str, Any]) -> dict[int, RowError]:
         int(e["index"]): RowError(str(e.get("code", "error")), str(e.get("message", "")))
         for e in body.get("errors") or []
     }
+
+
+@contextlib.contextmanager
+def _unexpected_answers_are_fatal(what: str) -> Iterator[None]:
+    """A 200 whose body does not fit the contract (missing keys, wrong lengths) is not a row's fault:
+    stop the job rather than write wrong rows."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise FatalTargetError(f"{what}: the service's answer does not match the API ({type(exc).__name__}: {exc})") from exc
 
 
 class HttpTarget:
@@ -178,9 +189,10 @@ class HttpTarget:
     # -- embed ------------------------------------------------------------------------------
 
     def embed(self, rows: Sequence[Row], normalize: bool = True) -> list[EmbedResult]:
-        return self._split_on_rejection(
-            rows, lambda part: self._embed_once(part, normalize), lambda error: EmbedResult(error=error)
-        )
+        with _unexpected_answers_are_fatal("/embed"):
+            return self._split_on_rejection(
+                rows, lambda part: self._embed_once(part, normalize), lambda error: EmbedResult(error=error)
+            )
 
     def _embed_once(self, rows: Sequence[Row], normalize: bool) -> list[EmbedResult]:
         texts: list[tuple[int, str]] = []
@@ -243,7 +255,8 @@ class HttpTarget:
     # -- score ------------------------------------------------------------------------------
 
     def score(self, rows: Sequence[Row]) -> list[ScoreResult]:
-        return self._split_on_rejection(rows, self._score_once, lambda error: ScoreResult(error=error))
+        with _unexpected_answers_are_fatal("/score"):
+            return self._split_on_rejection(rows, self._score_once, lambda error: ScoreResult(error=error))
 
     def _score_once(self, rows: Sequence[Row]) -> list[ScoreResult]:
         results: list[ScoreResult | None] = [None] * len(rows)

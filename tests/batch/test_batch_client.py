@@ -233,3 +233,12 @@ def test_google_id_token_is_sent_and_fetched_again_before_it_expires(tmp_path, c
     assert token.token() == "tok@0.0"
     now[0] = 46 * 60.0
     assert token.token() == "tok@2760.0"
+
+
+def test_an_answer_that_breaks_the_contract_stops_the_job_without_writing_rows(tmp_path, capsys, service):
+    service.answer = lambda path, body: (200, {"embeddings": [[0.0] * 8]})  # one vector for two texts
+    src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}, {"id": "2", "text": "b"}])
+    out = tmp_path / "o.jsonl"
+    status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url)
+    assert status == 2 and summary["written"] == 0
+    assert not out.exists() or out.read_text() == ""

@@ -221,3 +221,27 @@ def test_a_cold_start_is_waited_out(tiny_model_dir, dataset, tmp_path, capsys):
     records = read_jsonl(tmp_path / "o.jsonl")
     assert [r["id"] for r in records] == [r["id"] for r in dataset["rows"]]
     assert {r["id"] for r in records if r["error"]} == {"bad", "gone"}
+
+
+def test_local_multilingual_equals_the_encoder(tiny_model_dir, multilingual_encoder, tmp_path, capsys):
+    """--variant picks the bundle; rows come out as the encoder itself embeds them (texts in any
+    language, images decoded as the service decodes them), unnormalized with --no-normalize."""
+    from PIL import Image
+
+    (tmp_path / "a.png").write_bytes(png(7, (61, 45)))
+    rows = [{"id": "de", "text": "zwei Hunde im Schnee", "image": "a.png"},
+            {"id": "ja", "text": "雪の中の二匹の犬", "image": ""}]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "m.jsonl"
+    status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--local", "--model-dir",
+                              tiny_model_dir, "--variant", "multilingual", "--no-normalize")
+    assert status == 0 and summary["model"]["variant"] == "multilingual"
+    de, ja = read_jsonl(out)
+    texts = multilingual_encoder.encode_text([r["text"] for r in rows], normalize=False).embeddings
+    np.testing.assert_allclose(vector(de, "text_embedding"), texts[0], **TOL)
+    np.testing.assert_allclose(vector(ja, "text_embedding"), texts[1], **TOL)
+    image = Image.open(tmp_path / "a.png").convert("RGB")
+    expected = multilingual_encoder.encode_images([multilingual_encoder.prepare_image(image)], normalize=False)[0]
+    np.testing.assert_allclose(vector(de, "image_embedding"), expected, **TOL)
+    assert abs(np.linalg.norm(expected) - 1.0) > 1e-3  # really unnormalized, so the option was applied
+    assert ja["image_embedding"] is None and ja["error"] is None

@@ -9,8 +9,9 @@ atomically with the manifest written last. A variant whose bundle is already com
 baked from the same pins is skipped, so running it twice is a no-op.
 
 Downloads go through a `FileSource`: `HubSource` (huggingface_hub `hf_hub_download` at the
-pinned revision; plain HTTPS for release URLs) or `LocalDirSource` (a mirror directory laid out
-as `<repo>/<filename>` and `<url file name>`: air-gapped builds and tests).
+pinned revision, resolved to a commit; plain HTTPS for release URLs; both cached under
+~/.cache so a Docker cache mount makes a re-bake download nothing) or `LocalDirSource` (a
+mirror directory laid out as `<repo>/<filename>` and `<url file name>`: air-gapped builds, tests).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class UnpinnedSource(ValueError):
 @dataclass(frozen=True)
 class Fetched:
     path: Path
-    resolved: dict[str, str] = field(default_factory=dict)  # e.g. the hub commit a branch resolved to
+    resolved: dict[str, str] = field(default_factory=dict)  # e.g. resolved_revision: the hub commit used
 
 
 class FileSource(Protocol):
@@ -63,43 +64,60 @@ class LocalDirSource:
 
 
 class HubSource:
-    """The real downloads. Re-enables network for huggingface_hub, which `models` switches off."""
+    """The real downloads, cached so a re-bake (or a Docker build with a cache mount on ~/.cache)
+    downloads nothing twice: hub files in huggingface_hub's own cache, release URLs in
+    `cache_dir`. Re-enables network for huggingface_hub, which `models` switches off."""
 
-    def __init__(self, timeout_s: float = 60.0):
+    def __init__(self, cache_dir: Path | None = None, timeout_s: float = 60.0, endpoint: str | None = None,
+                 hub_cache_dir: Path | None = None):
+        self.endpoint = endpoint  # None: huggingface_hub's default (HF_ENDPOINT or the public hub)
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        self.cache_dir = cache_dir or cache_home / "clipserve" / "downloads"
         self.timeout_s = timeout_s
+        self.hub_cache_dir = hub_cache_dir  # None: huggingface_hub's (HF_HUB_CACHE, ~/.cache/huggingface)
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[name] = "0"
         import huggingface_hub.constants
 
-        if huggingface_hub.constants.HF_HUB_OFFLINE:  # imported before we could switch it
-            raise RuntimeError("huggingface_hub was imported in offline mode; run `python -m models.bake` "
-                               "in its own process")
+        # huggingface_hub read the variable at import (offline, via `models`); its check reads this.
+        huggingface_hub.constants.HF_HUB_OFFLINE = False
 
     def fetch(self, source: Source, dest_dir: Path) -> Fetched:
-        return self._from_hub(source, dest_dir) if source.repo else self._from_url(source, dest_dir)
+        return self._from_hub(source) if source.repo else self._from_url(source)
 
-    def _from_hub(self, source: Source, dest_dir: Path) -> Fetched:
+    def _from_hub(self, source: Source) -> Fetched:
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
         # Resolve a branch to its commit first, so the file and the recorded revision agree.
-        meta = get_hf_file_metadata(hf_hub_url(source.repo, source.filename, revision=source.revision))
+        url = hf_hub_url(source.repo, source.filename, revision=source.revision, endpoint=self.endpoint)
+        meta = get_hf_file_metadata(url, timeout=self.timeout_s)
         revision = meta.commit_hash or source.revision
-        path = hf_hub_download(source.repo, source.filename, revision=revision,
-                               local_dir=dest_dir / source.repo, etag_timeout=self.timeout_s)
-        return Fetched(Path(path), {"revision": revision} if revision else {})
+        path = hf_hub_download(source.repo, source.filename, revision=revision, etag_timeout=self.timeout_s,
+                               endpoint=self.endpoint, cache_dir=self.hub_cache_dir)
+        return Fetched(Path(path), {"resolved_revision": revision} if revision else {})
 
-    def _from_url(self, source: Source, dest_dir: Path) -> Fetched:
+    def _from_url(self, source: Source) -> Fetched:
         import requests
 
-        dest = dest_dir / source.filename
-        partial = dest.with_name(dest.name + ".part")
+        dest = self.cache_dir / source.filename
+        if dest.is_file() and _matches_pins(dest, source):
+            return Fetched(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".part")  # renamed only once complete
         with requests.get(source.url, stream=True, timeout=self.timeout_s) as response:
             response.raise_for_status()
             with open(partial, "wb") as f:
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     f.write(chunk)
-        partial.rename(dest)
+        partial.replace(dest)
         return Fetched(dest)
+
+
+def _matches_pins(path: Path, source: Source) -> bool:
+    if source.sha256 is None and source.sha256_prefix is None:
+        return True
+    actual = bundle.sha256_file(path)
+    return actual == (source.sha256 or actual) and actual.startswith(source.sha256_prefix or "")
 
 
 def verify(source: Source, fetched: Fetched, allow_unpinned: bool) -> dict[str, Any]:
@@ -236,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         for record in json.loads((path / bundle.MANIFEST).read_text())["sources"]:
             print(f"  {record['role']}: {record.get('repo') or record.get('url')} {record['filename']} "
-                  f"revision={record.get('revision', '-')} sha256={record['sha256_seen']}")
+                  f"revision={record.get('resolved_revision', record.get('revision', '-'))} "
+                  f"sha256={record['sha256_seen']}")
     return 0
 
 

@@ -186,3 +186,96 @@ def test_registry_pins_are_checked_by_the_cli(tmp_path, capsys):
     with pytest.raises(bake.UnpinnedSource, match="--allow-unpinned"):
         bake.main(["--variant", "english", "--out", str(tmp_path / "out"), "--from-dir", str(tmp_path / "mirror")])
     assert not (tmp_path / "out/english").exists()
+
+
+class FakeHub:
+    """Loopback stand-in for the hub's resolve endpoint and a release-download host, serving `root`.
+
+    `/<org>/<repo>/resolve/<revision>/<file>` -> root/org/repo/file (any revision resolves to COMMIT);
+    `/releases/<file>` -> root/file. Records every request.
+    """
+
+    COMMIT = "c0ffee" * 6 + "c0ff"
+
+    def __init__(self, root: Path):
+        import http.server
+        import threading
+
+        fake = self
+        self.requests: list[tuple[str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                self.reply(body=False)
+
+            def do_GET(self):
+                self.reply(body=True)
+
+            def reply(self, body: bool):
+                fake.requests.append((self.command, self.path))
+                parts = self.path.split("/")
+                path = root / parts[-1] if parts[1] == "releases" else root / parts[1] / parts[2] / parts[-1]
+                if not path.is_file():
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", FakeHub.COMMIT)
+                self.send_header("ETag", f'"{sha256_file(path)}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def gets(self) -> list[str]:
+        return [p for method, p in self.requests if method == "GET"]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_hub_source_downloads_resolves_revisions_and_caches(mirror, multilingual_encoder, tmp_path, monkeypatch):
+    """The real HubSource (hf_hub_download + HTTPS release download) against a loopback fake hub."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # HubSource switches these; monkeypatch puts them back
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub = FakeHub(mirror["root"])
+    try:
+        variant = mirror["multilingual"]
+        weights = variant.clip.weights
+        variant = replace(variant, clip=replace(variant.clip, weights=replace(
+            weights, url=f"{hub.url}/releases/{weights.filename}")))
+
+        def source():
+            return bake.HubSource(cache_dir=tmp_path / "url-cache", hub_cache_dir=tmp_path / "hf-cache",
+                                  endpoint=hub.url, timeout_s=10)
+
+        path = bake.bake_variant(variant, tmp_path / "a", source())
+        assert len(hub.gets()) == 6  # release .pt, weights, 2 configs, 2 tokenizer files
+        records = json.loads((path / "manifest.json").read_text())["sources"]
+        hub_records = [r for r in records if "repo" in r]
+        assert hub_records and all(r["resolved_revision"] == FakeHub.COMMIT for r in hub_records)
+        assert all(r["revision"] == "0123abc" for r in hub_records)  # the pin, as written
+        assert_same_vectors(load_encoder("multilingual", tmp_path / "a"), multilingual_encoder, 240)
+
+        before = len(hub.requests)
+        assert bake.bake_variant(variant, tmp_path / "a", source()) is None
+        assert len(hub.requests) == before  # up to date: not even a HEAD
+
+        bake.bake_variant(variant, tmp_path / "b", source())  # fresh bundle, warm caches
+        assert len(hub.gets()) == 6  # nothing downloaded twice
+    finally:
+        hub.close()

@@ -17,6 +17,7 @@ from flask import Flask, Response, jsonify
 
 from engine import EmbeddingEngine, ModelState
 from handler import auth, observability, scoring
+from handler.jsonio import OrjsonProvider
 from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
 from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
 from handler.parsing import read_json, read_with_images
@@ -51,8 +52,8 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     if engine is None:
         engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
     api = ClipApi(settings, engine)
     app.extensions[EXTENSION] = api
     register_error_handlers(app)

@@ -1,17 +1,17 @@
 """Request bodies -> validated models: JSON for every endpoint, multipart/form-data where images are uploaded.
 
 JSON is parsed here rather than with ``request.get_json`` so that every way a body can be bad
-(non-UTF-8, deep nesting that overflows the parser, not an object) ends as a 400 in our shape.
+(undecodable bytes, deep nesting that overflows the parser, not an object) ends as a 400 in our shape.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
 
+from handler import jsonio
 from handler.errors import InvalidJson, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,7 +51,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidJson("the request body is empty; send a JSON object")
     try:
-        data = json.loads(raw)
+        data = jsonio.loads(raw)
     except RecursionError:
         raise InvalidJson("the JSON body is nested too deeply") from None
     except ValueError as exc:  # includes UnicodeDecodeError

@@ -38,11 +38,11 @@ def zero_shot_probs(cosine: np.ndarray, logit_scale: float) -> np.ndarray:
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list:
-    """Rows as JSON lists of floats, or as base64 of little-endian float32 bytes (OpenAI's format)."""
+    """Rows as float32 arrays (written as JSON numbers by handler.jsonio), or as base64 of little-endian float32."""
     if encoding_format == "base64":
         rows = np.ascontiguousarray(vectors, dtype="<f4")
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
-    return np.asarray(vectors, dtype=np.float32).tolist()
+    return list(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 def place(values: Sequence, positions: Sequence[int], size: int) -> list:

@@ -7,6 +7,7 @@ filesystem mirror. Tests that need terraform or the mirror skip with the reason 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 # Where the hashicorp/aws mirror lies on the project's machines; CLIPSERVE_TF_PLUGIN_DIR overrides.
 _MIRROR_CANDIDATES = ("/opt/tf-plugins", "~/.terraform.d/plugins", "/usr/share/terraform/plugins")
@@ -71,3 +74,96 @@ def copy_module(name: str, dest: Path, files: tuple[str, ...] | None = None) -> 
         for file in files:
             shutil.copy2(source / file, target / file)
     return target
+
+
+# ---------------------------------------------------------------- reading the Dockerfile (no engine here)
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    """Instructions grouped per build stage (each starts with FROM)."""
+    result: list[list[tuple[str, str]]] = []
+    for instruction in instructions():
+        if instruction[0] == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(instruction)
+    return result
+
+
+def stage_named(name: str) -> list[tuple[str, str]]:
+    for stage in stages():
+        if stage[0][1].lower().endswith(f" as {name}"):
+            return stage
+    raise AssertionError(f"no stage named {name}")
+
+
+def env_values(stage: list[tuple[str, str]]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for kind, args in stage:
+        if kind == "ENV":
+            for key, value in re.findall(r"(\w+)=(\S+)", args):
+                values[key] = value
+    return values
+
+
+# ---------------------------------------------------------------- .dockerignore, as docker build applies it
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's matching (Go filepath.Match plus '**'): '*' stays within one path segment."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out += pattern[i:end + 1]
+            i = end + 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out + r"\Z")
+
+
+def excluded_from_context(path: str) -> bool:
+    """Whether `docker build` leaves path out: the last matching rule wins; a rule on a parent applies."""
+    rules = []
+    for line in DOCKERIGNORE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            negate = line.startswith("!")
+            rules.append((negate, _pattern_regex(line.lstrip("!").strip("/"))))
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for negate, regex in rules:
+        if any(regex.match(prefix) for prefix in prefixes):
+            excluded = not negate
+    return excluded

@@ -18,57 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import REPO
-
-DOCKERFILE = REPO / "Dockerfile"
-DOCKERIGNORE = REPO / ".dockerignore"
-
-
-# ---------------------------------------------------------------- a small Dockerfile reader
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    lines: list[str] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        lines.append(pending + stripped)
-        pending = ""
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    """Instructions grouped per build stage (each starts with FROM)."""
-    result: list[list[tuple[str, str]]] = []
-    for instruction in instructions():
-        if instruction[0] == "FROM":
-            result.append([])
-        if result:
-            result[-1].append(instruction)
-    return result
-
-
-def stage_named(name: str) -> list[tuple[str, str]]:
-    for stage in stages():
-        if stage[0][1].lower().endswith(f" as {name}"):
-            return stage
-    raise AssertionError(f"no stage named {name}")
-
-
-def env_values(stage: list[tuple[str, str]]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for kind, args in stage:
-        if kind == "ENV":
-            for key, value in re.findall(r"(\w+)=(\S+)", args):
-                values[key] = value
-    return values
+from deploy_support import (DOCKERFILE, REPO, env_values, excluded_from_context, instructions, stage_named,
+                            stages)
 
 
 # ---------------------------------------------------------------- lint
@@ -191,50 +142,6 @@ def test_healthcheck_fails_when_nothing_listens(unused_port):
 
 # ---------------------------------------------------------------- .dockerignore
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """Docker's matching (Go filepath.Match plus '**'): '*' stays within one path segment."""
-    out = ""
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-        elif pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif pattern[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif pattern[i] == "?":
-            out += "[^/]"
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.index("]", i)
-            out += pattern[i:end + 1]
-            i = end + 1
-        else:
-            out += re.escape(pattern[i])
-            i += 1
-    return re.compile(out + r"\Z")
-
-
-def excluded_from_context(path: str) -> bool:
-    """Whether `docker build` leaves path out: the last matching rule wins; a rule on a parent applies."""
-    rules = []
-    for line in DOCKERIGNORE.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            negate = line.startswith("!")
-            rules.append((negate, _pattern_regex(line.lstrip("!").strip("/"))))
-    parts = path.split("/")
-    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    excluded = False
-    for negate, regex in rules:
-        if any(regex.match(prefix) for prefix in prefixes):
-            excluded = not negate
-    return excluded
-
-
 @pytest.mark.parametrize("path", [
     "tests/conftest.py", "tests/deploy/test_dockerfile.py", ".venv/bin/python", ".git/HEAD",
     "model_bundles/english/manifest.json", "model_bundles-demo/english/open_clip_model.safetensors",
@@ -255,6 +162,71 @@ def test_every_copied_source_is_in_the_build_context():
                 assert (REPO / source).exists(), f"COPY {source}: no such path"
                 probe = source.rstrip("/") + ("/__init__.py" if (REPO / source).is_dir() else "")
                 assert not excluded_from_context(probe), f"COPY {source}: excluded by .dockerignore"
+
+
+# ---------------------------------------------------------------- what the image's /app holds
+
+def runtime_copies() -> list[str]:
+    """Sources the runtime stage copies from the build context into /app."""
+    sources: list[str] = []
+    for kind, args in stage_named("runtime"):
+        if kind == "COPY" and "--from=" not in args:
+            sources += args.split()[:-1]
+    return sources
+
+
+def build_app_dir(dest: Path) -> Path:
+    """/app as the Dockerfile builds it: the runtime COPYs, filtered by .dockerignore."""
+    for source in runtime_copies():
+        origin = REPO / source
+        if origin.is_file():
+            shutil.copy2(origin, dest / origin.name)
+            continue
+        for path in origin.rglob("*"):
+            relative = path.relative_to(REPO).as_posix()
+            if path.is_file() and not excluded_from_context(relative):
+                target = dest / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    return dest
+
+
+def test_every_packaged_package_is_copied_into_the_image():
+    """pyproject's package list and the Dockerfile's COPYs must not drift apart."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    include = re.search(r"include\s*=\s*\[([^\]]*)\]", pyproject).group(1)
+    packages = {name.strip().strip('"').rstrip("*") for name in include.split(",") if name.strip()}
+    copied = {source.rstrip("/") for source in runtime_copies()}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
+IMAGE_ENTRIES = """
+import importlib, runpy, sys
+app, repo = {app!r}, {repo!r}
+# leave out the checkout's editable install: only what the image's /app holds may be imported
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "").lower()]
+sys.path_importer_cache.clear()
+sys.path[:] = [app] + [p for p in sys.path if p not in ("", repo)]
+for name in ("infra.preflight", "handler.wsgi", "infra.lambda_handler", "batch.cli"):
+    module = importlib.import_module(name)
+    assert module.__file__.startswith(app), (name, module.__file__)
+runpy.run_path(app + "/infra/gunicorn.conf.py")
+print("ok")
+"""
+
+
+def test_the_image_code_runs_from_its_own_copy(tmp_path, tiny_model_dir):
+    """gunicorn's config, the WSGI app, the Lambda entry, the preflight and the batch CLI import
+    from /app alone: nothing they need is left out by the COPYs or .dockerignore."""
+    app = build_app_dir(tmp_path)
+    code = IMAGE_ENTRIES.format(app=str(app), repo=str(REPO))
+    env = {**os.environ, "MODEL_DIR": str(tiny_model_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=app, env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    assert not (app / "tests").exists() and not (app / "terraform").exists()
 
 
 # ---------------------------------------------------------------- preflight entrypoint

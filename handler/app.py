@@ -17,8 +17,8 @@ from flask import Flask, Response, jsonify
 
 from engine import EmbeddingEngine, ModelState
 from handler import auth, observability, scoring
-from handler.jsonio import OrjsonProvider
 from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
+from handler.jsonio import OrjsonProvider
 from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
 from handler.parsing import read_json, read_with_images
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,

@@ -1,4 +1,5 @@
 """`python -m batch` = the clipserve-batch console script."""
+
 import sys
 
 from batch.cli import main

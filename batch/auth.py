@@ -1,5 +1,6 @@
 """Credentials for private endpoints: a bearer token, an API key, or AWS SigV4 (Lambda function
 URLs with AWS_IAM auth). botocore is optional: only --aws-sigv4 needs it."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,10 @@ def bearer_headers(token: str | None, api_key: str | None) -> dict[str, str]:
     """--token (e.g. a Cloud Run ID token) or --api-key (the service's API_KEYS): both travel as
     'Authorization: Bearer', which is where clipserve checks its keys, so only one may be given."""
     if token and api_key:
-        raise ValueError("--token and --api-key both go in 'Authorization: Bearer'; give one"
-                         " (a gateway key in another header: --header 'x-api-key: KEY')")
+        raise ValueError(
+            "--token and --api-key both go in 'Authorization: Bearer'; give one"
+            " (a gateway key in another header: --header 'x-api-key: KEY')"
+        )
     secret = token or api_key
     return {"Authorization": f"Bearer {secret}"} if secret else {}
 
@@ -73,8 +76,9 @@ class GoogleIdTokenAuth(requests.auth.AuthBase):
 
     REFRESH_AFTER_S = 45 * 60
 
-    def __init__(self, audience: str, fetch: Callable[[str], str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, audience: str, fetch: Callable[[str], str] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.audience = audience
         self._fetch = fetch or _fetch_google_id_token
         self._clock = clock

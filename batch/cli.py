@@ -7,6 +7,7 @@
 Re-running the same command resumes. Exit status: 0 done, 1 bad arguments or input,
 2 the target failed for good (re-run to resume), 3 merge found rows missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,40 +45,78 @@ def _add_job_args(parser: argparse.ArgumentParser, command: str) -> None:
     where = target.add_mutually_exclusive_group(required=True)
     where.add_argument("--endpoint", metavar="URL", help="base URL of a clipserve service")
     where.add_argument("--local", action="store_true", help="load the model bundle in this process; no server")
-    target.add_argument("--model-dir", type=Path, default=Path(os.environ.get("MODEL_DIR", "/models")),
-                        help="--local: folder of baked bundles (default: $MODEL_DIR or /models)")
-    target.add_argument("--variant", default=os.environ.get("MODEL_VARIANT", "english"),
-                        help="--local: model variant (default: $MODEL_VARIANT or english)")
-    target.add_argument("--allow-private-urls", action="store_true",
-                        help="--local: let image URLs point at private/loopback addresses")
+    target.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(os.environ.get("MODEL_DIR", "/models")),
+        help="--local: folder of baked bundles (default: $MODEL_DIR or /models)",
+    )
+    target.add_argument(
+        "--variant",
+        default=os.environ.get("MODEL_VARIANT", "english"),
+        help="--local: model variant (default: $MODEL_VARIANT or english)",
+    )
+    target.add_argument(
+        "--allow-private-urls", action="store_true", help="--local: let image URLs point at private/loopback addresses"
+    )
     auth = parser.add_argument_group("credentials for a private --endpoint")
-    auth.add_argument("--token", default=os.environ.get("CLIPSERVE_TOKEN"),
-                      help="sent as 'Authorization: Bearer TOKEN' (default: $CLIPSERVE_TOKEN)")
-    auth.add_argument("--api-key", default=os.environ.get("CLIPSERVE_API_KEY"),
-                      help="one of the service's API_KEYS, sent as 'Authorization: Bearer KEY' (default: $CLIPSERVE_API_KEY)")
-    auth.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
-    auth.add_argument("--google-id-token", action="store_true",
-                      help="send a Google ID token for the endpoint (private Cloud Run service), refreshed hourly;"
-                           " from the metadata server or GOOGLE_APPLICATION_CREDENTIALS")
-    auth.add_argument("--aws-sigv4", action="store_true",
-                      help="sign requests with AWS SigV4 (Lambda function URL, AWS_IAM auth); needs botocore")
+    auth.add_argument(
+        "--token",
+        default=os.environ.get("CLIPSERVE_TOKEN"),
+        help="sent as 'Authorization: Bearer TOKEN' (default: $CLIPSERVE_TOKEN)",
+    )
+    auth.add_argument(
+        "--api-key",
+        default=os.environ.get("CLIPSERVE_API_KEY"),
+        help="one of the service's API_KEYS, sent as 'Authorization: Bearer KEY' (default: $CLIPSERVE_API_KEY)",
+    )
+    auth.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)"
+    )
+    auth.add_argument(
+        "--google-id-token",
+        action="store_true",
+        help="send a Google ID token for the endpoint (private Cloud Run service), refreshed hourly;"
+        " from the metadata server or GOOGLE_APPLICATION_CREDENTIALS",
+    )
+    auth.add_argument(
+        "--aws-sigv4",
+        action="store_true",
+        help="sign requests with AWS SigV4 (Lambda function URL, AWS_IAM auth); needs botocore",
+    )
     auth.add_argument("--aws-region", help="--aws-sigv4 region (default: from the URL or the AWS config)")
     run = parser.add_argument_group("running")
     run.add_argument("--batch-size", type=int, default=16, help="rows per request (default 16)")
-    run.add_argument("--concurrency", type=int, default=None,
-                     help="batches in flight (default 4 with --endpoint, 2 with --local)")
+    run.add_argument(
+        "--concurrency", type=int, default=None, help="batches in flight (default 4 with --endpoint, 2 with --local)"
+    )
     run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one response (default 300)")
-    run.add_argument("--max-retries", type=int, default=10,
-                     help="retries per request on 429/5xx/connection errors (default 10)")
-    run.add_argument("--backoff-max", type=float, default=30.0, help="longest pause between retries without Retry-After")
-    run.add_argument("--shard", metavar="I/N",
-                     help="process shard I of N (default: $CLOUD_RUN_TASK_INDEX/$CLOUD_RUN_TASK_COUNT)")
-    run.add_argument("--shard-by", choices=SHARD_BY, default="position",
-                     help="position: row i -> shard i mod N; id: stable hash of the id")
-    run.add_argument("--retry-errors", action="store_true",
-                     help="when resuming, do again the rows written with an error (e.g. fetch_timeout)")
-    run.add_argument("--progress-interval", type=float, default=30.0,
-                     help="seconds between progress lines when stderr is not a terminal")
+    run.add_argument(
+        "--max-retries", type=int, default=10, help="retries per request on 429/5xx/connection errors (default 10)"
+    )
+    run.add_argument(
+        "--backoff-max", type=float, default=30.0, help="longest pause between retries without Retry-After"
+    )
+    run.add_argument(
+        "--shard", metavar="I/N", help="process shard I of N (default: $CLOUD_RUN_TASK_INDEX/$CLOUD_RUN_TASK_COUNT)"
+    )
+    run.add_argument(
+        "--shard-by",
+        choices=SHARD_BY,
+        default="position",
+        help="position: row i -> shard i mod N; id: stable hash of the id",
+    )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="when resuming, do again the rows written with an error (e.g. fetch_timeout)",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        help="seconds between progress lines when stderr is not a terminal",
+    )
     if command == "embed":
         run.add_argument("--no-normalize", dest="normalize", action="store_false", help="raw (unit-less) embeddings")
     _add_column_args(parser)
@@ -94,9 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge_parser = commands.add_parser("merge", help="join the shards' part files in input order")
     merge_parser.add_argument("--input", required=True, type=Path, help="the input the shards read (gives the order)")
     merge_parser.add_argument("--output", required=True, type=Path, help=".jsonl, .csv (score) or .npy (embed)")
-    merge_parser.add_argument("--parts", nargs="+", type=Path,
-                              help="part files (default: OUTPUT-stem.shard-*-of-*.jsonl beside --output)")
-    merge_parser.add_argument("--allow-missing", action="store_true", help="write what there is even if rows are missing")
+    merge_parser.add_argument(
+        "--parts", nargs="+", type=Path, help="part files (default: OUTPUT-stem.shard-*-of-*.jsonl beside --output)"
+    )
+    merge_parser.add_argument(
+        "--allow-missing", action="store_true", help="write what there is even if rows are missing"
+    )
     _add_column_args(merge_parser)
     return parser
 
@@ -134,8 +176,9 @@ def _make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
         from batch.local_target import LocalTarget
 
         log.info("loading %s from %s", args.variant, args.model_dir)
-        return LocalTarget.load(args.variant, args.model_dir, search_dirs=search_dirs,
-                                allow_private_urls=args.allow_private_urls)
+        return LocalTarget.load(
+            args.variant, args.model_dir, search_dirs=search_dirs, allow_private_urls=args.allow_private_urls
+        )
     from batch.http_target import HttpOptions, HttpTarget
 
     auth = None
@@ -151,8 +194,13 @@ def _make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
         auth = GoogleIdTokenAuth(args.endpoint.rstrip("/"))
         auth.token()  # no credentials: fail now, before any row
     options = HttpOptions(
-        endpoint=args.endpoint, headers=_headers(args), auth=auth, timeout_s=args.timeout,
-        max_retries=args.max_retries, backoff_max_s=args.backoff_max, pool_size=max(2, args.concurrency),
+        endpoint=args.endpoint,
+        headers=_headers(args),
+        auth=auth,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        backoff_max_s=args.backoff_max,
+        pool_size=max(2, args.concurrency),
     )
     return HttpTarget(options, search_dirs=search_dirs, on_retry=tally.add)
 
@@ -172,9 +220,15 @@ def cmd_job(args: argparse.Namespace) -> int:
     sharded = shard.count > 1
     part = part_path(args.output, shard) if sharded else (args.output if fmt == ".jsonl" else work_path(args.output))
     spec = JobSpec(
-        command=args.command, input=args.input, part=part, shard=shard, columns=_columns(args),
-        batch_size=args.batch_size, concurrency=args.concurrency,
-        normalize=getattr(args, "normalize", True), progress_interval_s=args.progress_interval,
+        command=args.command,
+        input=args.input,
+        part=part,
+        shard=shard,
+        columns=_columns(args),
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        normalize=getattr(args, "normalize", True),
+        progress_interval_s=args.progress_interval,
         retry_errors=args.retry_errors,
     )
     iter_records(args.input)  # a missing or unknown input fails now, not after loading a model
@@ -194,8 +248,12 @@ def cmd_job(args: argparse.Namespace) -> int:
         report = merge(args.input, [part], args.output, spec.columns)
         result["files"] = report.files
     elif sharded:
-        log.info("shard %s done; when every shard is: clipserve-batch merge --input %s --output %s",
-                 summary.shard, args.input, args.output)
+        log.info(
+            "shard %s done; when every shard is: clipserve-batch merge --input %s --output %s",
+            summary.shard,
+            args.input,
+            args.output,
+        )
     _report(result)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
@@ -212,13 +270,27 @@ def _report(summary: dict[str, Any]) -> None:
     """Human lines on stderr, one JSON object on stdout."""
     log.info(
         "%s: %d rows in shard %s, %d already done, %d written in %.1f s (%.2f rows/s); errors: %s; retries: %s",
-        summary["command"], summary["rows"], summary["shard"], summary["already_done"], summary["written"],
-        summary["seconds"], summary["rows_per_s"], summary["errors"] or "none", summary["retries"] or "none",
+        summary["command"],
+        summary["rows"],
+        summary["shard"],
+        summary["already_done"],
+        summary["written"],
+        summary["seconds"],
+        summary["rows_per_s"],
+        summary["errors"] or "none",
+        summary["retries"] or "none",
     )
     if summary.get("clip_score"):
         stats = summary["clip_score"]
-        log.info("clip_score over %d rows: mean %.4f, std %.4f, min %.4f, median %.4f, max %.4f",
-                 stats["count"], stats["mean"], stats["std"], stats["min"], stats["median"], stats["max"])
+        log.info(
+            "clip_score over %d rows: mean %.4f, std %.4f, min %.4f, median %.4f, max %.4f",
+            stats["count"],
+            stats["mean"],
+            stats["std"],
+            stats["min"],
+            stats["median"],
+            stats["max"],
+        )
     print(json.dumps(summary), flush=True)
 
 
@@ -230,8 +302,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_INCOMPLETE
     log.info("merged %d parts: %d rows -> %s", len(parts), report.rows, ", ".join(report.files))
-    print(json.dumps({"rows": report.rows, "missing": report.missing_count, "extra": report.extra_count,
-                      "parts": [str(p) for p in parts], "files": report.files}), flush=True)
+    print(
+        json.dumps(
+            {
+                "rows": report.rows,
+                "missing": report.missing_count,
+                "extra": report.extra_count,
+                "parts": [str(p) for p in parts],
+                "files": report.files,
+            }
+        ),
+        flush=True,
+    )
     return EXIT_OK
 
 

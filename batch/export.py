@@ -3,6 +3,7 @@
 The parts are indexed (id -> file, offset, length) rather than loaded, so merging a million
 embeddings needs memory for the ids only. The merge checks that every input id is there once.
 """
+
 from __future__ import annotations
 
 import csv
@@ -81,7 +82,7 @@ def merge(
     input_path: Path,
     parts: Sequence[Path],
     out: Path,
-    columns: Columns = Columns(),
+    columns: Columns | None = None,
     allow_missing: bool = False,
 ) -> MergeReport:
     """Writes `out` (format from its suffix) with one record per input row, in input order."""
@@ -90,7 +91,7 @@ def merge(
     report = MergeReport()
     order: list[tuple[str, tuple[int, int, int]]] = []
     input_fields: list[str] = []
-    for row in read_rows(input_path, columns):
+    for row in read_rows(input_path, columns or Columns()):
         for name in row.fields:
             if name not in input_fields:
                 input_fields.append(name)
@@ -186,7 +187,9 @@ def _write_npy(out: Path, order: list, reader: _PartReader) -> list[Path]:
     written: list[Path] = []
     matrices = {}
     for kind, dim in dims.items():
-        matrices[kind] = np.lib.format.open_memmap(_tmp(paths[kind]), mode="w+", dtype=np.float32, shape=(len(order), dim))
+        matrices[kind] = np.lib.format.open_memmap(
+            _tmp(paths[kind]), mode="w+", dtype=np.float32, shape=(len(order), dim)
+        )
         matrices[kind][:] = np.nan
     ids_tmp = _tmp(paths["ids"])
     with ids_tmp.open("w", encoding="utf-8") as ids_file:

@@ -6,6 +6,7 @@ Throttling, cold starts and dropped connections are retried by the session (batc
 request the service rejects as a whole (400/413/422) is split in halves until the row at
 fault is alone, so one bad row costs only itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -95,7 +96,9 @@ def _unexpected_answers_are_fatal(what: str) -> Iterator[None]:
     try:
         yield
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise FatalTargetError(f"{what}: the service's answer does not match the API ({type(exc).__name__}: {exc})") from exc
+        raise FatalTargetError(
+            f"{what}: the service's answer does not match the API ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 class HttpTarget:
@@ -122,7 +125,10 @@ class HttpTarget:
         if session is None:
             session = requests.Session()
             retry = make_retry(
-                self.options.max_retries, self.options.backoff_factor, self.options.backoff_max_s, on_retry=self._on_retry
+                self.options.max_retries,
+                self.options.backoff_factor,
+                self.options.backoff_max_s,
+                on_retry=self._on_retry,
             )
             adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=self.options.pool_size)
             session.mount("http://", adapter)
@@ -175,16 +181,22 @@ class HttpTarget:
             return data
         return base64.b64encode(data).decode("ascii")
 
-    def _split_on_rejection(self, rows: Sequence[Row], send: Callable[[Sequence[Row]], list], fail: Callable[[RowError], Any]) -> list:
+    def _split_on_rejection(
+        self, rows: Sequence[Row], send: Callable[[Sequence[Row]], list], fail: Callable[[RowError], Any]
+    ) -> list:
         """send(rows), halving the batch on a whole-request 4xx until the bad row is alone."""
         try:
             return send(rows)
         except _Rejected as rejected:
             if len(rows) == 1:
                 return [fail(rejected.error)]
-            log.info("HTTP %d for a batch of %d rows; splitting it to find the row at fault", rejected.status, len(rows))
+            log.info(
+                "HTTP %d for a batch of %d rows; splitting it to find the row at fault", rejected.status, len(rows)
+            )
             middle = len(rows) // 2
-            return self._split_on_rejection(rows[:middle], send, fail) + self._split_on_rejection(rows[middle:], send, fail)
+            return self._split_on_rejection(rows[:middle], send, fail) + self._split_on_rejection(
+                rows[middle:], send, fail
+            )
 
     # -- embed ------------------------------------------------------------------------------
 
@@ -214,7 +226,9 @@ class HttpTarget:
         remote_errors: dict[int, RowError] = {}
         if texts or images:
             try:
-                text_list, image_list, body = self._post_embed([t for _, t in texts], [im for _, im in images], normalize)
+                text_list, image_list, body = self._post_embed(
+                    [t for _, t in texts], [im for _, im in images], normalize
+                )
             except _Rejected as rejected:
                 body = rejected.per_image()  # /embed/image where every image failed
                 if body is None or texts:

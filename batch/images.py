@@ -3,6 +3,7 @@
 URLs, data URIs and base64 go to the target unchanged; local files are read here (the service
 cannot see them). A cell made only of base64 characters that names no existing file is base64.
 """
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ Images go through the service's own loader (inputs/: same URL rules, limits, err
 RGB conversion) and the encoder's prepare_image in the worker threads; the forward passes take
 a lock, because several torch calls at once only oversubscribe the cores.
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,7 +30,7 @@ class LocalTarget:
         self._forward = threading.Lock()
 
     @classmethod
-    def load(cls, variant: str, model_dir: Path, **kwargs: Any) -> "LocalTarget":
+    def load(cls, variant: str, model_dir: Path, **kwargs: Any) -> LocalTarget:
         from models.loader import load_encoder
 
         return cls(load_encoder(variant=variant, model_dir=model_dir), **kwargs)

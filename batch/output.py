@@ -3,6 +3,7 @@
 Records are appended with O_APPEND, then fsync'd, batch by batch. A SIGKILL can only tear the
 last line; `recover` drops it, so a re-run starts from the last whole record.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ class RecordWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

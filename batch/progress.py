@@ -1,5 +1,6 @@
 """Progress: a tqdm bar (rate, ETA) on a terminal, plain periodic log lines otherwise
 (Cloud Run Jobs and CI capture stderr line by line, where a bar would be noise)."""
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,13 @@ class LogProgress:
         eta = format_duration((self.total - self.rows) / rate) if rate > 0 else "?"
         log.info(
             "%s: %d/%d rows (%.1f%%), %.1f rows/s, ETA %s, %d errors",
-            self.desc, self.rows, self.total, percent, rate, eta, self.errors,
+            self.desc,
+            self.rows,
+            self.total,
+            percent,
+            rate,
+            eta,
+            self.errors,
         )
 
     def close(self) -> None:
@@ -59,8 +66,16 @@ class BarProgress:
         from tqdm import tqdm
 
         sized = _terminal_columns(stream) > 0  # a pty without a size (some CI runners) would get an empty bar
-        self._bar = tqdm(total=total, desc=desc, unit="row", file=stream, smoothing=0.1,
-                         dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 20)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="row",
+            file=stream,
+            smoothing=0.1,
+            dynamic_ncols=sized,
+            ncols=None if sized else 100,
+            nrows=None if sized else 20,
+        )
         self._errors = 0
 
     def update(self, rows: int, errors: int) -> None:

@@ -3,6 +3,7 @@
 Every row gets an `id` (the `id` column, or its 0-based position when the file has none), a
 text and an image (either may be missing). Ids must be unique: resume and merge rely on them.
 """
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """What a target returns for one row, and how it becomes an output record."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

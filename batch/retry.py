@@ -5,6 +5,7 @@ plus a tally of why we retried for the job summary.
 idempotent). A service scaling from zero answers 429/503 with Retry-After at first; urllib3
 sleeps exactly that long, otherwise backoff_factor * 2**(n-1) capped at backoff_max, plus jitter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,7 @@ class TalliedRetry(Retry):
         super().__init__(*args, **kwargs)
         self.on_retry = on_retry
 
-    def new(self, **kw: Any) -> "TalliedRetry":
+    def new(self, **kw: Any) -> TalliedRetry:
         retry = super().new(**kw)
         retry.on_retry = self.on_retry
         return retry

@@ -1,5 +1,6 @@
 """Running one task of a job: the rows of its shard not yet in its part file, in batches,
 `concurrency` batches in flight, results appended in input order as each batch completes."""
+
 from __future__ import annotations
 
 import itertools
@@ -105,7 +106,13 @@ def run_job(spec: JobSpec, target: Target, retries: Any = None) -> Summary:
             todo += 1
     log.info(
         "%s %s -> %s (shard %s): %d rows, %d already written, %d to do",
-        spec.command, spec.input, spec.part, summary.shard, summary.rows, summary.already_done, todo,
+        spec.command,
+        spec.input,
+        spec.part,
+        summary.shard,
+        summary.rows,
+        summary.already_done,
+        todo,
     )
     progress = make_progress(todo, spec.command, spec.progress_interval_s)
     start = time.monotonic()

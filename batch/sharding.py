@@ -3,6 +3,7 @@
 `position`: row i belongs to shard i mod n (exact balance; every task must read the same file).
 `id`: a stable hash of the id (the same row lands in the same shard even if the file is reordered).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """What the job runner talks to: the HTTP service (batch.http_target) or the model in this
 process (batch.local_target). Both turn a batch of rows into one result per row, in order."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,15 +20,13 @@ class Target(Protocol):
         """The model behind the target (variant, architecture, dim), for the summary."""
         ...
 
-    def embed(self, rows: Sequence[Row], normalize: bool = True) -> list[EmbedResult]:
-        ...
+    def embed(self, rows: Sequence[Row], normalize: bool = True) -> list[EmbedResult]: ...
 
     def score(self, rows: Sequence[Row]) -> list[ScoreResult]:
         """`rows[i].image` against `rows[i].text`."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 MISSING_EMBED_INPUT = RowError("missing_input", "the row has neither a text nor an image")

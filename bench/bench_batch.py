@@ -9,6 +9,7 @@ CLI as a subprocess for each case; prints a Markdown table of rows/s from the CL
 Images are passed as local files (the endpoint case sends them as base64) or, with `urls`, as
 URLs served from a loopback HTTP server. Client and server share this machine's cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ OUT = REPO / "bench" / "out"
 def ensure_bundle(model_dir: Path, variant: str) -> None:
     if (model_dir / variant / "manifest.json").exists():
         return
-    subprocess.run([sys.executable, "-m", "models.tiny", "--variant", variant, "--size", "real", "--out",
-                    str(model_dir)], cwd=REPO, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "models.tiny", "--variant", variant, "--size", "real", "--out", str(model_dir)],
+        cwd=REPO,
+        check=True,
+    )
 
 
 def ensure_images(folder: Path, count: int) -> list[Path]:
@@ -58,7 +62,27 @@ def ensure_images(folder: Path, count: int) -> list[Path]:
 
 def write_inputs(folder: Path, images: list[Path], texts: int, image_base: str | None) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    words = "a photo of the red blue small large dog cat house tree car on in under near street beach".split()
+    words = [
+        "a",
+        "photo",
+        "of",
+        "the",
+        "red",
+        "blue",
+        "small",
+        "large",
+        "dog",
+        "cat",
+        "house",
+        "tree",
+        "car",
+        "on",
+        "in",
+        "under",
+        "near",
+        "street",
+        "beach",
+    ]
     rng = np.random.default_rng(0)
     inputs = {"images": folder / "images.csv", "texts": folder / "texts.csv"}
     with inputs["images"].open("w", newline="") as f:
@@ -83,12 +107,31 @@ def free_port() -> int:
 @contextlib.contextmanager
 def gunicorn(model_dir: Path, variant: str, threads: int) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "MODEL_VARIANT": variant, "PORT": str(port),
-           "ALLOW_PRIVATE_URLS": "true", "HTTP_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(model_dir),
+        "MODEL_VARIANT": variant,
+        "PORT": str(port),
+        "ALLOW_PRIVATE_URLS": "true",
+        "HTTP_THREADS": str(threads),
+    }
     log = (OUT / "gunicorn.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "--bind",
-                             f"127.0.0.1:{port}", "handler.wsgi:app"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "infra/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "handler.wsgi:app",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -128,8 +171,23 @@ def run_cli(command: str, src: Path, target: list[str], batch_size: int, concurr
     out = OUT / "runs" / f"{src.stem}-{'local' if '--local' in target else 'endpoint'}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "batch", command, "--input", str(src), "--output", str(out), *target,
-           "--batch-size", str(batch_size), "--concurrency", str(concurrency), "--progress-interval", "3600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "batch",
+        command,
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        *target,
+        "--batch-size",
+        str(batch_size),
+        "--concurrency",
+        str(concurrency),
+        "--progress-interval",
+        "3600",
+    ]
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -186,9 +244,13 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=None, help="default: 2 local, 4 endpoint")
-    parser.add_argument("--modes", nargs="+", default=["encoder", "local", "endpoint"],
-                        choices=("encoder", "local", "endpoint"),
-                        help="encoder: the model alone in a loop, as a ceiling for the other two")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["encoder", "local", "endpoint"],
+        choices=("encoder", "local", "endpoint"),
+        help="encoder: the model alone in a loop, as a ceiling for the other two",
+    )
     parser.add_argument("--urls", action="store_true", help="pass images as loopback URLs instead of local files")
     parser.add_argument("--http-threads", type=int, default=8)
     args = parser.parse_args()
@@ -207,8 +269,13 @@ def main() -> None:
                 for kind in ("images", "texts"):
                     n, seconds = ref[kind]
                     if n:
-                        summary = {"written": n, "seconds": round(seconds, 3), "rows_per_s": round(n / seconds, 2),
-                                   "wall_s": round(seconds, 1), "cmd": "encoder loop in bench_batch.py"}
+                        summary = {
+                            "written": n,
+                            "seconds": round(seconds, 3),
+                            "rows_per_s": round(n / seconds, 2),
+                            "wall_s": round(seconds, 1),
+                            "cmd": "encoder loop in bench_batch.py",
+                        }
                         results.append((mode, kind, summary))
                         print(f"{mode:8s} {kind:6s} {n:5d} rows {seconds:7.1f} s {n / seconds:7.2f} rows/s", flush=True)
                 continue
@@ -226,10 +293,15 @@ def main() -> None:
                     continue
                 summary = run_cli("embed", inputs[kind], target, args.batch_size, concurrency)
                 results.append((mode, kind, summary))
-                print(f"{mode:8s} {kind:6s} {summary['written']:5d} rows {summary['seconds']:7.1f} s "
-                      f"{summary['rows_per_s']:7.2f} rows/s (wall {summary['wall_s']} s)", flush=True)
-    print(f"\nMachine: {machine()}; {args.variant} `real`-size random bundle; batch {args.batch_size}; "
-          f"images {'as loopback URLs' if args.urls else 'as local files'} (640x480 JPEG)\n")
+                print(
+                    f"{mode:8s} {kind:6s} {summary['written']:5d} rows {summary['seconds']:7.1f} s "
+                    f"{summary['rows_per_s']:7.2f} rows/s (wall {summary['wall_s']} s)",
+                    flush=True,
+                )
+    print(
+        f"\nMachine: {machine()}; {args.variant} `real`-size random bundle; batch {args.batch_size}; "
+        f"images {'as loopback URLs' if args.urls else 'as local files'} (640x480 JPEG)\n"
+    )
     print("| target | rows | rows | seconds | rows/s |\n|---|---|---|---|---|")
     for mode, kind, s in results:
         print(f"| {mode} | {kind} | {s['written']} | {s['seconds']} | {s['rows_per_s']} |")

@@ -5,6 +5,7 @@ Vectors are a pure function of the input string, so a test can compute the expec
 for any row without the server. Used where the client logic is under test; the real service
 is exercised in test_batch_e2e.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -112,8 +113,11 @@ class FakeService:
         if REJECTED_TEXT in texts:
             index = texts.index(REJECTED_TEXT)
             return 400, {"error": {"code": "invalid_request", "message": f"texts[{index}] is rejected"}}
-        errors = [{"index": i, "code": "invalid_image", "message": "not an image"}
-                  for i, im in enumerate(images) if im == BROKEN_IMAGE]
+        errors = [
+            {"index": i, "code": "invalid_image", "message": "not an image"}
+            for i, im in enumerate(images)
+            if im == BROKEN_IMAGE
+        ]
         bad = {e["index"] for e in errors}
         if images and len(bad) == len(images) and not (path == "/embed/mixed" and texts):
             return 422, {"error": {"code": "all_images_failed", "message": "every image failed", "details": errors}}
@@ -124,8 +128,14 @@ class FakeService:
         if path == "/embed/image":
             return 200, {"embeddings": image_vectors, "errors": errors, "model": "fake", "dim": DIM}
         if path == "/embed/mixed":
-            return 200, {"text_embeddings": text_vectors, "image_embeddings": image_vectors, "errors": errors,
-                         "truncated": [], "model": "fake", "dim": DIM}
+            return 200, {
+                "text_embeddings": text_vectors,
+                "image_embeddings": image_vectors,
+                "errors": errors,
+                "truncated": [],
+                "model": "fake",
+                "dim": DIM,
+            }
         if path == "/score" and body.get("pairwise"):
             cosines = [None if i in bad else fake_cosine(t, im) for i, (t, im) in enumerate(zip(texts, images))]
             scores = [None if c is None else max(100.0 * c, 0.0) for c in cosines]
@@ -136,7 +146,7 @@ class FakeService:
         with self.lock:
             return [p for p, _ in self.requests]
 
-    def __enter__(self) -> "FakeService":
+    def __enter__(self) -> FakeService:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 

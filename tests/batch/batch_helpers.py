@@ -1,4 +1,5 @@
 """Small helpers shared by the batch tests: write inputs, run the CLI in-process, read outputs."""
+
 from __future__ import annotations
 
 import csv

@@ -1,5 +1,6 @@
 """clipserve-batch against a fake service: answers land on the right rows, retries lose nothing,
 a bad row costs only itself, credentials are sent, local files are read here."""
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,20 @@ def test_embed_writes_the_services_vectors_on_the_right_rows(tmp_path, capsys, s
     rows = mixed_rows(20)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "emb.jsonl"
-    status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url,
-                              "--batch-size", "4", "--concurrency", "3")
+    status, summary = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        out,
+        "--endpoint",
+        service.url,
+        "--batch-size",
+        "4",
+        "--concurrency",
+        "3",
+    )
     assert status == 0 and summary["complete"] and summary["written"] == 20
     records = read_jsonl(out)
     assert [r["id"] for r in records] == [r["id"] for r in rows]  # input order, each id once
@@ -63,19 +76,32 @@ def test_a_batch_whose_images_all_fail_reports_each_row(tmp_path, capsys, servic
     if command == "embed":
         rows = [{"id": r["id"], "image": r["image"]} for r in rows]
     src = write_csv(tmp_path / "in.csv", rows)
-    status, summary = run_cli(capsys, command, "--input", src, "--output", tmp_path / "o.jsonl",
-                              "--endpoint", service.url)
+    status, summary = run_cli(
+        capsys, command, "--input", src, "--output", tmp_path / "o.jsonl", "--endpoint", service.url
+    )
     assert status == 0
     assert [(r["id"], r["error"]["code"]) for r in read_jsonl(tmp_path / "o.jsonl")] == [
-        ("a", "invalid_image"), ("b", "invalid_image")]
+        ("a", "invalid_image"),
+        ("b", "invalid_image"),
+    ]
     assert len(service.requests) == 1
 
 
 def test_a_rejected_row_costs_only_itself(tmp_path, capsys, service):
     rows = [{"id": str(i), "text": REJECTED_TEXT if i == 5 else f"t{i}"} for i in range(8)]
     src = write_csv(tmp_path / "in.csv", rows)
-    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
-                        "--endpoint", service.url, "--batch-size", "8")
+    status, _ = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--endpoint",
+        service.url,
+        "--batch-size",
+        "8",
+    )
     assert status == 0
     records = read_jsonl(tmp_path / "o.jsonl")
     assert [r["id"] for r in records] == [str(i) for i in range(8)]
@@ -85,14 +111,26 @@ def test_a_rejected_row_costs_only_itself(tmp_path, capsys, service):
 
 
 def test_retries_503_with_retry_after_429_and_dropped_connections_lose_nothing(tmp_path, capsys, service):
-    service.script.extend([(503, {"Retry-After": "1"}), (429, {"Retry-After": "0"}), "drop", (503, {}),
-                           (502, {})])
+    service.script.extend([(503, {"Retry-After": "1"}), (429, {"Retry-After": "0"}), "drop", (503, {}), (502, {})])
     rows = [{"id": f"id{i}", "text": f"t{i}"} for i in range(30)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     started = time.monotonic()
-    status, summary = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
-                              "--endpoint", service.url, "--batch-size", "5", "--concurrency", "1",
-                              "--backoff-max", "0.2")
+    status, summary = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--endpoint",
+        service.url,
+        "--batch-size",
+        "5",
+        "--concurrency",
+        "1",
+        "--backoff-max",
+        "0.2",
+    )
     assert status == 0 and summary["complete"]
     assert time.monotonic() - started >= 1.0  # Retry-After: 1 was honoured
     records = read_jsonl(tmp_path / "o.jsonl")
@@ -107,8 +145,23 @@ def test_retries_running_out_stops_the_job_and_a_rerun_finishes_it(tmp_path, cap
     rows = [{"id": f"id{i}", "text": f"t{i}"} for i in range(12)]
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "o.jsonl"
-    args = ("embed", "--input", src, "--output", out, "--endpoint", service.url, "--batch-size", "3",
-            "--concurrency", "1", "--max-retries", "2", "--backoff-max", "0.05")
+    args = (
+        "embed",
+        "--input",
+        src,
+        "--output",
+        out,
+        "--endpoint",
+        service.url,
+        "--batch-size",
+        "3",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "2",
+        "--backoff-max",
+        "0.05",
+    )
     status, _ = run_cli(capsys, *args)  # the first two batches succeed, then the service is down
     assert status == 0
     out.unlink()
@@ -135,8 +188,9 @@ def test_bearer_token_and_headers_are_sent(tmp_path, capsys):
         status, _ = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url)
         assert status == 2  # 401 is not retried, and not written as a row error
         assert not out.exists() or out.read_text() == ""
-        status, _ = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url,
-                            "--token", "s3cret")
+        status, _ = run_cli(
+            capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url, "--token", "s3cret"
+        )
         assert status == 0 and read_jsonl(out)[0]["error"] is None
 
 
@@ -145,8 +199,7 @@ def test_local_image_files_are_sent_as_base64(tmp_path, capsys, service):
     (tmp_path / "imgs" / "cat.jpg").write_bytes(b"\xff\xd8 pretend jpeg bytes")
     rows = [{"id": "cat", "image": "imgs/cat.jpg"}, {"id": "gone", "image": "imgs/missing.jpg"}]
     src = write_csv(tmp_path / "in.csv", rows)  # paths relative to the input file's folder
-    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
-                        "--endpoint", service.url)
+    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl", "--endpoint", service.url)
     assert status == 0
     cat, gone = read_jsonl(tmp_path / "o.jsonl")
     sent = base64.b64encode(b"\xff\xd8 pretend jpeg bytes").decode()
@@ -160,8 +213,9 @@ def test_score_writes_the_rows_back_with_clip_score_and_cosine(tmp_path, capsys,
     rows[6]["caption"] = ""
     src = write_csv(tmp_path / "in.csv", rows)  # no id column: ids are row numbers
     out = tmp_path / "scores.csv"
-    status, summary = run_cli(capsys, "score", "--input", src, "--output", out, "--endpoint", service.url,
-                              "--batch-size", "4")
+    status, summary = run_cli(
+        capsys, "score", "--input", src, "--output", out, "--endpoint", service.url, "--batch-size", "4"
+    )
     assert status == 0 and summary["files"] == [str(out)]
     import csv
 
@@ -191,8 +245,19 @@ def test_aws_sigv4_signs_requests(tmp_path, capsys, service, monkeypatch):
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
-    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
-                        "--endpoint", service.url, "--aws-sigv4", "--aws-region", "eu-west-1")
+    status, _ = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--endpoint",
+        service.url,
+        "--aws-sigv4",
+        "--aws-region",
+        "eu-west-1",
+    )
     assert status == 0
     (headers,) = service.headers
     assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
@@ -203,8 +268,19 @@ def test_aws_sigv4_signs_requests(tmp_path, capsys, service, monkeypatch):
 def test_aws_sigv4_without_botocore_says_what_to_install(tmp_path, capsys, service, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "botocore", None)
     src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
-    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
-                        "--endpoint", service.url, "--aws-sigv4", "--aws-region", "eu-west-1")
+    status, _ = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--endpoint",
+        service.url,
+        "--aws-sigv4",
+        "--aws-region",
+        "eu-west-1",
+    )
     assert status == 1
     assert "pip install botocore" in caplog.text
 
@@ -220,8 +296,19 @@ def test_google_id_token_is_sent_and_fetched_again_before_it_expires(tmp_path, c
 
     monkeypatch.setattr(auth, "_fetch_google_id_token", fake_fetch)
     src = write_csv(tmp_path / "in.csv", [{"id": str(i), "text": f"t{i}"} for i in range(4)])
-    status, _ = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "o.jsonl",
-                        "--endpoint", service.url + "/", "--google-id-token", "--batch-size", "2")
+    status, _ = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--endpoint",
+        service.url + "/",
+        "--google-id-token",
+        "--batch-size",
+        "2",
+    )
     assert status == 0
     assert fetched == [service.url]  # audience = the service URL; one fetch for the whole short job
     assert [h["Authorization"] for h in service.headers] == ["Bearer id-token-1"] * 2

@@ -3,6 +3,7 @@
 The service batches across requests and trims texts to the longest one in a batch, so the same
 row can differ in the last float bits between two calls; vectors are compared to 1e-5.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,10 +35,25 @@ def free_port() -> int:
 
 
 def start_gunicorn(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "MODEL_VARIANT": "english", "PORT": str(port),
-           "ALLOW_PRIVATE_URLS": "true", "HTTP_THREADS": "4", "TORCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-           "handler.wsgi:app"]
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(model_dir),
+        "MODEL_VARIANT": "english",
+        "PORT": str(port),
+        "ALLOW_PRIVATE_URLS": "true",
+        "HTTP_THREADS": "4",
+        "TORCH_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "infra/gunicorn.conf.py",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "handler.wsgi:app",
+    ]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -161,8 +177,20 @@ def check_embeddings(out: Path, dataset: dict, answers: dict[str, dict]) -> None
 
 def test_embed_equals_the_services_own_answers(service_url, dataset, tmp_path, capsys):
     out = tmp_path / "emb.jsonl"
-    status, summary = run_cli(capsys, "embed", "--input", dataset["csv"], "--output", out,
-                              "--endpoint", service_url, "--batch-size", "4", "--concurrency", "2")
+    status, summary = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        dataset["csv"],
+        "--output",
+        out,
+        "--endpoint",
+        service_url,
+        "--batch-size",
+        "4",
+        "--concurrency",
+        "2",
+    )
     assert status == 0 and summary["complete"], summary
     assert summary["model"]["variant"] == "english" and summary["model"]["dim"] == 32
     assert summary["errors"] == {"file_not_found": 1, "invalid_image": 1}
@@ -171,9 +199,22 @@ def test_embed_equals_the_services_own_answers(service_url, dataset, tmp_path, c
 
 def test_local_gives_the_same_vectors_as_the_endpoint(service_url, dataset, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "local.jsonl"
-    status, summary = run_cli(capsys, "embed", "--input", dataset["csv"], "--output", out, "--local",
-                              "--model-dir", tiny_model_dir, "--variant", "english", "--allow-private-urls",
-                              "--batch-size", "3")
+    status, summary = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        dataset["csv"],
+        "--output",
+        out,
+        "--local",
+        "--model-dir",
+        tiny_model_dir,
+        "--variant",
+        "english",
+        "--allow-private-urls",
+        "--batch-size",
+        "3",
+    )
     assert status == 0 and summary["complete"]
     assert summary["errors"] == {"file_not_found": 1, "invalid_image": 1}
     check_embeddings(out, dataset, service_answers(service_url, dataset["rows"], dataset["root"]))
@@ -182,13 +223,29 @@ def test_local_gives_the_same_vectors_as_the_endpoint(service_url, dataset, tiny
 def test_score_equals_the_services_own_answers_and_local(service_url, dataset, tiny_model_dir, tmp_path, capsys):
     rows = [r for r in dataset["rows"] if r["text"] and r["image"]]
     absolute = [str(dataset["root"] / r["image"]) if r["image"].startswith("img/") else r["image"] for r in rows]
-    src = write_csv(tmp_path / "pairs.csv",
-                    [{"id": r["id"], "caption": r["text"], "url": url} for r, url in zip(rows, absolute)])
+    src = write_csv(
+        tmp_path / "pairs.csv", [{"id": r["id"], "caption": r["text"], "url": url} for r, url in zip(rows, absolute)]
+    )
     remote, local = tmp_path / "remote.jsonl", tmp_path / "local.jsonl"
-    assert run_cli(capsys, "score", "--input", src, "--output", remote, "--endpoint", service_url,
-                   "--batch-size", "2")[0] == 0
-    assert run_cli(capsys, "score", "--input", src, "--output", local, "--local", "--model-dir", tiny_model_dir,
-                   "--allow-private-urls")[0] == 0
+    assert (
+        run_cli(capsys, "score", "--input", src, "--output", remote, "--endpoint", service_url, "--batch-size", "2")[0]
+        == 0
+    )
+    assert (
+        run_cli(
+            capsys,
+            "score",
+            "--input",
+            src,
+            "--output",
+            local,
+            "--local",
+            "--model-dir",
+            tiny_model_dir,
+            "--allow-private-urls",
+        )[0]
+        == 0
+    )
     for row, r_rec, l_rec in zip(rows, read_jsonl(remote), read_jsonl(local), strict=True):
         assert r_rec["id"] == l_rec["id"] == row["id"] and r_rec["caption"] == row["text"]
         if row["id"] == "bad":
@@ -198,8 +255,9 @@ def test_score_equals_the_services_own_answers_and_local(service_url, dataset, t
         if image.startswith("img/"):
             image = base64.b64encode((dataset["root"] / image).read_bytes()).decode()
         assert r_rec["error"] is None and l_rec["error"] is None
-        body = requests.post(service_url + "/score", json={"texts": [row["text"]], "images": [image],
-                                                           "pairwise": True}, timeout=30).json()
+        body = requests.post(
+            service_url + "/score", json={"texts": [row["text"]], "images": [image], "pairwise": True}, timeout=30
+        ).json()
         assert r_rec["cosine"] == pytest.approx(body["cosine"][0], abs=1e-5)
         assert r_rec["clip_score"] == pytest.approx(body["clip_score"][0], abs=1e-3)
         assert l_rec["cosine"] == pytest.approx(body["cosine"][0], abs=1e-5)
@@ -212,8 +270,20 @@ def test_a_cold_start_is_waited_out(tiny_model_dir, dataset, tmp_path, capsys):
     url = f"http://127.0.0.1:{port}"
     proc = start_gunicorn(tiny_model_dir, port, tmp_path / "gunicorn.log")
     try:
-        status, summary = run_cli(capsys, "embed", "--input", dataset["csv"], "--output", tmp_path / "o.jsonl",
-                                  "--endpoint", url, "--max-retries", "40", "--backoff-max", "0.5")
+        status, summary = run_cli(
+            capsys,
+            "embed",
+            "--input",
+            dataset["csv"],
+            "--output",
+            tmp_path / "o.jsonl",
+            "--endpoint",
+            url,
+            "--max-retries",
+            "40",
+            "--backoff-max",
+            "0.5",
+        )
     finally:
         stop(proc)
     assert status == 0 and summary["complete"], summary
@@ -229,12 +299,26 @@ def test_local_multilingual_equals_the_encoder(tiny_model_dir, multilingual_enco
     from PIL import Image
 
     (tmp_path / "a.png").write_bytes(png(7, (61, 45)))
-    rows = [{"id": "de", "text": "zwei Hunde im Schnee", "image": "a.png"},
-            {"id": "ja", "text": "雪の中の二匹の犬", "image": ""}]
+    rows = [
+        {"id": "de", "text": "zwei Hunde im Schnee", "image": "a.png"},
+        {"id": "ja", "text": "雪の中の二匹の犬", "image": ""},
+    ]
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "m.jsonl"
-    status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--local", "--model-dir",
-                              tiny_model_dir, "--variant", "multilingual", "--no-normalize")
+    status, summary = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        out,
+        "--local",
+        "--model-dir",
+        tiny_model_dir,
+        "--variant",
+        "multilingual",
+        "--no-normalize",
+    )
     assert status == 0 and summary["model"]["variant"] == "multilingual"
     de, ja = read_jsonl(out)
     texts = multilingual_encoder.encode_text([r["text"] for r in rows], normalize=False).embeddings

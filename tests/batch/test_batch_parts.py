@@ -1,5 +1,6 @@
 """The small pieces users meet directly: input columns and ids, IMAGE cells, shard specs,
 progress lines, and the float32 round trip through JSON."""
+
 from __future__ import annotations
 
 import base64
@@ -23,15 +24,23 @@ def test_csv_and_jsonl_give_the_same_rows_with_aliases(tmp_path):
     for path in (write_csv(tmp_path / "r.csv", rows), write_jsonl(tmp_path / "r.jsonl", rows)):
         got = list(read_rows(path))
         assert [(r.position, r.id, r.text, r.image) for r in got] == [
-            (0, "a", "x", "http://h/1.jpg"), (1, "b", None, "http://h/2.jpg")]
+            (0, "a", "x", "http://h/1.jpg"),
+            (1, "b", None, "http://h/2.jpg"),
+        ]
 
 
 def test_explicit_columns_and_row_numbers_when_there_is_no_id(tmp_path):
     src = write_csv(tmp_path / "r.csv", [{"key": "k1", "prompt": "p", "file": "f.png"}] * 2)
     assert [r.id for r in read_rows(src)] == ["0", "1"]
-    rows = list(read_rows(write_csv(tmp_path / "s.csv", [{"key": "k1", "prompt": "p", "file": "f.png"},
-                                                         {"key": "k2", "prompt": "q", "file": "g.png"}]),
-                          Columns(id="key", text="prompt", image="file")))
+    rows = list(
+        read_rows(
+            write_csv(
+                tmp_path / "s.csv",
+                [{"key": "k1", "prompt": "p", "file": "f.png"}, {"key": "k2", "prompt": "q", "file": "g.png"}],
+            ),
+            Columns(id="key", text="prompt", image="file"),
+        )
+    )
     assert [(r.id, r.text, r.image) for r in rows] == [("k1", "p", "f.png"), ("k2", "q", "g.png")]
 
 
@@ -70,11 +79,12 @@ def test_shard_specs_from_flag_and_cloud_run_env():
 
 
 def test_find_parts_ignores_other_outputs_and_other_counts(tmp_path):
-    for name in ("emb.shard-00000-of-00002.jsonl", "emb.shard-00001-of-00002.jsonl",
-                 "emb2.shard-00000-of-00001.jsonl"):
+    for name in ("emb.shard-00000-of-00002.jsonl", "emb.shard-00001-of-00002.jsonl", "emb2.shard-00000-of-00001.jsonl"):
         (tmp_path / name).write_text("")
     assert [p.name for p in find_parts(tmp_path / "emb.jsonl")] == [
-        "emb.shard-00000-of-00002.jsonl", "emb.shard-00001-of-00002.jsonl"]
+        "emb.shard-00000-of-00002.jsonl",
+        "emb.shard-00001-of-00002.jsonl",
+    ]
     (tmp_path / "emb.shard-00000-of-00003.jsonl").write_text("")
     with pytest.raises(ValueError, match="different shard counts"):
         find_parts(tmp_path / "emb.jsonl")

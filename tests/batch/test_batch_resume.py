@@ -1,4 +1,5 @@
 """Nothing lost, nothing twice: SIGKILL then resume, torn last lines, shards and merge."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,22 @@ def test_sigkill_mid_run_then_rerun_gives_every_id_exactly_once(tmp_path):
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "emb.jsonl"
     with FakeService(delay_s=0.1) as svc:  # 50 requests, 2 at a time: about 2.5 s in which to kill it
-        cmd = [sys.executable, "-m", "batch", "embed", "--input", str(src), "--output", str(out),
-               "--endpoint", svc.url, "--batch-size", "2", "--concurrency", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "batch",
+            "embed",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--endpoint",
+            svc.url,
+            "--batch-size",
+            "2",
+            "--concurrency",
+            "2",
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
@@ -93,8 +108,20 @@ def test_shards_cover_every_id_once_and_merge_restores_input_order(tmp_path, cap
         for index in range(3):  # as Cloud Run Jobs runs the tasks
             monkeypatch.setenv("CLOUD_RUN_TASK_INDEX", str(index))
             monkeypatch.setenv("CLOUD_RUN_TASK_COUNT", "3")
-            status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url,
-                                      "--shard-by", shard_by, "--batch-size", "4")
+            status, summary = run_cli(
+                capsys,
+                "embed",
+                "--input",
+                src,
+                "--output",
+                out,
+                "--endpoint",
+                svc.url,
+                "--shard-by",
+                shard_by,
+                "--batch-size",
+                "4",
+            )
             assert status == 0 and summary["shard"] == f"{index}/3"
     parts = sorted(tmp_path.glob("emb.shard-*-of-00003.jsonl"))
     assert len(parts) == 3 and not out.exists()
@@ -132,8 +159,12 @@ def test_merge_refuses_when_a_row_is_missing(tmp_path, capsys):
     out = tmp_path / "emb.jsonl"
     with FakeService() as svc:
         for index in range(2):
-            assert run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url,
-                           "--shard", f"{index}/2")[0] == 0
+            assert (
+                run_cli(
+                    capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url, "--shard", f"{index}/2"
+                )[0]
+                == 0
+            )
     part = tmp_path / "emb.shard-00001-of-00002.jsonl"
     part.write_text("".join(part.read_text().splitlines(keepends=True)[1:]))  # lose one row
     status, _ = run_cli(capsys, "merge", "--input", src, "--output", out)
@@ -147,8 +178,9 @@ def test_merge_says_which_part_is_missing(tmp_path, capsys, caplog):
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "emb.jsonl"
     with FakeService() as svc:
-        assert run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url,
-                       "--shard", "0/2")[0] == 0
+        assert (
+            run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url, "--shard", "0/2")[0] == 0
+        )
     status, _ = run_cli(capsys, "merge", "--input", src, "--output", out)
     assert status == 1 and "missing part files for shards [1] of 2" in caplog.text
 
@@ -157,8 +189,9 @@ def test_unsharded_npy_output_is_written_when_the_job_completes(tmp_path, capsys
     rows = text_rows(7)
     src = write_csv(tmp_path / "in.csv", rows)
     with FakeService() as svc:
-        status, summary = run_cli(capsys, "embed", "--input", src, "--output", tmp_path / "e.npy",
-                                  "--endpoint", svc.url, "--batch-size", "3")
+        status, summary = run_cli(
+            capsys, "embed", "--input", src, "--output", tmp_path / "e.npy", "--endpoint", svc.url, "--batch-size", "3"
+        )
     assert status == 0
     paths = npy_paths(tmp_path / "e.npy")
     assert summary["files"] == [str(paths["text"]), str(paths["ids"])]

@@ -14,12 +14,18 @@ log = logging.getLogger(__name__)
 
 # Formats a client may send. Limiting the list keeps Pillow's rarer parsers away from untrusted bytes.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF")
+# Longest side / shortest side. CLIP preprocessing scales the shortest side up or down to the model's size
+# (224-240 px) before cropping, so a 2 x 30,000 image (60 kpx, a few hundred bytes) would be resized to
+# 240 x 3.6 M pixels: 26 s and 2.7 GB in one request thread. Real photos, panoramas and long screenshots
+# stay far below this ratio.
+MAX_ASPECT_RATIO = 100
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode the first frame of ``data`` and convert it to RGB (as open_clip's preprocessing does).
 
-    ``Image.open`` reads only the header, so the pixel count is checked before any pixel is decoded.
+    ``Image.open`` reads only the header, so the pixel count (and the aspect ratio, see MAX_ASPECT_RATIO)
+    is checked before any pixel is decoded.
     Raises ImageError(too_large | invalid_image); nothing else escapes.
     """
     formats = _allowed_formats()
@@ -38,6 +44,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             raise ImageError(INVALID_IMAGE, "the image has no pixels")
         if width * height > max_pixels:
             raise ImageError(TOO_LARGE, f"the image is {width}x{height}, more than {max_pixels} pixels")
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ImageError(TOO_LARGE, f"the image is {width}x{height}; sides more than {MAX_ASPECT_RATIO}:1 "
+                                        "apart would be scaled to an enormous size by the model's preprocessing")
         return _first_frame_rgb(image)
     finally:
         image.close()

@@ -86,3 +86,20 @@ def test_headers_declaring_huge_sizes_are_too_large_before_decoding(fmt):
     with pytest.raises(ImageError) as info:
         decode_image(buf.getvalue(), max_pixels=MAX_PIXELS)
     assert info.value.code == "too_large"
+
+
+@pytest.mark.parametrize("size", [(1, 101), (2, 30_000), (40_000, 3)])
+def test_extreme_aspect_ratios_are_too_large_before_preprocessing_can_blow_them_up(size):
+    """Regression: a 2 x 30,000 PNG (a few hundred bytes) took 26 s and 2.7 GB in prepare_image."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (9, 9, 9)).save(buf, "PNG")
+    with pytest.raises(ImageError) as info:
+        decode_image(buf.getvalue(), max_pixels=MAX_PIXELS)
+    assert info.value.code == "too_large" and "100:1" in info.value.message
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 100), (3000, 30), (224, 4000)])
+def test_ordinary_elongated_images_still_decode(size):
+    buf = io.BytesIO()
+    Image.new("RGB", size, (9, 9, 9)).save(buf, "PNG")
+    assert decode_image(buf.getvalue(), max_pixels=MAX_PIXELS).size == size

@@ -80,6 +80,7 @@ BAD_IMAGES = {
     "invalid_base64_in_data_uri": ("data:image/png;base64,%%%%", "invalid_image"),
     "random_bytes": (b64(bytes(range(256)) * 8), "invalid_image"),
     "png_declaring_50000x50000": (b64(png_claiming(50_000, 50_000)), "too_large"),
+    "png_2x30000_resize_bomb": (b64(image_bytes("PNG", size=(2, 30_000))), "too_large"),
     "truncated_jpeg": (b64(truncated_jpeg()), "invalid_image"),
     "empty_string": ("", "invalid_image"),
 }

@@ -170,6 +170,23 @@ def _headers(args: argparse.Namespace) -> dict[str, str]:
     return headers
 
 
+def _request_signer(args: argparse.Namespace) -> Any:
+    """requests auth for --aws-sigv4 or --google-id-token (None without either); fails before any row."""
+    if args.aws_sigv4 and args.google_id_token:
+        raise ValueError("--aws-sigv4 and --google-id-token: choose one")
+    if args.aws_sigv4:
+        from batch.auth import SigV4Auth, region_from_url
+
+        return SigV4Auth(args.aws_region or region_from_url(args.endpoint))
+    if args.google_id_token:
+        from batch.auth import GoogleIdTokenAuth
+
+        auth = GoogleIdTokenAuth(args.endpoint.rstrip("/"))
+        auth.token()  # no credentials: say so now
+        return auth
+    return None
+
+
 def _make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
     search_dirs = [args.input.resolve().parent]
     if args.local:
@@ -181,22 +198,10 @@ def _make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
         )
     from batch.http_target import HttpOptions, HttpTarget
 
-    auth = None
-    if args.aws_sigv4 and args.google_id_token:
-        raise ValueError("--aws-sigv4 and --google-id-token: choose one")
-    if args.aws_sigv4:
-        from batch.auth import SigV4Auth, region_from_url
-
-        auth = SigV4Auth(args.aws_region or region_from_url(args.endpoint))
-    elif args.google_id_token:
-        from batch.auth import GoogleIdTokenAuth
-
-        auth = GoogleIdTokenAuth(args.endpoint.rstrip("/"))
-        auth.token()  # no credentials: fail now, before any row
     options = HttpOptions(
         endpoint=args.endpoint,
         headers=_headers(args),
-        auth=auth,
+        auth=_request_signer(args),
         timeout_s=args.timeout,
         max_retries=args.max_retries,
         backoff_max_s=args.backoff_max,

@@ -34,11 +34,14 @@ RUN grep -E '^(torch|torchvision)==' /tmp/requirements.txt > /tmp/torch-pins.txt
 FROM deps AS weights
 # Space-separated variants to bake; MODEL_VARIANT picks one of them at deploy time, no rebuild.
 ARG MODEL_VARIANTS="english multilingual"
+# "--allow-unpinned" while models/registry.py has no sha256/revision pins yet (bake then records
+# what it fetched in each manifest); empty = refuse unpinned files.
+ARG BAKE_FLAGS=""
 WORKDIR /src
 COPY models/ models/
 RUN --mount=type=cache,target=/root/.cache \
     for variant in ${MODEL_VARIANTS}; do \
-      python -m models.bake --variant "$variant" --out /models || exit 1; \
+      python -m models.bake --variant "$variant" --out /models ${BAKE_FLAGS:+"$BAKE_FLAGS"} || exit 1; \
     done \
  && chmod -R a+rX /models
 

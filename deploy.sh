@@ -13,6 +13,8 @@
 #   --tag T          image tag (default: git commit + UTC time; tags are immutable)
 #   --builder B      Cloud Run only: cloudbuild (default, no local Docker needed) or buildx (local Docker)
 #   --public         no authentication (Cloud Run allUsers invoker; Lambda function URL auth NONE)
+#   --allow-unpinned bake weights whose sha256/revision models/registry.py does not pin yet (the
+#                    bundle manifest records what was fetched); without it such a bake fails
 #   --skip-build     deploy an image already pushed under --tag
 #   --skip-smoke     do not run infra/smoke.sh afterwards
 #   --dry-run        print every command, run none
@@ -34,7 +36,7 @@ usage_error() { echo "deploy: $*" >&2; echo "usage: ./deploy.sh cloudrun|lambda 
 
 # ---------------------------------------------------------------- arguments
 target="" variant=english bake=all project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
-builder="" public=false skip_build=false skip_smoke=false dry_run=false
+builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false
 need_value() { [ "$2" -ge 2 ] && [[ "${3:-}" != --* ]] || usage_error "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --tag) need_value "$1" $# "${2:-}"; tag=$2; shift 2 ;;
     --builder) need_value "$1" $# "${2:-}"; builder=$2; shift 2 ;;
     --public) public=true; shift ;;
+    --allow-unpinned) allow_unpinned=true; shift ;;
     --skip-build) skip_build=true; shift ;;
     --skip-smoke) skip_smoke=true; shift ;;
     --dry-run) dry_run=true; shift ;;
@@ -75,6 +78,9 @@ if [ -z "$tag" ]; then
 fi
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || usage_error "--tag: letters, digits, '_', '.', '-' (at most 128)"
 if [ "$target" = cloudrun ]; then region=${region:-us-central1}; else region=${region:-${AWS_REGION:-us-east-1}}; fi
+
+build_args=(--build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant")
+"$allow_unpinned" && build_args+=(--build-arg "BAKE_FLAGS=--allow-unpinned")
 
 # Dimension each variant must report (checked by the smoke test): a wrong one means a wrong deploy.
 case "$variant" in english) dim=512 ;; multilingual) dim=640 ;; esac
@@ -176,7 +182,7 @@ deploy_cloudrun() {
     else
       run "$EXIT_CREDENTIALS" gcloud auth configure-docker "$region-docker.pkg.dev" --quiet
       run "$EXIT_BUILD" docker buildx build "$ROOT" --platform linux/amd64 --provenance=false \
-        --build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant" --tag "$image" --push
+        "${build_args[@]}" --tag "$image" --push
     fi
   fi
 
@@ -197,13 +203,18 @@ deploy_cloudrun() {
   fi
 }
 
+yaml_list() { # yaml_list ITEM...: "a", "b" (items hold no quotes or backslashes)
+  local item out=""
+  for item in "$@"; do out+="${out:+, }\"$item\""; done
+  printf '%s' "$out"
+}
+
 cloudbuild_config() { # the Cloud Build steps: BuildKit (cache mounts) and the bake build args
   cat <<EOF
 steps:
   - name: gcr.io/cloud-builders/docker
     env: ["DOCKER_BUILDKIT=1"]
-    args: ["build", "--build-arg", "MODEL_VARIANTS=$baked", "--build-arg", "MODEL_VARIANT=$variant",
-           "--tag", "$1", "."]
+    args: [$(yaml_list "build" "${build_args[@]}" "--tag" "$1" ".")]
 images: ["$1"]
 timeout: 3600s
 options:
@@ -244,7 +255,7 @@ deploy_lambda() {
     fi
     # --provenance=false: Lambda accepts a single-platform image manifest, not an index with attestations.
     run "$EXIT_BUILD" docker buildx build "$ROOT" --platform linux/amd64 --provenance=false \
-      --build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant" --tag "$image" --push
+      "${build_args[@]}" --tag "$image" --push
   fi
 
   local auth=AWS_IAM

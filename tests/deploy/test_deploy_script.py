@@ -93,6 +93,11 @@ def test_public_and_single_variant_options_reach_the_commands():
     assert any("--build-arg MODEL_VARIANTS=english --build-arg MODEL_VARIANT=english" in c for c in lines)
     assert any(c.endswith("-var function_url_auth=NONE") for c in lines)
     assert lines[-1].endswith("smoke.sh <url> --expect-dim 512 --wait 300"), "a public URL needs no signature"
+    assert "BAKE_FLAGS" not in result.stdout, "unpinned weights only when asked"
+
+    result = deploy("lambda", "--allow-unpinned", "--tag", "v3", "--dry-run")
+    build = next(c for c in commands(result.stdout) if c.startswith("docker buildx build"))
+    assert "--build-arg BAKE_FLAGS=--allow-unpinned" in build
 
     result = deploy("cloudrun", "--project", "p", "--public", "--builder", "buildx", "--tag", "v3", "--dry-run")
     lines = commands(result.stdout)

@@ -73,6 +73,8 @@ def test_weights_are_baked_for_both_variants_before_the_code_is_copied():
     bake = next(a for kind, a in weights if kind == "RUN" and "models.bake" in a)
     assert "--mount=type=cache" in bake, "a re-bake must reuse the download cache"
     assert "for variant in ${MODEL_VARIANTS}" in bake and "--variant \"$variant\"" in bake
+    assert args["BAKE_FLAGS"] == "", "unpinned weights are refused unless the build asks"
+    assert '${BAKE_FLAGS:+"$BAKE_FLAGS"}' in bake
 
     runtime = stage_named("runtime")
     kinds = [(kind, a) for kind, a in runtime if kind in ("COPY", "RUN")]

@@ -280,7 +280,7 @@ def test_a_cold_start_is_waited_out(tiny_model_dir, dataset, tmp_path, capsys):
             "--endpoint",
             url,
             "--max-retries",
-            "40",
+            "100",
             "--backoff-max",
             "0.5",
         )

@@ -233,3 +233,22 @@ def test_request_log_line_with_trace_header(server):
     assert line["batch_size"] >= 2 and line["queue_wait_ms"] >= 0 and line["latency_ms"] > 0
     assert line["httpRequest"]["status"] == 200
     assert secret not in server.log_text()
+
+
+def test_multipart_over_the_body_limit_is_413_with_or_without_a_length(server):
+    big = b"\x89PNG" + b"\0" * (2 * 1024 * 1024)
+    r = post(server, "/embed/image", files=[("images", ("big.png", big, "image/png"))])
+    assert_error(r, 413, "payload_too_large")
+
+    boundary = "b0undary"
+
+    def chunks():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
+               "Content-Type: image/png\r\n\r\n").encode()
+        for _ in range(40):
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = post(server, "/embed/image", data=chunks(),
+             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert_error(r, 413, "payload_too_large")

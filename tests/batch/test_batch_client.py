@@ -329,3 +329,38 @@ def test_an_answer_that_breaks_the_contract_stops_the_job_without_writing_rows(t
     status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url)
     assert status == 2 and summary["written"] == 0
     assert not out.exists() or out.read_text() == ""
+
+
+def test_api_key_goes_where_the_service_checks_it_and_extra_headers_are_sent(tmp_path, capsys, caplog):
+    src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
+    with FakeService(token="key-1") as svc:  # the service's API_KEYS: Authorization: Bearer <key>
+        status, _ = run_cli(
+            capsys,
+            "embed",
+            "--input",
+            src,
+            "--output",
+            tmp_path / "o.jsonl",
+            "--endpoint",
+            svc.url,
+            "--api-key",
+            "key-1",
+            "--header",
+            "x-request-source: nightly",
+        )
+        assert status == 0 and svc.headers[0]["x-request-source"] == "nightly"
+        status, _ = run_cli(
+            capsys,
+            "embed",
+            "--input",
+            src,
+            "--output",
+            tmp_path / "p.jsonl",
+            "--endpoint",
+            svc.url,
+            "--api-key",
+            "key-1",
+            "--token",
+            "t",
+        )
+    assert status == 1 and "give one" in caplog.text

@@ -7,6 +7,8 @@ Run: ``gunicorn -c infra/gunicorn.conf.py handler.wsgi:app``. Every value comes 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import sys
 
 # gunicorn loads this file by path; make the project importable however it was started.
@@ -41,6 +43,21 @@ logconfig_dict = gunicorn_logconfig(_settings)
 # No runtime-management socket (gunicorn >= 25 opens one in $HOME by default): nothing in the container
 # uses it, and concurrent servers (tests) would share and unlink the same path.
 control_socket_disable = True
+
+
+def when_ready(server) -> None:  # noqa: ANN001
+    """Listeners are open: give them a kernel receive/send timeout, which every accepted connection inherits.
+
+    gthread reads headers and bodies with blocking calls and no timeout, so a few clients that send half
+    a request and stop (slowloris) would hold every request thread, /health included, forever. With
+    SO_RCVTIMEO/SO_SNDTIMEO a read or write that makes no progress for CLIENT_TIMEOUT_S fails and the
+    connection is closed. Idle kept-alive connections wait in gunicorn's poller and are not affected.
+    """
+    seconds = int(_settings.client_timeout_s)
+    value = struct.pack("ll", seconds, int((_settings.client_timeout_s - seconds) * 1e6))
+    for listener in server.LISTENERS:
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _engine(worker):  # noqa: ANN001, ANN202 - gunicorn objects

@@ -94,6 +94,22 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class StalledClientFilter(logging.Filter):
+    """Turns gunicorn's ERROR + traceback for a client that stalled past CLIENT_TIMEOUT_S into one WARNING line.
+
+    The timeout surfaces as EAGAIN from a blocking read or write (see ``when_ready`` in gunicorn.conf.py):
+    a client's doing, not a server fault, so it must not page anyone as an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and isinstance(exc, (BlockingIOError, TimeoutError)):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "client stalled past CLIENT_TIMEOUT_S; connection closed", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record with the keys Cloud Logging's structured format defines.
 
@@ -186,9 +202,10 @@ def gunicorn_logconfig(settings: Any) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "infra.logs.JsonFormatter"}},
-        "filters": {"context": {"()": "infra.logs.ContextFilter"}},
+        "filters": {"context": {"()": "infra.logs.ContextFilter"},
+                    "stalled_client": {"()": "infra.logs.StalledClientFilter"}},
         "handlers": {"json_stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
-                                     "formatter": "json", "filters": ["context"]}},
+                                     "formatter": "json", "filters": ["context", "stalled_client"]}},
         "root": {"level": settings.log_level, "handlers": []},
         "loggers": {
             "gunicorn.error": {"level": settings.log_level, "handlers": ["json_stdout"], "propagate": False},

@@ -54,6 +54,10 @@ class Settings:
     port: int = _env("PORT", 8080, "Port gunicorn binds (Cloud Run sets it).", minimum=1, maximum=65535)
     http_threads: int = _env("HTTP_THREADS", 8, "gunicorn request threads (one worker process).",
                              minimum=1, maximum=256)
+    client_timeout_s: float = _env("CLIENT_TIMEOUT_S", 30.0,
+                                   "A client connection that sends (headers, body) or reads nothing for this long "
+                                   "is dropped, so stalled clients cannot hold every request thread.",
+                                   minimum=1, maximum=3600)
     request_timeout_s: float = _env("REQUEST_TIMEOUT_S", 60.0,
                                     "Longest time a request waits for its embeddings before 504.",
                                     minimum=0.1, maximum=3600)

@@ -79,6 +79,10 @@ class Settings:
                                   minimum=0.05, maximum=600)
     fetch_max_redirects: int = _env("FETCH_MAX_REDIRECTS", 3, "Redirects followed per image URL.",
                                     minimum=0, maximum=20)
+    decode_concurrency: int = _env("DECODE_CONCURRENCY", 2,
+                                   "Images decoded and preprocessed at once in the whole process (a 40 MP image "
+                                   "needs about 300 MB while it is); bounds memory under floods of large images.",
+                                   minimum=1, maximum=256)
     fetch_concurrency: int = _env("FETCH_CONCURRENCY", 8, "Image URLs of one request fetched at once.",
                                   minimum=1, maximum=64)
     allow_private_urls: bool = _env("ALLOW_PRIVATE_URLS", False,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
 from PIL import Image
@@ -33,11 +34,18 @@ class ImageLimits:
     max_pixels: int = 40_000_000
     fetch: FetchLimits = FetchLimits()
     concurrency: int = 8
+    # Decodes + preprocessings at once across every request using these limits. A 40 MP image takes about
+    # 300 MB while it is decoded and resized: unbounded, a few requests of large images exhaust the memory.
+    decode_concurrency: int = 2
+    decode_slots: threading.BoundedSemaphore = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode_slots", threading.BoundedSemaphore(self.decode_concurrency))
 
     @classmethod
     def from_settings(cls, settings) -> "ImageLimits":  # noqa: ANN001 - infra.settings.Settings
         return cls(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                   concurrency=settings.fetch_concurrency,
+                   concurrency=settings.fetch_concurrency, decode_concurrency=settings.decode_concurrency,
                    fetch=FetchLimits(connect_timeout_s=settings.fetch_connect_timeout_s,
                                      total_timeout_s=settings.fetch_timeout_s,
                                      max_redirects=settings.fetch_max_redirects,
@@ -47,14 +55,20 @@ class ImageLimits:
 
 def load_image(source: str | bytes, limits: ImageLimits) -> Image.Image:
     """One IMAGE string (URL, data URI, base64) or raw uploaded bytes -> RGB image. Raises ImageError."""
+    data = load_bytes(source, limits)
+    with limits.decode_slots:
+        return decode_image(data, max_pixels=limits.max_pixels)
+
+
+def load_bytes(source: str | bytes, limits: ImageLimits) -> bytes:
+    """The encoded image: uploaded bytes, inline base64, or downloaded from its URL. Raises ImageError."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > limits.max_bytes:
             raise ImageError("too_large", f"the image is larger than {limits.max_bytes} bytes")
-    else:
-        parsed: ImageSource = parse_image_string(source, max_bytes=limits.max_bytes)
-        data = fetch_url(parsed.url, limits.fetch) if parsed.url is not None else parsed.data
-    return decode_image(data, max_pixels=limits.max_pixels)
+        return data
+    parsed: ImageSource = parse_image_string(source, max_bytes=limits.max_bytes)
+    return fetch_url(parsed.url, limits.fetch) if parsed.url is not None else parsed.data
 
 
 def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
@@ -69,16 +83,12 @@ def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
     """
     def one(source: str | bytes) -> T | Image.Image | ImageError:
         try:
-            image = load_image(source, limits)
+            data = load_bytes(source, limits)  # fetching is not memory-heavy: it runs outside the decode slots
+            with limits.decode_slots:
+                image = decode_image(data, max_pixels=limits.max_pixels)
+                return image if then is None else _prepare(image, then)
         except ImageError as exc:
             return exc
-        if then is None:
-            return image
-        try:
-            return then(image)
-        except Exception:  # noqa: BLE001 - a decoded image the model cannot preprocess is still the input's fault
-            log.warning("preprocessing a decoded %sx%s image failed", *image.size, exc_info=True)
-            return ImageError(INVALID_IMAGE, "the image could not be preprocessed")
 
     if len(sources) <= 1 and not any(isinstance(s, str) and "://" in s[:16] for s in sources):
         return [one(s) for s in sources]
@@ -94,3 +104,11 @@ def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
                 for f in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prepare(image: Image.Image, then: Callable[[Image.Image], T]) -> T | ImageError:
+    try:
+        return then(image)
+    except Exception:  # noqa: BLE001 - a decoded image the model cannot preprocess is still the input's fault
+        log.warning("preprocessing a decoded %sx%s image failed", *image.size, exc_info=True)
+        return ImageError(INVALID_IMAGE, "the image could not be preprocessed")

@@ -103,3 +103,35 @@ def test_ordinary_elongated_images_still_decode(size):
     buf = io.BytesIO()
     Image.new("RGB", size, (9, 9, 9)).save(buf, "PNG")
     assert decode_image(buf.getvalue(), max_pixels=MAX_PIXELS).size == size
+
+
+def test_decoding_and_preprocessing_are_bounded_across_concurrent_requests():
+    """Large images cost ~300 MB each while decoded: at most decode_concurrency run at once, process-wide."""
+    import threading
+    import time
+
+    from inputs import ImageLimits, load_images
+
+    limits = ImageLimits(concurrency=8, decode_concurrency=2)
+    lock = threading.Lock()
+    active, peak = [0], [0]
+
+    def slow_prepare(image):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.1)
+        with lock:
+            active[0] -= 1
+        return image.size
+
+    sources = [image_bytes("PNG", size=(20, 20), seed=s) for s in range(6)]
+    results: list = []
+    requests = [threading.Thread(target=lambda: results.append(load_images(sources, limits, then=slow_prepare)))
+                for _ in range(3)]
+    for t in requests:
+        t.start()
+    for t in requests:
+        t.join(30)
+    assert len(results) == 3 and all(r == [(20, 20)] * 6 for r in results)
+    assert peak[0] == 2

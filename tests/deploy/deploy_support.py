@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -167,3 +168,14 @@ def excluded_from_context(path: str) -> bool:
         if any(regex.match(prefix) for prefix in prefixes):
             excluded = not negate
     return excluded
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound, then released).
+
+    A fixture here rather than in a tests/deploy/conftest.py: another area's tests import
+    `conftest` by name, and a second conftest module on sys.path would shadow theirs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from deploy_support import (DOCKERFILE, REPO, env_values, excluded_from_context, instructions, stage_named,
-                            stages)
+                            stages, unused_port)  # noqa: F401 (unused_port is a fixture)
 
 
 # ---------------------------------------------------------------- lint

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from deploy_support import REPO
+from deploy_support import REPO, unused_port  # noqa: F401 (fixture)
 
 SMOKE = REPO / "infra" / "smoke.sh"
 START_TIMEOUT_S = 120

@@ -191,8 +191,8 @@ def _bake_clip(variant: Variant, weights: Path, staging: Path) -> dict[str, Any]
 
     config = open_clip.get_model_config(variant.clip.arch)
     if config is None:
-        raise registry.UnknownVariant(f"open_clip has no architecture {variant.clip.arch!r}; "
-                                      f"known: {', '.join(open_clip.list_models())}")
+        raise ValueError(f"open_clip has no architecture {variant.clip.arch!r}; "
+                         f"known: {', '.join(open_clip.list_models())}")
     model = open_clip.create_model(variant.clip.arch, pretrained=str(weights), load_weights=True)
     state = manifest.clip_state_to_save(model, image_only=variant.text is not None)
     manifest.save_safetensors(state, staging / manifest.clip_weights_name(variant))

@@ -8,7 +8,9 @@ below: the loader reads everything it needs from the bundle's manifest, never fr
 Pins: where a revision or sha256 could not be known when this file was written (no network
 to the hub here), the field is None and `models.bake` refuses to bake that file unless
 `--allow-unpinned` is given; it then records the resolved revision and sha256 in the
-manifest and prints them so they can be written here.
+manifest and prints them so they can be written here. As of writing that is every file:
+the hub files' revisions and sha256 are unknown here, and the ViT-B-16-plus-240 release file
+only has the 8-hex sha256 prefix from its name (checked, but 32 bits is not a pin).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 
 # Formats a client may send. Limiting the list keeps Pillow's rarer parsers away from untrusted bytes.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF")
+# Pillow's warnings are about the client's file (corrupt EXIF, palette transparency, its own bomb limit,
+# which ours undercuts): not worth a log line each. A filter installed once, for Pillow's modules only;
+# ``warnings.catch_warnings`` per call would swap the process-wide filter list and race between threads.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 # Longest side / shortest side. CLIP preprocessing scales the shortest side up or down to the model's size
 # (224-240 px) before cropping, so a 2 x 30,000 image (60 kpx, a few hundred bytes) would be resized to
 # 240 x 3.6 M pixels: 26 s and 2.7 GB in one request thread. Real photos, panoramas and long screenshots
@@ -30,10 +34,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """
     formats = _allowed_formats()
     try:
-        with warnings.catch_warnings():
-            # Our own, lower pixel limit applies; Pillow's notes on corrupt metadata are not the client's business.
-            warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=formats)
+        image = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError:
         raise ImageError(TOO_LARGE, f"the image has more than {max_pixels} pixels") from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for bad bytes; all mean "not an image"
@@ -62,11 +63,9 @@ def _allowed_formats() -> list[str]:
 
 def _first_frame_rgb(image: Image.Image) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "palette images with transparency ... RGBA"
-            image.seek(0)
-            image.load()
-            return image.convert("RGB")
+        image.seek(0)
+        image.load()
+        return image.convert("RGB")
     except MemoryError:
         raise ImageError(TOO_LARGE, "the image is too large to decode") from None
     except Exception:  # noqa: BLE001 - truncated or corrupt data in any of Pillow's decoders

@@ -8,6 +8,8 @@ server itself, the worker's RSS after warm-up and after the run.
     python bench/bench_soak.py --model-dir /models --variant english --clients 32 --duration 60
     # against a running server:
     python bench/bench_soak.py --url http://127.0.0.1:8080 --clients 32 --duration 60
+    # memory under a burst of large images (4 requests x 4 images of 40 MP), peak worker RSS:
+    python bench/bench_soak.py --model-dir /models --large-image-burst 4x4
 """
 
 from __future__ import annotations
@@ -162,6 +164,40 @@ def _worker_rss(proc: subprocess.Popen | None) -> int | None:
     return children[0].memory_info().rss if children else None
 
 
+def large_image_burst(url: str, proc: subprocess.Popen, requests_n: int, images_n: int) -> dict[str, Any]:
+    """``requests_n`` concurrent requests of ``images_n`` 40 MP JPEGs each; the worker's RSS sampled every 50 ms."""
+    import psutil
+
+    image = Image.new("RGB", (7000, 5700), (120, 30, 200))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    blob = base64.b64encode(buf.getvalue()).decode()
+    worker = psutil.Process(proc.pid).children()[0]
+    before = peak = worker.memory_info().rss
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, worker.memory_info().rss)
+            time.sleep(0.05)
+
+    statuses: list[int] = []
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    senders = [threading.Thread(target=lambda: statuses.append(requests.post(
+        url + "/embed/image", json={"images": [blob] * images_n}, timeout=600).status_code)) for _ in range(requests_n)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    stop.set()
+    return {"burst": f"{requests_n} requests x {images_n} images of 7000x5700 ({len(buf.getvalue())} byte JPEG)",
+            "statuses": statuses, "seconds": round(time.monotonic() - started, 1),
+            "worker_rss_mib": {"before": round(before / 2**20), "peak": round(peak / 2**20)}}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
@@ -175,13 +211,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--images", type=int, default=12)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", type=Path, help="also write the report here as JSON")
+    p.add_argument("--large-image-burst", metavar="RxI",
+                   help="instead of the soak: R concurrent requests of I 40 MP images (needs --model-dir)")
     args = p.parse_args(argv)
+    if args.large_image_burst and args.model_dir is None:
+        p.error("--large-image-burst needs --model-dir (it reads the worker's memory)")
 
     proc = None
     url = args.url
     if args.model_dir is not None:
         proc, url = _start_server(args.model_dir, args.variant, Path(os.environ.get("SOAK_LOG", "/tmp/soak.log")))
     try:
+        if args.large_image_burst:
+            r, i = (int(x) for x in args.large_image_burst.lower().split("x"))
+            report = large_image_burst(url.rstrip("/"), proc, r, i)
+            print(json.dumps(report, indent=2))
+            return report
         soak = Soak(url.rstrip("/"), args.texts, args.images, args.image_size)
         soak.run(args.clients, args.warmup, seed=1)
         rss_warm = _worker_rss(proc)

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from deploy_support import REPO, unused_port  # noqa: F401 (fixture)
+from deploy_support import REPO, stage_named, unused_port  # noqa: F401 (unused_port is a fixture)
 
 SMOKE = REPO / "infra" / "smoke.sh"
 START_TIMEOUT_S = 120
@@ -81,15 +81,20 @@ def image_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def real_service(tiny_model_dir) -> Iterator[tuple[str, int]]:
-    """gunicorn with the production config and app on a tiny english bundle: (url, dim)."""
+    """The image's start command (ENTRYPOINT + CMD as the Dockerfile declares them: preflight, then
+    gunicorn with the production config) on a tiny english bundle: (url, dim)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "MODEL_DIR": str(tiny_model_dir), "MODEL_VARIANT": "english", "PORT": str(port),
            "ALLOW_PRIVATE_URLS": "true", "HTTP_THREADS": "4"}
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    process = subprocess.Popen([str(gunicorn), "-c", "infra/gunicorn.conf.py", "handler.wsgi:app"], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the image's venv comes first
+    runtime = stage_named("runtime")
+    command = [*json.loads(next(a for k, a in runtime if k == "ENTRYPOINT")),
+               *json.loads(next(a for k, a in runtime if k == "CMD"))]
+    assert command[0] == "python"
+    process = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:

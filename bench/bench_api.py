@@ -2,11 +2,14 @@
 
     python bench/bench_api.py [--variant english] [--bundles DIR] [--clients 8] [--seconds 20] [--json OUT]
 
-For each engine configuration (cross-request batching on, and off with BATCH_MAX_SIZE=1) it starts
-gunicorn on a loopback port, warms it up, then runs closed-loop clients for a fixed time on each
-workload: one short text per request, and one 640x480 JPEG (base64) per request. Every response
-is checked (200, one vector of the model's dimension). Random weights: speed does not depend on values.
-The bundle is made with ``python -m models.tiny --size real`` if it is missing.
+It starts one gunicorn per engine configuration (cross-request batching on, and off with
+BATCH_MAX_SIZE=1) on loopback ports, then runs closed-loop clients on each workload: one short
+text per request, and one 640x480 JPEG (base64) per request. The configurations take turns in
+short rounds (A, B, A, B, ...), so on a shared machine whose free CPU drifts both see the same
+conditions; only one server gets traffic at a time. Every response is checked (200, one vector of
+the model's dimension). The mean model-call size comes from each server's /metrics.
+Random weights: speed does not depend on values. The bundle is made with
+``python -m models.tiny --size real`` if it is missing.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def free_port() -> int:
 def start_service(bundles: Path, variant: str, extra_env: dict[str, str], log_path: Path):
     port = free_port()
     env = {**os.environ, "MODEL_DIR": str(bundles), "MODEL_VARIANT": variant, "HOST": "127.0.0.1",
-           "PORT": str(port), "LOG_LEVEL": "WARNING", **extra_env}
+           "PORT": str(port), "LOG_LEVEL": "WARNING", "METRICS_ENABLED": "true", **extra_env}
     gunicorn = Path(sys.executable).with_name("gunicorn")
     log = open(log_path, "ab")
     process = subprocess.Popen([str(gunicorn), "-c", "infra/gunicorn.conf.py", "handler.wsgi:app"], cwd=REPO,
@@ -62,9 +65,9 @@ def start_service(bundles: Path, variant: str, extra_env: dict[str, str], log_pa
         if process.poll() is not None:
             raise SystemExit(f"gunicorn exited; see {log_path}")
         try:
-            if requests.get(f"{base}/health", timeout=2).status_code == 200:
+            if requests.get(f"{base}/health", timeout=5).status_code == 200:
                 return process, base
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or busy importing torch
             pass
         time.sleep(0.2)
     process.kill()
@@ -116,12 +119,27 @@ def run_clients(base: str, path: str, make_body, clients: int, seconds: float, d
         t.start()
     for t in threads:
         t.join()
-    wall = time.monotonic() - started
-    latencies.sort()
-    return {"requests": len(latencies), "failures": len(failures), "wall_s": round(wall, 1),
-            "req_per_s": round(len(latencies) / wall, 1),
+    return {"latencies": latencies, "failures": failures, "wall_s": time.monotonic() - started}
+
+
+def summarize(rounds: list[dict]) -> dict:
+    latencies = sorted(x for r in rounds for x in r["latencies"])
+    wall = sum(r["wall_s"] for r in rounds)
+    return {"requests": len(latencies), "failures": sum(len(r["failures"]) for r in rounds),
+            "wall_s": round(wall, 1), "req_per_s": round(len(latencies) / wall, 2),
             "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
             "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1) if latencies else None}
+
+
+def batch_stats(base: str, kind: str) -> tuple[float, float]:
+    """(sum, count) of the clipserve_batch_size histogram for ``kind``: items and model calls so far."""
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        for field in ("sum", "count"):
+            if line.startswith(f"clipserve_batch_size_{field}{{") and f'kind="{kind}"' in line:
+                values[field] = float(line.rsplit(" ", 1)[1])
+    return values.get("sum", 0.0), values.get("count", 0.0)
 
 
 def machine_speed() -> dict:
@@ -141,7 +159,8 @@ def main() -> None:
     parser.add_argument("--variant", default="english", choices=["english", "multilingual"])
     parser.add_argument("--bundles", type=Path, default=DEFAULT_BUNDLES)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--seconds", type=float, default=20, help="measured time per configuration and workload")
+    parser.add_argument("--rounds", type=int, default=4, help="turns the configurations take within --seconds")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     ensure_bundle(args.bundles, args.variant)
@@ -152,27 +171,43 @@ def main() -> None:
         "text (1 per request)": ("/embed/text", lambda c, n: {"texts": [f"a photo of thing {c}-{n} on a red car"]}),
         "image (1 640x480 JPEG per request)": ("/embed/image", lambda c, n: {"images": [images[(c + n) % 16]]}),
     }
-    results = []
-    for name, env in CONFIGS.items():
-        process, base = start_service(args.bundles, args.variant, env, log_path)
-        try:
-            dim = requests.get(f"{base}/", timeout=5).json()["model"]["dim"]
-            for workload, (path, body) in workloads.items():
-                run_clients(base, path, body, args.clients, min(3.0, args.seconds), dim)  # warm-up
-                speed = machine_speed()
-                row = {"config": name, "workload": workload,
-                       **run_clients(base, path, body, args.clients, args.seconds, dim), **speed}
+    servers = {}
+    try:
+        for name, env in CONFIGS.items():
+            servers[name] = start_service(args.bundles, args.variant, env, log_path)
+        dim = requests.get(f"{servers[next(iter(CONFIGS))][1]}/", timeout=5).json()["model"]["dim"]
+        speed_before = machine_speed()
+        results = []
+        for workload, (path, body) in workloads.items():
+            kind = "text" if "text" in path else "image"
+            rounds: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+            calls: dict[str, list[float]] = {}
+            for name, (_, base) in servers.items():
+                run_clients(base, path, body, args.clients, 3.0, dim)  # warm-up
+                calls[name] = list(batch_stats(base, kind))
+            for _ in range(args.rounds):
+                for name, (_, base) in servers.items():
+                    rounds[name].append(run_clients(base, path, body, args.clients, args.seconds / args.rounds, dim))
+            for name, (_, base) in servers.items():
+                items_sum, calls_count = batch_stats(base, kind)
+                mean_batch = (items_sum - calls[name][0]) / max(1.0, calls_count - calls[name][1])
+                row = {"config": name, "workload": workload, **summarize(rounds[name]),
+                       "mean_batch": round(mean_batch, 2)}
                 results.append(row)
                 print(json.dumps(row), flush=True)
-        finally:
+        speed_after = machine_speed()
+    finally:
+        for process, _ in servers.values():
             stop_service(process)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "variant": args.variant, "clients": args.clients, "seconds": args.seconds, "results": results}
-    print("\n| config | workload | req/s | p50 ms | p95 ms | failures | GEMM GFLOP/s, load before |")
+              "variant": args.variant, "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+              "speed_before": speed_before, "speed_after": speed_after, "results": results}
+    print(f"\nmachine speed before {speed_before}, after {speed_after}")
+    print("\n| config | workload | req/s | p50 ms | p95 ms | mean model-call size | failures |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['config']} | {r['workload']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['failures']} "
-              f"| {r['gemm_gflops']}, {r['load_avg_1m']} |")
+        print(f"| {r['config']} | {r['workload']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} "
+              f"| {r['mean_batch']} | {r['failures']} |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -154,7 +154,8 @@ def fake_tools(tmp_path) -> dict[str, str]:
     """PATH with stand-in gcloud/aws/docker/terraform before the real tools; returns the env."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("gcloud", "aws", "docker", "terraform"):
+    # curl too where the machine has none (deploy.sh checks for it; these runs skip the smoke test)
+    for tool in ("gcloud", "aws", "docker", "terraform", *(["curl"] if shutil.which("curl") is None else [])):
         path = bin_dir / tool
         path.write_text(FAKE_TOOL)
         path.chmod(0o755)

@@ -111,7 +111,9 @@ resource "aws_lambda_function" "service" {
   environment {
     variables = merge(
       # Lambda refuses synchronous payloads over 6 MB before the handler runs; say so in our own 413.
-      { MAX_BODY_BYTES = "6291456" },
+      # One request per instance at a time: a batch can never gain items from other requests, so
+      # the batcher should not wait for them.
+      { MAX_BODY_BYTES = "6291456", BATCH_MAX_WAIT_MS = "0" },
       var.extra_env,
       { MODEL_VARIANT = var.model_variant },
     )

@@ -79,6 +79,10 @@ run "defaults_are_private_and_bounded" {
     error_message = "MODEL_VARIANT must reach the function"
   }
   assert {
+    condition     = aws_lambda_function.service[0].environment[0].variables["BATCH_MAX_WAIT_MS"] == "0"
+    error_message = "one request per instance: the batcher must not wait for others"
+  }
+  assert {
     condition     = aws_cloudwatch_log_group.function.retention_in_days == 30
     error_message = "logs must expire (30 days by default)"
   }

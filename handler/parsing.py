@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
 
 from handler import jsonio
 from handler.errors import InvalidJson, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -21,6 +22,7 @@ MULTIPART = "multipart/form-data"
 _LIST_FORM_FIELDS = ("texts",)
 _FILE_FIELD = "images"
 _MAX_REPORTED_ERRORS = 5
+_UNREADABLE = "the request body could not be read (malformed chunked encoding or an interrupted upload)"
 
 
 def is_json_type(mimetype: str) -> bool:
@@ -40,7 +42,12 @@ def read_body() -> bytes:
     Werkzeug stops reading a chunked body silently at MAX_CONTENT_LENGTH, which would surface as a
     confusing "invalid JSON" for what is really an oversized request.
     """
-    raw = request.get_data(cache=False)
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise  # 413 and friends keep their meaning
+    except Exception:  # noqa: BLE001 - the server's body reader: bad chunked framing and the like
+        raise InvalidRequest(_UNREADABLE) from None
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise PayloadTooLarge("the request body is larger than the limit (see GET / for limits)")
@@ -80,14 +87,19 @@ def read_with_images(model: type[M], max_image_bytes: int) -> tuple[M, list[Imag
     if request.mimetype != MULTIPART:
         parsed = read_json(model)
         return parsed, getattr(parsed, "images", None)
-    files = request.files
+    try:
+        files, form = request.files, request.form
+    except HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - as in read_body: the multipart stream could not be read
+        raise InvalidRequest(_UNREADABLE) from None
     unexpected = [name for name in files if name != _FILE_FIELD]
     if unexpected:
         raise InvalidRequest(f"unexpected file part {unexpected[0]!r}; upload images as 'images'")
     uploads = files.getlist(_FILE_FIELD)
     fields: dict[str, Any] = {}
-    for name in request.form:
-        values = request.form.getlist(name)
+    for name in form:
+        values = form.getlist(name)
         fields[name] = values if name in _LIST_FORM_FIELDS or name == _FILE_FIELD else values[-1]
     if uploads and _FILE_FIELD in fields:
         raise InvalidRequest("send images either as file parts or as 'images' form fields, not both")

@@ -6,6 +6,7 @@ Run: ``gunicorn -c infra/gunicorn.conf.py handler.wsgi:app``. Every value comes 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -13,6 +14,8 @@ import sys
 
 # gunicorn loads this file by path; make the project importable however it was started.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gunicorn.util  # noqa: E402
 
 from infra.logs import gunicorn_logconfig  # noqa: E402
 from infra.settings import Settings  # noqa: E402
@@ -43,6 +46,22 @@ logconfig_dict = gunicorn_logconfig(_settings)
 # No runtime-management socket (gunicorn >= 25 opens one in $HOME by default): nothing in the container
 # uses it, and concurrent servers (tests) would share and unlink the same path.
 control_socket_disable = True
+
+
+def _json_write_error(sock, status_int: int, reason: str, mesg: str) -> None:  # noqa: ANN001
+    """gunicorn's own protocol errors (bad request line, headers or URL too long, bad framing) as the API's JSON.
+
+    They happen before the app sees the request, and gunicorn would answer with an HTML page.
+    """
+    code = "internal_error" if status_int >= 500 else "invalid_request"
+    body = json.dumps({"error": {"code": code, "message": f"{reason}: {mesg}"[:300]}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    gunicorn.util.write_nonblock(sock, head + body)
+
+
+if hasattr(gunicorn.util, "write_error"):
+    gunicorn.util.write_error = _json_write_error
 
 
 def when_ready(server) -> None:  # noqa: ANN001

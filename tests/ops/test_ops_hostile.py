@@ -252,3 +252,42 @@ def test_multipart_over_the_body_limit_is_413_with_or_without_a_length(server):
     r = post(server, "/embed/image", data=chunks(),
              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert_error(r, 413, "payload_too_large")
+
+
+# --- broken HTTP, below the app ------------------------------------------------------------------------------
+
+def raw_request(server, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; return (status, headers, body) of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as c:
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+BROKEN_HTTP = {
+    "garbage_request_line": (b"GARBAGE\r\n\r\n", 400),
+    "header_too_large": (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    "url_too_long": (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    "content_length_and_chunked": (b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "bad_chunk_size": (b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_HTTP))
+def test_broken_http_gets_a_json_error_not_an_html_page(server, name):
+    payload, status = BROKEN_HTTP[name]
+    got_status, headers, body = raw_request(server, payload)
+    assert got_status == status, body[:300]
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    assert b"<html" not in body.lower()

@@ -18,6 +18,7 @@ from batch import output
 from batch.progress import make_progress
 from batch.reader import Columns, Row, read_rows
 from batch.results import embed_record, score_record
+from batch.retry import RetryTally
 from batch.sharding import Shard
 from batch.targets import FatalTargetError, Target
 
@@ -90,7 +91,7 @@ def clip_score_stats(part: Path) -> dict[str, float] | None:
     }
 
 
-def run_job(spec: JobSpec, target: Target, retries: Any = None) -> Summary:
+def run_job(spec: JobSpec, target: Target, retries: RetryTally | None = None) -> Summary:
     """Process what is left of the shard. Raises FatalTargetError after writing what finished."""
     summary = Summary(spec.command, str(spec.input), str(spec.part), f"{spec.shard.index}/{spec.shard.count}")
     if spec.retry_errors:

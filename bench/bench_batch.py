@@ -203,7 +203,7 @@ def run_cli(command: str, src: Path, target: list[str], batch_size: int, concurr
 
 def encoder_reference(model_dir: Path, variant: str, images: list[Path], texts: Path, batch_size: int) -> dict:
     """The encoder alone on the same inputs (decode + preprocess + forward, no CLI, no HTTP), in a
-    subprocess like the CLI runs: the ceiling the CLI figures should be read against."""
+    subprocess like the CLI runs: the reference the CLI figures should be read against."""
     code = f"""
 import csv, json, threading, time
 from PIL import Image
@@ -256,7 +256,7 @@ def main() -> None:
         nargs="+",
         default=["encoder", "local", "endpoint"],
         choices=("encoder", "local", "endpoint"),
-        help="encoder: the model alone in a loop, as a ceiling for the other two",
+        help="encoder: the model alone in a loop, as a reference for the other two",
     )
     parser.add_argument("--urls", action="store_true", help="pass images as loopback URLs instead of local files")
     parser.add_argument("--http-threads", type=int, default=8)

@@ -336,6 +336,25 @@ def test_invalid_fields_are_400_naming_the_field(en, body, where):
     assert "Traceback" not in err["message"]
 
 
+def test_score_with_every_image_failing_is_422(en):
+    err = error(en.post("/score", json={"texts": ["a"], "images": ["bad!", "file:///x"]}), 422, "all_images_failed")
+    assert [d["code"] for d in err["details"]] == ["invalid_image", "forbidden_url"]
+
+
+def test_failed_image_is_null_in_base64_format_too(en, encoders):
+    body = ok(en.post("/embed/image", json={"images": ["bad!", b64(PNG)], "encoding_format": "base64"}),
+              ImageEmbedResponse)
+    assert body["embeddings"][0] is None
+    assert np.array_equal(from_base64(body["embeddings"][1:]), expected_images(encoders["english"], [PNG]))
+
+
+@pytest.mark.parametrize("path,body", [("/embed/image", {"images": None, "urls": [b64(PNG)]}),
+                                       ("/embed/mixed", {"texts": None, "images": [b64(PNG)]}),
+                                       ("/score", {"texts": ["a"], "images": [b64(PNG)], "text_embeddings": None})])
+def test_explicit_null_is_refused_as_the_schema_says(en, path, body):
+    error(en.post(path, json=body), 400, "invalid_request")
+
+
 def test_invalid_image_requests(en):
     error(en.post("/embed/image", json={"images": [b64(PNG)], "urls": [b64(PNG)]}), 400, "invalid_request")
     error(en.post("/embed/image", json={}), 400, "invalid_request")

@@ -215,7 +215,7 @@ class Batcher:
                     _fail(item.future, exc)
         else:
             self._batches_done += 1
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 item.future.batch_size, item.future.queue_wait_s = len(batch), started - item.enqueued_at
                 item.future.set_result(result)
         finally:

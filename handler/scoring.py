@@ -48,6 +48,6 @@ def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list:
 def place(values: Sequence, positions: Sequence[int], size: int) -> list:
     """A list of ``size`` entries with values at ``positions`` and None elsewhere (keeps arrays aligned)."""
     out: list = [None] * size
-    for position, value in zip(positions, values):
+    for position, value in zip(positions, values, strict=True):
         out[position] = value
     return out

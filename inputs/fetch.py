@@ -75,8 +75,7 @@ def fetch_url(url: str, limits: FetchLimits) -> bytes:
     deadline = time.monotonic() + limits.total_timeout_s
     for _ in range(limits.max_redirects + 1):
         target = _parse_url(url)
-        address = _checked_address(target, limits.allow_private)
-        response = _open(target, address, limits, deadline)
+        response = _open_first(target, _checked_addresses(target, limits.allow_private), limits, deadline)
         try:
             if response.status in REDIRECT_STATUSES:
                 location = response.headers.get("Location")
@@ -123,7 +122,7 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _checked_address(target: _Target, allow_private: bool) -> str:
+def _checked_addresses(target: _Target, allow_private: bool) -> list[str]:
     try:
         addresses = resolve_host(target.host, target.port)
     except (OSError, UnicodeError) as exc:
@@ -135,7 +134,25 @@ def _checked_address(target: _Target, allow_private: bool) -> str:
         for address in addresses:
             if is_forbidden_address(address):
                 raise ImageError(FORBIDDEN_URL, f"{target.host} resolves to a non-public address")
-    return addresses[0]
+    return addresses
+
+
+class _ConnectFailed(ImageError):
+    """This address refused or could not be reached; the host's next checked address may work."""
+
+    def __init__(self) -> None:
+        super().__init__(FETCH_FAILED, "could not connect to the image URL")
+
+
+def _open_first(target: _Target, addresses: list[str], limits: FetchLimits,
+                deadline: float) -> urllib3.BaseHTTPResponse:
+    """Connect to the checked addresses in DNS order (e.g. IPv6 first on a host without an IPv6 route)."""
+    for address in addresses[:-1]:
+        try:
+            return _open(target, address, limits, deadline)
+        except _ConnectFailed:
+            continue
+    return _open(target, addresses[-1], limits, deadline)
 
 
 def _open(target: _Target, address: str, limits: FetchLimits, deadline: float) -> urllib3.BaseHTTPResponse:
@@ -157,7 +174,7 @@ def _open(target: _Target, address: str, limits: FetchLimits, deadline: float) -
     except NewConnectionError as exc:  # a subclass of ConnectTimeoutError in urllib3, but usually "refused"
         if _caused_by_timeout(exc.__cause__ or exc.__context__):
             raise ImageError(FETCH_TIMEOUT, "the image URL did not answer in time") from None
-        raise ImageError(FETCH_FAILED, "could not connect to the image URL") from None
+        raise _ConnectFailed() from None
     except (ConnectTimeoutError, ReadTimeoutError, TimeoutError, socket.timeout):
         raise ImageError(FETCH_TIMEOUT, "the image URL did not answer in time") from None
     except (HTTPError, OSError, ValueError) as exc:

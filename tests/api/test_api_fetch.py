@@ -157,6 +157,13 @@ def test_connection_refused_is_fetch_failed():
     expect_code("fetch_failed", f"http://127.0.0.1:{free_port()}/img.png", PRIVATE_OK)
 
 
+def test_next_checked_address_is_tried_when_one_refuses(server, monkeypatch, connections):
+    port = server.server_address[1]
+    monkeypatch.setattr(fetch_mod, "resolve_host", lambda host, p: ["127.0.0.2", "127.0.0.1"])
+    assert fetch_url(f"http://images.test:{port}/img.png", PRIVATE_OK) == server.png
+    assert connections == ["127.0.0.2", "127.0.0.1"]
+
+
 def test_unresolvable_host_is_fetch_failed(monkeypatch):
     def fail(host, port):
         raise OSError(-2, "Name or service not known")

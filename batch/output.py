@@ -6,6 +6,8 @@ last line; `recover` drops it, so a re-run starts from the last whole record.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -18,6 +20,26 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class PartInUse(RuntimeError):
+    """Another process is appending to the same part file (the same command started twice)."""
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock beside `path` for the job's duration, so two runs of the same command
+    cannot both append (and write rows twice). A file system without locks only gets a warning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")  # not the part itself: --retry-errors replaces it
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PartInUse(f"{path}: another clipserve-batch process is writing it; wait for it or stop it") from None
+        except OSError as exc:
+            log.warning("%s: cannot lock (%s); make sure only one process writes this part", path, exc)
+        yield
 
 
 class CorruptOutput(RuntimeError):

@@ -92,7 +92,13 @@ def clip_score_stats(part: Path) -> dict[str, float] | None:
 
 
 def run_job(spec: JobSpec, target: Target, retries: RetryTally | None = None) -> Summary:
-    """Process what is left of the shard. Raises FatalTargetError after writing what finished."""
+    """Process what is left of the shard. Raises JobStopped after writing what finished, and
+    PartInUse if the same part is being written by another process."""
+    with output.exclusive(spec.part):
+        return _run_locked(spec, target, retries)
+
+
+def _run_locked(spec: JobSpec, target: Target, retries: RetryTally | None) -> Summary:
     summary = Summary(spec.command, str(spec.input), str(spec.part), f"{spec.shard.index}/{spec.shard.count}")
     if spec.retry_errors:
         log.info("%s: %d rows with errors dropped, to be retried", spec.part, output.drop_error_records(spec.part))

@@ -214,3 +214,17 @@ def test_retry_errors_redoes_only_the_failed_rows(tmp_path, capsys):
     assert status == 0 and summary["already_done"] == 6 and summary["written"] == 2
     assert sent == [BROKEN_IMAGE, BROKEN_IMAGE]  # only the failed rows went out again
     assert sorted(r["id"] for r in read_jsonl(out)) == sorted(r["id"] for r in rows)
+
+
+def test_the_same_command_twice_at_once_is_refused(tmp_path, capsys, caplog):
+    from batch.output import exclusive
+
+    src = write_csv(tmp_path / "in.csv", text_rows(3))
+    out = tmp_path / "o.jsonl"
+    with FakeService() as svc:
+        with exclusive(out):  # as if another run were writing o.jsonl
+            status, _ = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url)
+            assert status == 1 and "another clipserve-batch process is writing it" in caplog.text
+            assert svc.requests == [] and (not out.exists() or out.read_text() == "")
+        status, summary = run_cli(capsys, "embed", "--input", src, "--output", out, "--endpoint", svc.url)
+    assert status == 0 and summary["written"] == 3

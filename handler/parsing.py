@@ -33,7 +33,9 @@ def read_json(model: type[M]) -> M:
     """The body as ``model``: 415 if it is not JSON, 400 (invalid_json / invalid_request) if it does not parse or fit."""
     if not is_json_type(request.mimetype):
         raise UnsupportedMediaType(f"send Content-Type: application/json (got {request.mimetype or 'none'!r})")
-    return validate(model, parse_json_object(read_body()))
+    # Strict for JSON: a JSON body has real booleans and numbers, so `"normalize": 0` or `"yes"` is refused as the
+    # schema says; multipart form fields are all strings and keep pydantic's lax parsing ("false" -> False).
+    return validate(model, parse_json_object(read_body()), strict=True)
 
 
 def read_body() -> bytes:
@@ -68,9 +70,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def validate(model: type[M], data: dict[str, Any]) -> M:
+def validate(model: type[M], data: dict[str, Any], *, strict: bool = False) -> M:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise InvalidRequest(describe_validation_error(exc)) from None
     except RecursionError:

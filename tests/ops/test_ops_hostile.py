@@ -291,3 +291,11 @@ def test_broken_http_gets_a_json_error_not_an_html_page(server, name):
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body)["error"]["code"] == "invalid_request"
     assert b"<html" not in body.lower()
+
+
+@pytest.mark.parametrize("value", [0, 1.0, "yes", "false", [True]])
+def test_json_options_must_have_their_documented_type(server, value):
+    """Found by schemathesis: `"normalize": 0.0` was accepted although the schema says boolean."""
+    r = post(server, "/embed/text", json={"texts": ["a"], "normalize": value})
+    body = assert_error(r, 400, "invalid_request")
+    assert "normalize" in body["error"]["message"]

@@ -31,6 +31,13 @@ from batch.targets import MISSING_EMBED_INPUT, FatalTargetError, missing_score_i
 log = logging.getLogger(__name__)
 
 SPLITTABLE_STATUSES = (400, 413, 422)  # the request as a whole was refused: find the row at fault
+_HINTS = {
+    401: " (check --token / --api-key / --google-id-token / --aws-sigv4)",
+    403: " (check --token / --api-key / --google-id-token / --aws-sigv4)",
+    404: " (is --endpoint the service's base URL?)",
+    429: " (the service stayed overloaded through every retry: lower --concurrency or raise --max-retries)",
+    504: " (requests kept timing out: lower --batch-size or --concurrency)",
+}
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ class HttpTarget:
         error, details = _error_of(response)
         if status in SPLITTABLE_STATUSES:
             raise _Rejected(status, error, details)
-        hint = " (check --token / --api-key / --google-id-token / --aws-sigv4)" if status in (401, 403) else ""
+        hint = _HINTS.get(status, "")
         raise FatalTargetError(f"{method} {url}: HTTP {status} {error.code}: {error.message}{hint}")
 
     def describe(self) -> dict[str, Any]:

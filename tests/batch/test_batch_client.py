@@ -364,3 +364,22 @@ def test_api_key_goes_where_the_service_checks_it_and_extra_headers_are_sent(tmp
             "t",
         )
     assert status == 1 and "give one" in caplog.text
+
+
+def test_a_service_that_stays_overloaded_stops_the_job_with_advice(tmp_path, capsys, service, caplog):
+    service.script.extend([(429, {"Retry-After": "0"})] * 3)
+    src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
+    status, summary = run_cli(
+        capsys,
+        "embed",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "o.jsonl",
+        "--endpoint",
+        service.url,
+        "--max-retries",
+        "2",
+    )
+    assert status == 2 and summary["retries"] == {"HTTP 429": 2}
+    assert "lower --concurrency" in caplog.text

@@ -103,28 +103,41 @@ def _run_locked(spec: JobSpec, target: Target, retries: RetryTally | None) -> Su
     if spec.retry_errors:
         log.info("%s: %d rows with errors dropped, to be retried", spec.part, output.drop_error_records(spec.part))
     state = output.recover(spec.part)
+    todo = _count_rows(spec, state.done, summary)
     errors: Counter[str] = Counter(state.errors)
-    todo = 0
+    start = time.monotonic()
+    fatal = _process(spec, target, state.done, todo, summary, errors)
+    summary.seconds = round(time.monotonic() - start, 3)
+    summary.rows_per_s = round(summary.written / summary.seconds, 2) if summary.seconds > 0 else 0.0
+    summary.errors = dict(sorted(errors.items()))
+    summary.complete = fatal is None and summary.already_done + summary.written == summary.rows
+    summary.retries = retries.as_dict() if retries is not None else {}
+    if spec.command == "score":
+        summary.clip_score = clip_score_stats(spec.part)
+    if fatal is not None:
+        raise JobStopped(summary, fatal)
+    return summary
+
+
+def _count_rows(spec: JobSpec, done: set[str], summary: Summary) -> int:
+    """First pass over the input: the shard's rows and those already written; returns rows to do."""
     for row in _shard_rows(spec):
         summary.rows += 1
-        if row.id in state.done:
-            summary.already_done += 1
-        else:
-            todo += 1
+        summary.already_done += row.id in done
+    todo = summary.rows - summary.already_done
     log.info(
         "%s %s -> %s (shard %s): %d rows, %d already written, %d to do",
-        spec.command,
-        spec.input,
-        spec.part,
-        summary.shard,
-        summary.rows,
-        summary.already_done,
-        todo,
-    )
+        spec.command, spec.input, spec.part, summary.shard, summary.rows, summary.already_done, todo,
+    )  # fmt: skip
+    return todo
+
+
+def _process(
+    spec: JobSpec, target: Target, done: set[str], todo: int, summary: Summary, errors: Counter[str]
+) -> FatalTargetError | None:
+    """Second pass: batches to the target, `concurrency` in flight, appended in input order."""
     progress = make_progress(todo, spec.command, spec.progress_interval_s)
-    start = time.monotonic()
-    fatal: FatalTargetError | None = None
-    rows_left = (row for row in _shard_rows(spec) if row.id not in state.done)
+    rows_left = (row for row in _shard_rows(spec) if row.id not in done)
     batches = iter(lambda: list(itertools.islice(rows_left, spec.batch_size)), [])
     pending: deque[Future[list[dict[str, Any]]]] = deque()
 
@@ -147,24 +160,14 @@ def _run_locked(spec: JobSpec, target: Target, retries: RetryTally | None) -> Su
                 while pending:
                     write_oldest(writer)
             except FatalTargetError as exc:
-                fatal = exc
                 for future in pending:
                     future.cancel()
                 _write_finished(pending, writer, summary, errors)
+                return exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         progress.close()
-
-    summary.seconds = round(time.monotonic() - start, 3)
-    summary.rows_per_s = round(summary.written / summary.seconds, 2) if summary.seconds > 0 else 0.0
-    summary.errors = dict(sorted(errors.items()))
-    summary.complete = fatal is None and summary.already_done + summary.written == summary.rows
-    summary.retries = retries.as_dict() if retries is not None else {}
-    if spec.command == "score":
-        summary.clip_score = clip_score_stats(spec.part)
-    if fatal is not None:
-        raise JobStopped(summary, fatal)
-    return summary
+    return None
 
 
 def _write_finished(

@@ -94,6 +94,22 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class OwnTraceOnlyFilter(logging.Filter):
+    """Keeps google-cloud-logging's ``CloudLoggingFilter`` from guessing a trace from the Flask request headers.
+
+    It reads ``trace`` / ``span_id`` / ``trace_sampled`` from the record if they are there, and
+    otherwise parses the headers itself: without a project it would write the bare trace id into
+    ``logging.googleapis.com/trace`` (not the ``projects/P/traces/T`` Cloud Logging links), and
+    with one it would trust a malformed header. Runs after ``ContextFilter`` and before
+    ``CloudLoggingFilter``: a record that got no trace from our context gets an explicit None.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "trace", None):
+            record.trace, record.span_id, record.trace_sampled = None, None, False  # type: ignore[attr-defined]
+        return True
+
+
 class StalledClientFilter(logging.Filter):
     """Turns gunicorn's ERROR + traceback for a client that stalled past CLIENT_TIMEOUT_S into one WARNING line.
 
@@ -166,10 +182,12 @@ def make_handler(*, cloud_run: bool, project: str | None, stream: IO[str] | None
         from google.cloud.logging_v2.handlers import StructuredLogHandler  # imported only where it is used
 
         handler: logging.Handler = StructuredLogHandler(stream=stream or sys.stdout, project_id=project)
+        # Ours first: the handler's own CloudLoggingFilter (added in its __init__) reads what they set.
+        handler.filters[0:0] = [ContextFilter(), OwnTraceOnlyFilter()]
     else:
         handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
         handler.setFormatter(JsonFormatter())
-    handler.addFilter(ContextFilter())
+        handler.addFilter(ContextFilter())
     return handler
 
 

@@ -14,6 +14,14 @@ locals {
     HTTP_THREADS      = tostring(var.concurrency + 1)
     TORCH_THREADS     = tostring(local.cpu)
     REQUEST_TIMEOUT_S = tostring(max(1, var.request_timeout_s - 5))
+    # Cloud Run does not set it: without it trace headers cannot become Cloud Logging trace links.
+    GOOGLE_CLOUD_PROJECT = var.project_id
+  })
+  # The batch job: same image, no HTTP server.
+  job_env = merge(var.extra_env, {
+    MODEL_VARIANT        = var.model_variant
+    TORCH_THREADS        = tostring(local.cpu)
+    GOOGLE_CLOUD_PROJECT = var.project_id
   })
   resource_limits = {
     cpu    = tostring(local.cpu)

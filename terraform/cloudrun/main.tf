@@ -149,7 +149,7 @@ resource "google_cloud_run_v2_job" "batch" {
         }
 
         dynamic "env" {
-          for_each = merge(var.extra_env, { MODEL_VARIANT = var.model_variant, TORCH_THREADS = tostring(local.cpu) })
+          for_each = local.job_env
           content {
             name  = env.key
             value = env.value

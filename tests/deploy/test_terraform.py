@@ -142,11 +142,14 @@ def test_cloud_run_is_private_unless_asked(cloudrun):
     assert set(iam_members) == {"public", "invokers"}, "no other path may grant invoke"
 
 
-def test_cloud_run_service_and_job_pass_the_variant(cloudrun):
-    assert "MODEL_VARIANT = var.model_variant" in cloudrun["locals"]["app_env"]
+def test_cloud_run_service_and_job_pass_the_variant_and_project(cloudrun):
     job = resource(cloudrun, "google_cloud_run_v2_job", "batch")
     container = job["template"][0]["template"][0]["containers"][0]
-    assert "MODEL_VARIANT = var.model_variant" in container["dynamic"][0]['"env"']["for_each"]
+    assert container["dynamic"][0]['"env"']["for_each"] == "${local.job_env}"
+    for env in (cloudrun["locals"]["app_env"], cloudrun["locals"]["job_env"]):
+        assert "MODEL_VARIANT = var.model_variant" in env
+        # Cloud Run does not set GOOGLE_CLOUD_PROJECT; without it trace headers give no Cloud Logging trace link.
+        assert "GOOGLE_CLOUD_PROJECT = var.project_id" in env
 
 
 def test_batch_job_runs_the_same_image_with_tasks_and_retries(cloudrun):
@@ -238,10 +241,12 @@ def _json_out(output: str) -> Any:
 
 
 def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
-    limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]")
+    limits, env, job_env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env, local.job_env]")
     assert limits == {"cpu": "2", "memory": "4Gi"}
     assert env["MODEL_VARIANT"] == "english"
     assert env["HTTP_THREADS"] == "9" and env["TORCH_THREADS"] == "2"
+    assert env["GOOGLE_CLOUD_PROJECT"] == job_env["GOOGLE_CLOUD_PROJECT"] == "test-project"
+    assert job_env == {"MODEL_VARIANT": "english", "TORCH_THREADS": "2", "GOOGLE_CLOUD_PROJECT": "test-project"}
     limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]",
                                 model_variant="multilingual", concurrency=4)
     assert limits == {"cpu": "4", "memory": "6Gi"}

@@ -129,6 +129,36 @@ def test_without_a_project_the_trace_id_is_kept_as_a_plain_field():
         assert TRACE_KEY not in line and line["trace_id"] == TRACE_ID
 
 
+@pytest.mark.parametrize("header", [{"X-Cloud-Trace-Context": f"{TRACE_ID}/1;o=1"},
+                                    {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}])
+def test_on_cloud_run_without_a_project_no_bare_trace_id_is_written_as_the_trace(header):
+    # Cloud Run sets K_SERVICE but not GOOGLE_CLOUD_PROJECT. google-cloud-logging's handler would parse the
+    # header itself and write the bare id into logging.googleapis.com/trace, which Cloud Logging cannot link.
+    settings = Settings(google_cloud_project=None, k_service="clipserve", log_level="DEBUG")
+    for cap in capture(settings):
+        r = minimal_app(settings).test_client().post("/embed/text", json={"texts": ["a"]}, headers=header)
+        assert r.status_code == 200
+        [line] = cap.request_lines()
+        [inner] = [e for e in cap.lines() if e.get("message") == "encoding inside the view"]
+        for entry in (line, inner):
+            assert entry.get(TRACE_KEY, "") == "", entry   # absent or empty: never a bare id
+            assert entry.get(SPAN_KEY, "") == "", entry
+            assert TRACE_ID not in str(entry.get(TRACE_KEY)), entry
+        assert line["trace_id"] == TRACE_ID and inner["request_id"] == line["request_id"]
+
+
+def test_on_cloud_run_a_malformed_trace_header_is_not_turned_into_a_trace_name():
+    settings = Settings(google_cloud_project="my-project", k_service="clipserve", log_level="DEBUG")
+    for cap in capture(settings):
+        minimal_app(settings).test_client().post("/embed/text", json={"texts": ["a"]},
+                                                 headers={"X-Cloud-Trace-Context": "garbage/1;o=1"})
+        entries = [e for e in cap.lines() if e.get("message") == "encoding inside the view"] + cap.request_lines()
+        assert len(entries) == 2
+        for entry in entries:
+            assert entry.get(TRACE_KEY, "") == "", entry
+            assert "trace_id" not in entry
+
+
 # --- request ids -----------------------------------------------------------------------------------------
 
 def test_request_id_is_generated_when_absent_and_echoed():

@@ -7,6 +7,7 @@ does nothing. ``/health`` is always exempt so platform probes work without a key
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,15 @@ def load_api_keys(settings: Any) -> tuple[bytes, ...]:
 
 
 def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
-    """True if ``presented`` equals one of ``keys``; every key is compared, so timing reveals nothing about which."""
+    """True if ``presented`` equals one of ``keys``; every key is compared, so timing reveals nothing about which.
+
+    The SHA-256 digests are compared, not the keys: ``hmac.compare_digest`` returns at once when the
+    lengths differ, which would tell a caller how long the keys are. Digests all have 32 bytes.
+    """
+    presented_digest = hashlib.sha256(presented).digest()
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented, key)
+        matched |= hmac.compare_digest(presented_digest, hashlib.sha256(key).digest())
     return matched
 
 

@@ -92,3 +92,22 @@ def test_key_matches_checks_every_key():
     assert [key_matches(k, keys) for k in (b"alpha", b"gamma", b"delta", b"", b"alphabeta")] == \
         [True, True, False, False, False]
     assert key_matches(b"anything", ()) is False
+
+
+def test_key_matches_compares_equal_length_digests_not_the_keys(monkeypatch):
+    # hmac.compare_digest exits early on a length mismatch: what it sees must never depend on the keys' lengths.
+    import hmac
+
+    from handler import auth
+
+    seen = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    keys = (b"k", b"a-much-longer-key-" * 8)
+    assert key_matches(b"k", keys) is True and key_matches(b"x" * 500, keys) is False
+    assert seen == [(32, 32)] * 4  # every key compared each time, always as 32-byte SHA-256 digests

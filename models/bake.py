@@ -186,14 +186,17 @@ def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow
 
 
 def _bake_clip(variant: Variant, weights: Path, staging: Path) -> dict[str, Any]:
-    """Load through open_clip's reference path, save what the bundle needs as safetensors."""
+    """Load through open_clip's reference path, save what the bundle needs as safetensors.
+
+    The config is open_clip's for the architecture with the tag's `quick_gelu` merged in
+    (`manifest.clip_config_for`): `create_model(arch, pretrained=<file>)` alone ignores the tag,
+    so it gets the same via `force_quick_gelu` (the only field the merge can change).
+    """
     import open_clip
 
-    config = open_clip.get_model_config(variant.clip.arch)
-    if config is None:
-        raise ValueError(f"open_clip has no architecture {variant.clip.arch!r}; "
-                         f"known: {', '.join(open_clip.list_models())}")
-    model = open_clip.create_model(variant.clip.arch, pretrained=str(weights), load_weights=True)
+    config = manifest.clip_config_for(variant.clip)
+    model = open_clip.create_model(variant.clip.arch, pretrained=str(weights), load_weights=True,
+                                   force_quick_gelu=bool(config.get("quick_gelu", False)))
     state = manifest.clip_state_to_save(model, image_only=variant.text is not None)
     manifest.save_safetensors(state, staging / manifest.clip_weights_name(variant))
     return config

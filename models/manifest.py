@@ -6,7 +6,7 @@ Manifest (format 1), beside the files it lists:
     clip:        name, arch, pretrained, config (open_clip model config), weights (file)
     text:        {type: open_clip, name, tokenizer_kwargs}                       the CLIP model's own text tower
               or {type: mclip, name, config, base_config, weights, tokenizer: {class}, max_length}
-    preprocess:  image_size, mean, std, interpolation, resize_mode
+    preprocess:  image_size, mean, std, interpolation, resize_mode   (open_clip's pretrained cfg for the tag)
     logit_scale: file, key, stored_as ("log": the multiplier is exp(value))
     files:       name -> {sha256, size}          (filled by bundle.publish)
     sources:     pinned origins of the weights, with the sha256 actually seen
@@ -21,11 +21,119 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from models.registry import Variant
+from models.registry import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, OpenClipModel, Variant
 
 CLIP_WEIGHTS = "open_clip_model.safetensors"
 CLIP_VISUAL_WEIGHTS = "open_clip_visual.safetensors"  # image-only variants: no unused text tower on disk
 MCLIP_WEIGHTS = "mclip_text.safetensors"
+
+
+# open_clip's PreprocessCfg defaults: what create_model_and_transforms uses where a tag says nothing.
+DEFAULT_PREPROCESS: dict[str, Any] = {"mean": OPENAI_DATASET_MEAN, "std": OPENAI_DATASET_STD,
+                                      "interpolation": "bicubic", "resize_mode": "shortest"}
+QUICKGELU_SUFFIX = "-quickgelu"
+
+
+class PretrainedConflict(ValueError):
+    """The registry entry states a value that open_clip's pretrained cfg for its (arch, tag) contradicts."""
+
+
+def pretrained_cfg_for(clip: OpenClipModel) -> tuple[str | None, dict[str, Any]]:
+    """open_clip's pretrained cfg for the entry's tag and the architecture name it is listed under,
+    or (None, {}) where open_clip does not know the tag.
+
+    `X-quickgelu` + a tag open_clip lists only under `X` (e.g. `ViT-B-32-quickgelu` + `laion2b_s34b_b79k`)
+    is the same weights: that entry is looked up under `X`, so its QuickGELU claim gets checked.
+    """
+    import open_clip
+
+    names = [clip.arch]
+    if clip.arch.endswith(QUICKGELU_SUFFIX):
+        names.append(clip.arch[:-len(QUICKGELU_SUFFIX)])
+    for name in names:
+        cfg = open_clip.get_pretrained_cfg(name, clip.pretrained_tag)
+        if cfg:
+            return name, dict(cfg)
+    return None, {}
+
+
+def tag_quick_gelu(clip: OpenClipModel) -> bool | None:
+    """Whether the tag's weights were trained with QuickGELU, per open_clip; None if it does not know the tag.
+
+    A tag's cfg says `quick_gelu: True` where it needs it on top of the architecture it is listed
+    under; where it says nothing, that architecture's own config decides (`roberta-ViT-B-32`'s does).
+    """
+    import open_clip
+
+    listed_under, cfg = pretrained_cfg_for(clip)
+    if listed_under is None:
+        return None
+    listed_config = open_clip.get_model_config(listed_under) or {}
+    return bool(cfg.get("quick_gelu") or listed_config.get("quick_gelu", False))
+
+
+def clip_config_for(clip: OpenClipModel) -> dict[str, Any]:
+    """open_clip's model config for `clip.arch`, with `quick_gelu` as the tag's weights need it.
+
+    So a bundle builds the model those weights were trained as: `create_model(arch, pretrained=<file>)`
+    checks nothing (open_clip issue 441), and with `pretrained=<tag>` open_clip only warns.
+    An architecture that says QuickGELU for weights trained without it is refused.
+    """
+    import open_clip
+
+    config = open_clip.get_model_config(clip.arch)
+    if config is None:
+        raise ValueError(f"open_clip has no architecture {clip.arch!r}; known: {', '.join(open_clip.list_models())}")
+    needs = tag_quick_gelu(clip)
+    if needs is None:
+        return config
+    has = bool(config.get("quick_gelu", False))
+    if needs and not has:
+        config["quick_gelu"] = True
+    elif has and not needs:
+        listed_under, _ = pretrained_cfg_for(clip)
+        raise PretrainedConflict(
+            f"{clip.arch} ({clip.pretrained_tag}): the architecture uses QuickGELU, but open_clip's pretrained cfg "
+            f"for {listed_under!r} + {clip.pretrained_tag!r} says these weights were trained with plain GELU; "
+            f"register the architecture {listed_under!r}")
+    return config
+
+
+def check_quick_gelu(clip: OpenClipModel, clip_config: dict[str, Any]) -> None:
+    """Refuse a model config whose activation is not the one open_clip says the tag's weights need."""
+    needs = tag_quick_gelu(clip)
+    has = bool(clip_config.get("quick_gelu", False))
+    if needs is not None and needs != has:
+        raise PretrainedConflict(
+            f"{clip.arch} ({clip.pretrained_tag}): model config has quick_gelu={has}, but open_clip's pretrained "
+            f"cfg for this tag needs quick_gelu={needs} (build the config with models.manifest.clip_config_for)")
+
+
+def preprocess_for(clip: OpenClipModel, image_size: int) -> dict[str, Any]:
+    """The manifest's `preprocess`: open_clip's pretrained cfg for the tag, as
+    `create_model_and_transforms(arch, pretrained=tag)` would use it; for a tag open_clip does not
+    know, the registry's values, then open_clip's defaults. A registry value that differs from
+    open_clip's for a known tag is refused rather than one of them picked."""
+    listed_under, tag_cfg = pretrained_cfg_for(clip)
+    result: dict[str, Any] = {"image_size": image_size}
+    conflicts = []
+    for key, default in DEFAULT_PREPROCESS.items():
+        stated, known = getattr(clip, key), tag_cfg.get(key)
+        if stated is not None and known is not None and _same(stated) != _same(known):
+            conflicts.append(f"{key}: registry {_same(stated)!r}, open_clip {_same(known)!r}")
+        value = next(v for v in (known, stated, default) if v is not None)
+        result[key] = [float(x) for x in value] if key in ("mean", "std") else value
+    if conflicts:
+        raise PretrainedConflict(
+            f"{clip.arch} ({clip.pretrained_tag}): the registry's preprocessing differs from open_clip's pretrained "
+            f"cfg for {listed_under!r} + {clip.pretrained_tag!r} ({'; '.join(conflicts)}). Leave these fields "
+            f"unset in models/registry.py to use open_clip's values.")
+    return result
+
+
+def _same(value: Any) -> Any:
+    """Comparable form: sequences of numbers as tuples of floats."""
+    return tuple(float(x) for x in value) if isinstance(value, (list, tuple)) else value
 
 
 def clip_weights_name(variant: Variant) -> str:
@@ -50,9 +158,12 @@ def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str
                    sources: list[dict[str, Any]], mclip: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest for `variant` (without `files`, which `bundle.publish` fills from disk).
 
-    `mclip` (multilingual only): {config, base_config, tokenizer_class}.
+    `mclip` (multilingual only): {config, base_config, tokenizer_class}. `clip_config` must have
+    the activation open_clip says the tag needs (`clip_config_for` gives it); preprocessing comes
+    from `preprocess_for`.
     """
     clip = variant.clip
+    check_quick_gelu(clip, clip_config)
     clip_name = f"{clip.arch} ({clip.pretrained_tag})"
     image_size = clip_config["vision_cfg"]["image_size"]
     if isinstance(image_size, (list, tuple)):
@@ -63,8 +174,7 @@ def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str
         "dim": clip_config["embed_dim"],
         "clip": {"name": clip_name, "arch": clip.arch, "pretrained": clip.pretrained_tag,
                  "config": clip_config, "weights": clip_weights_name(variant)},
-        "preprocess": {"image_size": image_size, "mean": list(clip.mean), "std": list(clip.std),
-                       "interpolation": clip.interpolation, "resize_mode": clip.resize_mode},
+        "preprocess": preprocess_for(clip, image_size),
         "logit_scale": {"file": clip_weights_name(variant), "key": "logit_scale", "stored_as": "log"},
         "sources": sources,
     }

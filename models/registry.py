@@ -63,15 +63,24 @@ class OpenClipModel:
 
     `arch` is an open_clip config name (`open_clip.list_models()`); bake and tiny copy its full
     config into the manifest, so the loader never needs open_clip's registry.
+
+    Where open_clip knows the tag for `arch` (`open_clip.get_pretrained_cfg(arch, tag)`), bake and
+    tiny take what that says: `quick_gelu` goes into the model config (so `ViT-L-14` + `openai`
+    gets QuickGELU, which open_clip itself does not do for a `pretrained=<file>`), and mean, std,
+    interpolation and resize_mode into the manifest's preprocessing (see
+    `models.manifest.preprocess_for`). Leave the preprocessing fields None to take those; a value
+    given here that differs from open_clip's is refused (`manifest.PretrainedConflict`). For a tag
+    open_clip does not know, the values given here apply, and None means open_clip's defaults
+    (OpenAI mean/std, bicubic, shortest side).
     """
 
     arch: str
     pretrained_tag: str
     weights: Source
-    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
-    std: tuple[float, float, float] = OPENAI_DATASET_STD
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    resize_mode: Literal["shortest", "longest", "squash"] = "shortest"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bicubic", "bilinear"] | None = None
+    resize_mode: Literal["shortest", "longest", "squash"] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Variant:
 
 def openclip_from_hub(arch: str, tag: str, repo: str, filename: str = "open_clip_model.safetensors",
                       revision: str | None = None, sha256: str | None = None, **preprocess) -> OpenClipModel:
-    """OpenCLIP weights from a hub repo (open_clip's `hf_hub` route), OpenAI preprocessing by default."""
+    """OpenCLIP weights from a hub repo (open_clip's `hf_hub` route); preprocessing as `OpenClipModel` says."""
     return OpenClipModel(arch, tag, Source(filename, repo=repo, revision=revision, sha256=sha256), **preprocess)
 
 
@@ -145,7 +154,8 @@ MCLIP_REVISION: str | None = None  # fill in with the commit hash bake prints; a
 register(Variant(
     name="english",
     description="OpenCLIP ViT-B-32 (QuickGELU), laion400m_e32; 512-d, 224 px, 77 tokens",
-    # QuickGELU: laion400m_e32 B-32 was trained with it; plain `ViT-B-32` would load silently with GELU.
+    # QuickGELU: laion400m_e32 B-32 was trained with it. The -quickgelu name says so outright (bake and
+    # tiny would also take it from open_clip's cfg for the tag, but the name is what open_clip documents).
     clip=openclip_from_hub("ViT-B-32-quickgelu", "laion400m_e32",
                            repo="timm/vit_base_patch32_clip_224.laion400m_e32"),
 ))

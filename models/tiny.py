@@ -84,14 +84,11 @@ def random_mclip_state(base_config: dict[str, Any], out_dim: int):
 
 def make_bundle(variant_name: str, out: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write `out/<variant>` with random weights; returns the bundle directory."""
-    import open_clip
     import torch
 
     variant = registry.get(variant_name)
     torch.manual_seed(seed)
-    clip_config = open_clip.get_model_config(variant.clip.arch)
-    if clip_config is None:
-        raise ValueError(f"open_clip has no config named {variant.clip.arch!r}")
+    clip_config = manifest.clip_config_for(variant.clip)  # as bake: the tag's quick_gelu merged in
     if size == "tiny":
         clip_config = shrink_clip_config(clip_config)
     origin = f"models.tiny size={size} seed={seed} (random weights)"

@@ -25,6 +25,7 @@ class ModelInfo:
     image_size: int
     context_length: int
     logit_scale: float  # exp already applied: the multiplier for cosine similarities
+    precision: str = "fp32"  # what the towers compute in: "fp32" (exact) or "bf16"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -36,8 +37,22 @@ class TextEncoding:
     truncated: list[int]  # indices of inputs cut to the context length
 
 
+@dataclass(frozen=True)
+class PreparedText:
+    """A tokenized text, ready for the model: made in request threads, batched on the inference thread."""
+
+    ids: tuple[int, ...]  # token ids with the tower's special tokens, already cut to its context
+    truncated: bool  # the text had more tokens than the context
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
 class TextTower(Protocol):
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]: ...
+    def prepare(self, text: str) -> PreparedText: ...
+
+    def encode(self, items: list[PreparedText]) -> torch.Tensor: ...
 
 
 class ImageTower(Protocol):
@@ -49,8 +64,9 @@ class ImageTower(Protocol):
 class Encoder:
     """Texts and images to float32 vectors in one shared space.
 
-    `encode_text` / `encode_images` run torch and are meant for one inference thread;
-    `prepare_image` is a pure function of its input, for request threads.
+    `prepare_text` / `prepare_image` are pure functions of their input, for request threads (the
+    input work runs in parallel there); `encode_prepared_texts` / `encode_images` run torch and are
+    meant for one inference thread. `encode_text` does both steps, for callers without threads.
     """
 
     def __init__(self, info: ModelInfo, text_tower: TextTower, image_tower: ImageTower):
@@ -64,11 +80,21 @@ class Encoder:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"encode_text takes strings; items {bad[:5]} are not")
-        if not texts:
-            return TextEncoding(self._empty(), [])
+        prepared = [self.prepare_text(t) for t in texts]
+        return TextEncoding(self.encode_prepared_texts(prepared, normalize),
+                            [i for i, p in enumerate(prepared) if p.truncated])
+
+    def prepare_text(self, text: str) -> PreparedText:
+        """Tokenize one text for this bundle's text tower (cut to the context, never an error)."""
+        return self._text.prepare(text)
+
+    def encode_prepared_texts(self, items: Sequence[PreparedText], normalize: bool = True) -> np.ndarray:
+        """Embed texts made by `prepare_text`; equal to encoding them in one `encode_text` call."""
+        items = list(items)
+        if not items:
+            return self._empty()
         with torch.inference_mode():
-            features, truncated = self._text.encode(texts)
-            return TextEncoding(self._to_numpy(features, normalize), sorted(truncated))
+            return self._to_numpy(self._text.encode(items), normalize)
 
     def prepare_image(self, image: Image.Image) -> torch.Tensor:
         """PIL image (any mode) -> (3, S, S) model input with this bundle's preprocessing."""

@@ -14,19 +14,24 @@ from typing import Any
 from safetensors import safe_open
 
 import models  # noqa: F401  (offline env vars before torch/transformers imports)
+from models import precision as precision_mod
 from models import registry
 from models.bundle import BundleError, check_bundle
 from models.encoder import Encoder, ModelInfo
 from models.threads import configure_torch_threads
 
 
-def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None) -> Encoder:
+def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None,
+                 precision: str = "fp32") -> Encoder:
     """Load `model_dir/<variant>` and return its `Encoder`.
 
     Fails at once with `BundleError` (a `FileNotFoundError`) naming the missing file and the
     bake command, or `UnknownVariant` listing the valid names. `threads`: torch intra-op
-    threads (default: the CPUs this container really has).
+    threads (default: the CPUs this container really has). `precision`: "fp32" (exact to the
+    reference libraries), "bf16" (weights converted once here) or "auto" (bf16 where the CPU
+    computes it natively), see models.precision.
     """
+    resolved = precision_mod.resolve(precision)
     bundle_path = Path(model_dir) / variant
     if not bundle_path.exists() and variant not in registry.names():
         registry.get(variant)  # raises UnknownVariant with the list of names
@@ -38,6 +43,8 @@ def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None
     clip, text = manifest["clip"], manifest["text"]
     own_text = text["type"] == "open_clip"
     model = openclip_tower.load_model(clip["config"], bundle_dir / clip["weights"], with_text=own_text)
+    dtype = precision_mod.torch_dtype(resolved)
+    model.to(dtype)
     image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"])
     if own_text:
         text_tower = openclip_tower.OpenClipTextTower(model, int(manifest["context_length"]),
@@ -46,12 +53,13 @@ def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None
         from models import mclip_tower
 
         text_tower = mclip_tower.load_tower(bundle_dir, text)
+        text_tower.model.to(dtype)
     else:
         raise BundleError(f"{bundle_dir}/manifest.json: unknown text tower type {text['type']!r}")
-    return Encoder(model_info(bundle_dir, manifest), text_tower, image_tower)
+    return Encoder(model_info(bundle_dir, manifest, resolved), text_tower, image_tower)
 
 
-def model_info(bundle_dir: Path, manifest: dict[str, Any]) -> ModelInfo:
+def model_info(bundle_dir: Path, manifest: dict[str, Any], precision: str = "fp32") -> ModelInfo:
     return ModelInfo(
         variant=manifest["variant"],
         architecture=manifest["architecture"],
@@ -61,6 +69,7 @@ def model_info(bundle_dir: Path, manifest: dict[str, Any]) -> ModelInfo:
         image_size=int(manifest["preprocess"]["image_size"]),
         context_length=int(manifest["context_length"]),
         logit_scale=read_logit_scale(bundle_dir, manifest["logit_scale"]),
+        precision=precision,
     )
 
 

@@ -8,12 +8,14 @@ bundle: XLM-R from the baked base config, weights assigned from safetensors, tru
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from models.encoder import PreparedText
 from models.weights import assign_weights, load_safetensors, parameters_on_meta
 
 # Keys in M-CLIP's checkpoint that the module deliberately lacks: the pooler is unused (mean
@@ -67,20 +69,32 @@ def load_tokenizer(bundle_dir: Path, spec: dict[str, Any]):
 
 
 class MClipTextTower:
+    """XLM-R tokenizer + M-CLIP model. Tokenizing with truncation on (upstream crashes past 512 tokens).
+
+    The fast tokenizer's Rust backend is not safe to call from several threads at once when calls
+    change its truncation/padding settings ("Already borrowed"), so every tokenizer call holds a lock.
+    """
+
     def __init__(self, model: MClipTextModel, tokenizer, max_length: int):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._lock = threading.Lock()
 
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
-        return self.model(batch["input_ids"], batch["attention_mask"]), self.truncated(texts)
+    def prepare(self, text: str) -> PreparedText:
+        with self._lock:
+            ids = self.tokenizer(text, truncation=False, verbose=False)["input_ids"]
+            if len(ids) <= self.max_length:
+                return PreparedText(tuple(ids), False)
+            cut = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        return PreparedText(tuple(cut), True)
 
-    def truncated(self, texts: list[str]) -> list[int]:
-        """Indices of texts whose token count (with <s> and </s>) exceeds max_length."""
-        lengths = self.tokenizer(texts, truncation=False, return_length=True, verbose=False)["length"]
-        return [i for i, n in enumerate(lengths) if n > self.max_length]
+    def encode(self, items: list[PreparedText]) -> torch.Tensor:
+        """The same padded batch as `tokenizer(texts, padding=True, truncation=True, max_length=...)`."""
+        with self._lock:
+            batch = self.tokenizer.pad({"input_ids": [list(item.ids) for item in items]}, padding=True,
+                                       return_tensors="pt")
+        return self.model(batch["input_ids"], batch["attention_mask"])
 
 
 def load_tower(bundle_dir: Path, section: dict[str, Any]) -> MClipTextTower:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from models.encoder import PreparedText
 from models.weights import assign_weights, load_safetensors, parameters_on_meta
 
 VISUAL_PREFIX = "visual."
@@ -55,12 +56,13 @@ def load_model(config: dict[str, Any], weights: Path, *, with_text: bool) -> nn.
 
 
 class OpenClipImageTower:
-    """open_clip preprocessing (from the manifest) + `encode_image`."""
+    """open_clip preprocessing (from the manifest) + `encode_image`, in the dtype of the model's weights."""
 
     def __init__(self, model: nn.Module, preprocess: dict[str, Any]):
         from open_clip.transform import image_transform
 
         self.model = model
+        self.dtype = next(model.visual.parameters()).dtype  # bf16 when the loader converted the weights
         self.image_size = int(preprocess["image_size"])
         self.transform = image_transform(
             self.image_size, is_train=False, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]),
@@ -71,7 +73,7 @@ class OpenClipImageTower:
         return self.transform(image)
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(batch, normalize=False)
+        return self.model.encode_image(batch.to(self.dtype), normalize=False)
 
 
 class OpenClipTextTower:
@@ -84,29 +86,28 @@ class OpenClipTextTower:
         self.context_length = context_length
         self.tokenizer = SimpleTokenizer(context_length=context_length, **(tokenizer_kwargs or {}))
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        """(n, context_length) token ids as open_clip's tokenizer makes them, and which texts were cut.
-
-        A text is cut when its tokens including SOT/EOT exceed the context; its last kept token is EOT.
-        """
+    def prepare(self, text: str) -> PreparedText:
+        """Token ids as open_clip's tokenizer makes them: SOT, the text, EOT; a text that does not fit
+        is cut so that its last kept token is EOT."""
         tok = self.tokenizer
         if tok.reduction_fn is not None:  # non-default strategies: let open_clip do it, count separately
-            counts = [len(tok.encode(t)) + 2 for t in texts]
-            return tok(texts), [i for i, c in enumerate(counts) if c > self.context_length]
-        result = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        truncated = []
-        for i, text in enumerate(texts):
-            ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
-            if len(ids) > self.context_length:
-                ids = ids[:self.context_length]
-                ids[-1] = tok.eot_token_id
-                truncated.append(i)
-            result[i, :len(ids)] = torch.tensor(ids)
-        return result, truncated
+            row = tok([text])[0].tolist()
+            kept = len(row) - next((i for i, t in enumerate(reversed(row)) if t != 0), len(row))
+            return PreparedText(tuple(row[:kept]), len(tok.encode(text)) + 2 > self.context_length)
+        ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
+        if len(ids) <= self.context_length:
+            return PreparedText(tuple(ids), False)
+        return PreparedText((*ids[:self.context_length - 1], tok.eot_token_id), True)
 
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        tokens, truncated = self.tokenize(texts)
-        return encode_text_trimmed(self.model, tokens), truncated
+    def tokens(self, items: list[PreparedText]) -> torch.Tensor:
+        """(n, context_length) zero-padded, as open_clip's tokenizer returns them."""
+        result = torch.zeros(len(items), self.context_length, dtype=torch.long)
+        for i, item in enumerate(items):
+            result[i, :len(item.ids)] = torch.tensor(item.ids)
+        return result
+
+    def encode(self, items: list[PreparedText]) -> torch.Tensor:
+        return encode_text_trimmed(self.model, self.tokens(items))
 
 
 def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

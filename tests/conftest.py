@@ -6,11 +6,16 @@ layout, random weights, a few MB) and loaded through the production `load_encode
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 import models  # noqa: F401  (offline env vars before anything imports huggingface_hub)
+
+# Tests compare the service's vectors exactly with the fp32 encoder's; servers they start inherit this.
+# bf16 has its own tests (tests/models/test_model_precision.py), which ask for it explicitly.
+os.environ["PRECISION"] = "fp32"
 
 TINY_SEED = 0
 

@@ -68,9 +68,18 @@ def multilingual_image_reference(tiny_model_dir, tmp_path_factory):
 
 
 def test_english_tokens_equal_open_clip_tokenizer(english_encoder, english_reference):
+    """prepare_text (run in request threads) gives open_clip's token rows, without the padding."""
     _, _, tokenizer = english_reference
-    ours, _ = english_encoder._text.tokenize(TEXTS)
-    assert torch.equal(ours, tokenizer(TEXTS))
+    for text, row in zip(TEXTS, tokenizer(TEXTS).tolist(), strict=True):
+        ids = list(english_encoder.prepare_text(text).ids)
+        assert ids == row[:len(ids)] and not any(row[len(ids):])
+
+
+def test_multilingual_tokens_equal_truncating_tokenizer(multilingual_encoder, mclip_reference):
+    _, tokenizer = mclip_reference
+    texts = TEXTS + [" ".join(["cat", "dog", "house"] * 300)]
+    want = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
+    assert [list(multilingual_encoder.prepare_text(t).ids) for t in texts] == want
 
 
 def test_english_text_equals_open_clip(english_encoder, english_reference):

@@ -237,13 +237,83 @@ class Batcher:
             _fail(item.future, exc)
 
     def _call(self, kind: str, options: Hashable, payloads: list[Any]) -> Sequence[Any]:
+        return call_batch(self._run_batch, kind, options, payloads)
+
+
+class Unbatched:
+    """The naive design, kept for comparison (``BATCHING=false``): each request runs its own model call
+    in its own request thread, at once, with no queue. Same interface as ``Batcher``.
+
+    Concurrent calls oversubscribe the cores and every call is small; the benchmark measures what
+    batching gains over this.
+    """
+
+    def __init__(self, run_batch: RunBatch, *, stall_timeout_s: float = 120.0) -> None:
+        self._run_batch = run_batch
+        self._stall_timeout = stall_timeout_s
+        self._running: dict[int, float] = {}  # id of a call in progress -> its start time
+        self._lock = threading.Lock()
+        self._done = 0
+        self._failed = 0
+        self._stopped = False
+        self._on_batch: Callable[[str, int, float], None] | None = None
+
+    def start(self) -> None:
+        self._stopped = False
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stopped = True
+
+    def set_batch_observer(self, observer: Callable[[str, int, float], None] | None) -> None:
+        self._on_batch = observer
+
+    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any]) -> list[Future]:
+        """Run the model on ``payloads`` now, in the calling thread; the futures come back done."""
+        if self._stopped:
+            raise EngineStopped("the service is shutting down")
+        futures = [ItemFuture() for _ in payloads]
+        started = time.monotonic()
+        token = id(futures)
+        with self._lock:
+            self._running[token] = started
         try:
-            results = self._run_batch(kind, options, payloads)
-        except Exception as exc:
-            raise BatchFailed(f"{kind} batch of {len(payloads)} failed: {type(exc).__name__}") from exc
-        if len(results) != len(payloads):
-            raise BatchFailed(f"{kind} batch returned {len(results)} results for {len(payloads)} items")
-        return results
+            results = call_batch(self._run_batch, kind, options, list(payloads))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the futures, like Batcher
+            self._failed += 1
+            for f in futures:
+                f.set_exception(exc)
+        else:
+            self._done += 1
+            for f, result in zip(futures, results, strict=True):
+                f.batch_size = len(payloads)
+                f.set_result(result)
+        finally:
+            with self._lock:
+                del self._running[token]
+        if self._on_batch is not None:
+            try:
+                self._on_batch(kind, len(payloads), 0.0)
+            except Exception:  # noqa: BLE001 - an observer must never fail a request
+                log.exception("batch observer failed")
+        return futures
+
+    def health(self) -> LoopHealth:
+        with self._lock:
+            oldest = min(self._running.values(), default=None)
+        busy_for = time.monotonic() - oldest if oldest is not None else 0.0
+        return LoopHealth(running=not self._stopped, stalled=busy_for > self._stall_timeout, busy_for_s=busy_for,
+                          queue_depth=0, batches_done=self._done, batches_failed=self._failed)
+
+
+def call_batch(run_batch: RunBatch, kind: str, options: Hashable, payloads: list[Any]) -> Sequence[Any]:
+    """``run_batch`` with its failures wrapped in BatchFailed and its result count checked."""
+    try:
+        results = run_batch(kind, options, payloads)
+    except Exception as exc:
+        raise BatchFailed(f"{kind} batch of {len(payloads)} failed: {type(exc).__name__}") from exc
+    if len(results) != len(payloads):
+        raise BatchFailed(f"{kind} batch returned {len(results)} results for {len(payloads)} items")
+    return results
 
 
 def _fail(future: Future, exc: BaseException) -> None:

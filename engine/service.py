@@ -2,7 +2,9 @@
 
 The encoder is opaque here (it follows the model-layer contract in ARCHITECTURE.md); this module
 imports neither flask nor torch, so the HTTP layer can be tested with any object that has
-``info``, ``encode_text``, ``encode_images`` and ``prepare_image``.
+``info``, ``prepare_text``, ``encode_prepared_texts``, ``prepare_image`` and ``encode_images``.
+Input work (tokenizing, image preprocessing) runs in the calling request thread; only model calls
+go through the batcher. Text embeddings are cached (``TextCache``) ahead of all of it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from engine.batcher import Batcher, LoopHealth
+from engine.batcher import Batcher, LoopHealth, Unbatched
+from engine.cache import CachedText, TextCache
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +47,37 @@ class RequestTimedOut(TimeoutError):
     """The request's items were not encoded within its time budget; they were withdrawn from the queue."""
 
 
+class ClientGone(RuntimeError):
+    """The client disconnected while its items waited; they were withdrawn from the queue."""
+
+
+class TextsTooLong(ValueError):
+    """``truncate=False`` and these texts (indices) have more tokens than the model's context."""
+
+    def __init__(self, indices: list[int], context_length: int) -> None:
+        super().__init__(f"{len(indices)} texts exceed the context of {context_length} tokens")
+        self.indices = indices
+        self.context_length = context_length
+
+
 @dataclass(frozen=True)
 class TextResult:
     embeddings: np.ndarray    # (n, dim) float32
     truncated: list[int]      # indices of texts cut to the model's context
+    tokens: list[int]         # tokens the model saw per text (special tokens included, after truncation)
+    cache_hits: int = 0       # texts answered from the cache
+
+
+# How often a waiting request checks whether its client is still there.
+_CANCEL_POLL_S = 0.1
 
 
 class EmbeddingEngine:
     """Background model load + a Batcher. ``start`` is idempotent and safe to call after fork."""
 
     def __init__(self, load: Callable[[], Any], *, max_batch_size: int = 32, max_wait_s: float = 0.005,
-                 queue_size: int = 256, stall_timeout_s: float = 120.0) -> None:
+                 queue_size: int = 256, stall_timeout_s: float = 120.0, batching: bool = True,
+                 text_cache_size: int = 0) -> None:
         self._load = load
         self._encoder: Any = None
         self._state = ModelState.LOADING
@@ -63,14 +86,20 @@ class EmbeddingEngine:
         self._loader_pid: int | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self._request_observer: Callable[[str, list[tuple[int, float]]], None] | None = None
-        self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
-                                queue_size=queue_size, stall_timeout_s=stall_timeout_s)
+        self._request_observer: Callable[[str, list[tuple[int, float]], int], None] | None = None
+        self._cache = TextCache(text_cache_size)
+        self._batcher: Batcher | Unbatched
+        if batching:
+            self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
+                                    queue_size=queue_size, stall_timeout_s=stall_timeout_s)
+        else:
+            self._batcher = Unbatched(self._run_batch, stall_timeout_s=stall_timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Any, load: Callable[[], Any]) -> "EmbeddingEngine":
         return cls(load, max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
-                   queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s)
+                   queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s,
+                   batching=settings.batching, text_cache_size=settings.text_cache_size)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -134,10 +163,12 @@ class EmbeddingEngine:
     def set_batch_observer(self, observer: Callable[[str, int, float], None] | None) -> None:
         self._batcher.set_batch_observer(observer)
 
-    def set_request_observer(self, observer: Callable[[str, list[tuple[int, float]]], None] | None) -> None:
-        """Call ``observer(kind, [(batch_size, queue_wait_s) per item])`` on the request thread once its items are done.
+    def set_request_observer(self, observer: Callable[[str, list[tuple[int, float]], int], None] | None) -> None:
+        """Call ``observer(kind, [(batch_size, queue_wait_s) per encoded item], cache_hits)`` on the request
+        thread once its items are done.
 
-        Lets the HTTP layer log, per request, which batch sizes served it and how long it queued.
+        Lets the HTTP layer log, per request, which batch sizes served it, how long it queued and what
+        the cache answered.
         """
         self._request_observer = observer
 
@@ -147,45 +178,95 @@ class EmbeddingEngine:
         """Image -> model input tensor. Runs in the caller's (request) thread, not the inference thread."""
         return self._require_encoder().prepare_image(image)
 
-    def embed_texts(self, texts: Sequence[str], *, normalize: bool, timeout: float) -> TextResult:
-        self._require_encoder()
-        rows = self._wait(TEXT, self._batcher.submit(TEXT, normalize, list(texts)), timeout)
-        return TextResult(embeddings=_stack([r[0] for r in rows]),
-                          truncated=[i for i, r in enumerate(rows) if r[1]])
+    def embed_texts(self, texts: Sequence[str], *, normalize: bool, timeout: float, truncate: bool = True,
+                    cancelled: Callable[[], bool] | None = None) -> TextResult:
+        """Embed texts: cached ones from the cache, the rest tokenized here and encoded in batches.
 
-    def embed_images(self, tensors: Sequence[Any], *, normalize: bool, timeout: float) -> np.ndarray:
+        ``truncate=False`` raises TextsTooLong before any model call if a text exceeds the context.
+        ``cancelled`` (polled while waiting) tells that the client went away: its items are withdrawn.
+        """
+        encoder = self._require_encoder()
+        entries, hits = self._look_up_or_prepare(encoder, texts, normalize)
+        if not truncate:
+            too_long = [i for i, t in enumerate(texts) if entries[t].truncated]
+            if too_long:
+                raise TextsTooLong(too_long, encoder.info.context_length)
+        todo = {t: e for t, e in entries.items() if not isinstance(e, CachedText)}
+        if todo:
+            vectors = self._wait(TEXT, self._batcher.submit(TEXT, normalize, list(todo.values())), timeout,
+                                 cancelled, cache_hits=hits)
+            for (text, prepared), vector in zip(todo.items(), vectors, strict=True):
+                entries[text] = CachedText(vector, prepared.truncated, prepared.tokens)
+                self._cache.put((text, normalize), vector, prepared.truncated, prepared.tokens)
+        else:
+            self._observe(TEXT, [], hits)
+        rows = [entries[t] for t in texts]
+        return TextResult(embeddings=_stack([r.vector for r in rows]),
+                          truncated=[i for i, r in enumerate(rows) if r.truncated],
+                          tokens=[r.tokens for r in rows], cache_hits=hits)
+
+    def _look_up_or_prepare(self, encoder: Any, texts: Sequence[str], normalize: bool) -> tuple[dict[str, Any], int]:
+        """text -> CachedText (a cache hit) or the encoder's prepared text (tokenized in this thread).
+        Each distinct text once; returns the number of hits."""
+        entries: dict[str, Any] = {}
+        hits = 0
+        for text in texts:
+            if text not in entries:
+                cached = self._cache.get((text, normalize))
+                hits += cached is not None
+                entries[text] = cached if cached is not None else encoder.prepare_text(text)
+        return entries, hits
+
+    def embed_images(self, tensors: Sequence[Any], *, normalize: bool, timeout: float,
+                     cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         self._require_encoder()
-        return _stack(self._wait(IMAGE, self._batcher.submit(IMAGE, normalize, list(tensors)), timeout))
+        futures = self._batcher.submit(IMAGE, normalize, list(tensors))
+        return _stack(self._wait(IMAGE, futures, timeout, cancelled))
 
     def _require_encoder(self) -> Any:
         if self._state is not ModelState.READY:
             raise NotReady(self._state)
         return self._encoder
 
-    def _wait(self, kind: str, futures: list[concurrent.futures.Future], timeout: float) -> list[Any]:
-        done, not_done = concurrent.futures.wait(futures, timeout=timeout)
-        if not_done:
-            for f in not_done:
-                f.cancel()  # a queued item is dropped; one already in a batch just finishes unread
-            raise RequestTimedOut(f"{len(not_done)} of {len(futures)} items not encoded within {timeout:.1f} s")
+    def _wait(self, kind: str, futures: list[concurrent.futures.Future], timeout: float,
+              cancelled: Callable[[], bool] | None, cache_hits: int = 0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            step = remaining if cancelled is None else min(remaining, _CANCEL_POLL_S)
+            _, not_done = concurrent.futures.wait(futures, timeout=max(0.0, step))
+            if not not_done:
+                break
+            if time.monotonic() >= deadline:
+                _withdraw(not_done)
+                raise RequestTimedOut(f"{len(not_done)} of {len(futures)} items not encoded within {timeout:.1f} s")
+            if cancelled is not None and cancelled():
+                _withdraw(not_done)
+                raise ClientGone(f"the client left with {len(not_done)} of {len(futures)} items not encoded")
         results = [f.result() for f in futures]
+        self._observe(kind, [(getattr(f, "batch_size", 0), getattr(f, "queue_wait_s", 0.0)) for f in futures],
+                      cache_hits)
+        return results
+
+    def _observe(self, kind: str, served: list[tuple[int, float]], cache_hits: int) -> None:
         if self._request_observer is not None:
             try:
-                self._request_observer(kind, [(getattr(f, "batch_size", 0), getattr(f, "queue_wait_s", 0.0))
-                                              for f in futures])
+                self._request_observer(kind, served, cache_hits)
             except Exception:  # noqa: BLE001 - logging trouble must not fail an encoded request
                 log.exception("request observer failed")
-        return results
 
     def _run_batch(self, kind: str, normalize: Any, payloads: list[Any]) -> list[Any]:
         """Runs on the inference thread: the only place the model is called."""
         if kind == TEXT:
-            encoded = self._encoder.encode_text(payloads, normalize=normalize)
-            cut = set(encoded.truncated)
-            return [(encoded.embeddings[i], i in cut) for i in range(len(payloads))]
+            return list(self._encoder.encode_prepared_texts(payloads, normalize=normalize))
         if kind == IMAGE:
             return list(self._encoder.encode_images(payloads, normalize=normalize))
         raise ValueError(f"unknown kind {kind!r}")
+
+
+def _withdraw(futures: Any) -> None:
+    for f in futures:
+        f.cancel()  # a queued item is dropped; one already in a batch just finishes unread
 
 
 def _stack(rows: list[np.ndarray]) -> np.ndarray:

@@ -15,8 +15,9 @@ from typing import Any, Callable
 import numpy as np
 from flask import Flask, Response, jsonify
 
-from engine import EmbeddingEngine, ModelState
-from handler import auth, observability, scoring
+from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong
+from handler import auth, observability, openai_compat, scoring
+from handler.client import disconnect_check
 from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
 from handler.jsonio import OrjsonProvider
 from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
@@ -43,7 +44,8 @@ def load_bundle_encoder(settings: Settings) -> Any:
     """The production loader: the baked bundle ``MODEL_DIR/MODEL_VARIANT`` (imported here so handler/ stays torch-free)."""
     from models.loader import load_encoder
 
-    return load_encoder(settings.model_variant, settings.model_dir, threads=settings.torch_threads)
+    return load_encoder(settings.model_variant, settings.model_dir, threads=settings.torch_threads,
+                        precision=settings.precision)
 
 
 def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Flask:
@@ -73,6 +75,7 @@ class ClipApi:
         self.engine = engine
         self.models = build_request_models(settings.max_items, settings.max_text_chars)
         self.image_limits = ImageLimits.from_settings(settings)
+        self.openai = openai_compat.OpenAIViews(self)
         self._openapi: dict[str, Any] | None = None
 
     def routes(self) -> list[tuple[RouteDoc, Callable[[], Any]]]:
@@ -95,6 +98,7 @@ class ClipApi:
              self.score),
             (RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
             (RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
+            *self.openai.routes(),
         ]
 
     # meta --------------------------------------------------------------------------------------
@@ -149,53 +153,53 @@ class ClipApi:
 
     def embed_text(self) -> Response:
         req = read_json(self.models.text)
-        deadline = self._deadline()
-        result = self.engine.embed_texts(req.texts, normalize=req.normalize, timeout=_left(deadline))
-        return jsonify({**self._model_fields(),
+        deadline = self.deadline()
+        result = self.embed_texts(req.texts, normalize=req.normalize, deadline=deadline, truncate=req.truncate)
+        return jsonify({**self.model_fields(),
                         "embeddings": scoring.encode_vectors(result.embeddings, req.encoding_format),
                         "truncated": result.truncated})
 
     def embed_image(self) -> Response:
         req, images = read_with_images(self.models.image, self.settings.max_image_bytes)
-        deadline = self._deadline()
-        vectors, ok, errors = self._embed_images(images, normalize=req.normalize, deadline=deadline)
-        return jsonify({**self._model_fields(),
+        deadline = self.deadline()
+        vectors, ok, errors = self.embed_images(images, normalize=req.normalize, deadline=deadline)
+        return jsonify({**self.model_fields(),
                         "embeddings": scoring.place(scoring.encode_vectors(vectors, req.encoding_format), ok,
                                                     len(images)),
                         "errors": errors})
 
     def embed_mixed(self) -> Response:
         req, images = read_with_images(self.models.mixed, self.settings.max_image_bytes)
-        deadline = self._deadline()
+        deadline = self.deadline()
         image_embeddings: list = []
         errors: list[dict[str, Any]] = []
         if images is not None:
-            vectors, ok, errors = self._embed_images(images, normalize=req.normalize, deadline=deadline,
-                                                     all_fail_ok=req.texts is not None)
+            vectors, ok, errors = self.embed_images(images, normalize=req.normalize, deadline=deadline,
+                                                    all_fail_ok=req.texts is not None)
             image_embeddings = scoring.place(scoring.encode_vectors(vectors, req.encoding_format), ok, len(images))
         text_embeddings: list = []
         truncated: list[int] = []
         if req.texts is not None:
-            result = self.engine.embed_texts(req.texts, normalize=req.normalize, timeout=_left(deadline))
+            result = self.embed_texts(req.texts, normalize=req.normalize, deadline=deadline, truncate=req.truncate)
             text_embeddings = scoring.encode_vectors(result.embeddings, req.encoding_format)
             truncated = result.truncated
-        return jsonify({**self._model_fields(), "text_embeddings": text_embeddings,
+        return jsonify({**self.model_fields(), "text_embeddings": text_embeddings,
                         "image_embeddings": image_embeddings, "errors": errors, "truncated": truncated})
 
     def score(self) -> Response:
         req, images = read_with_images(self.models.score, self.settings.max_image_bytes)
-        deadline = self._deadline()
+        deadline = self.deadline()
         dim = self.engine.info.dim
         errors: list[dict[str, Any]] = []
         if images is not None:
-            image_vectors, ok, errors = self._embed_images(images, normalize=True, deadline=deadline)
+            image_vectors, ok, errors = self.embed_images(images, normalize=True, deadline=deadline)
             n_images = len(images)
         else:
             image_vectors = _given_vectors(req.image_embeddings, dim, "image_embeddings")
             ok, n_images = list(range(len(image_vectors))), len(image_vectors)
         truncated: list[int] = []
         if req.texts is not None:
-            result = self.engine.embed_texts(req.texts, normalize=True, timeout=_left(deadline))
+            result = self.embed_texts(req.texts, normalize=True, deadline=deadline, truncate=req.truncate)
             text_vectors, truncated = result.embeddings, result.truncated
         else:
             text_vectors = _given_vectors(req.text_embeddings, dim, "text_embeddings")
@@ -206,35 +210,57 @@ class ClipApi:
             cosine = scoring.cosine_matrix(image_vectors, text_vectors)
             clip = scoring.clip_score(cosine)
             probs = scoring.place(scoring.zero_shot_probs(cosine, self.engine.info.logit_scale).tolist(), ok, n_images)
-        return jsonify({**self._model_fields(), "pairwise": req.pairwise,
+        return jsonify({**self.model_fields(), "pairwise": req.pairwise,
                         "clip_score": scoring.place(clip.tolist(), ok, n_images),
                         "cosine": scoring.place(cosine.tolist(), ok, n_images),
                         "probs": probs, "errors": errors, "truncated": truncated})
 
-    # helpers -----------------------------------------------------------------------------------
+    # shared by the native and the OpenAI-compatible views -----------------------------------------
 
-    def _embed_images(self, images: list, *, normalize: bool, deadline: float,
-                      all_fail_ok: bool = False) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
+    def embed_texts(self, texts: list[str], *, normalize: bool, deadline: float, truncate: bool = True,
+                    field: str = "texts") -> TextResult:
+        """Embed texts through the engine; over-long texts with ``truncate=False`` are a 400 naming them."""
+        observability.record_items(texts=len(texts))
+        try:
+            return self.engine.embed_texts(texts, normalize=normalize, timeout=_left(deadline), truncate=truncate,
+                                           cancelled=disconnect_check())
+        except TextsTooLong as exc:
+            names = ", ".join(f"{field}[{i}]" for i in exc.indices[:10]) + (", ..." if len(exc.indices) > 10 else "")
+            raise InvalidRequest(f"{names}: longer than the model's context of {exc.context_length} tokens "
+                                 "(send truncate=true to cut them)", param=f"{field}[{exc.indices[0]}]") from None
+
+    def embed_images(self, images: list, *, normalize: bool, deadline: float,
+                     all_fail_ok: bool = False) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
         """Load, preprocess and embed; returns (vectors of the good images, their indices, per-image errors)."""
-        self.engine.info  # noqa: B018 - fail with 503 before fetching anything while the model loads
-        loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=_left(deadline))
+        prepared, ok, errors = self.load_images(images, deadline)
+        if not ok:
+            if all_fail_ok:
+                return np.zeros((0, self.engine.info.dim), np.float32), ok, errors
+            raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
+        return self.encode_images(prepared, normalize=normalize, deadline=deadline), ok, errors
+
+    def load_images(self, images: list, deadline: float) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
+        """Fetch, decode and preprocess in request threads: (model inputs of the good images, their indices, errors)."""
+        info = self.engine.info  # fail with 503 before fetching anything while the model loads
+        draft_size = None if self.settings.exact_image_decode else 2 * info.image_size
+        loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=_left(deadline),
+                             draft_size=draft_size)
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]
         observability.record_items(images=len(images))
         observability.record_image_errors(e["code"] for e in errors)
-        if not ok:
-            if all_fail_ok:
-                return np.zeros((0, self.engine.info.dim), np.float32), ok, errors
-            raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
-        vectors = self.engine.embed_images([loaded[i] for i in ok], normalize=normalize, timeout=_left(deadline))
-        return vectors, ok, errors
+        return [loaded[i] for i in ok], ok, errors
 
-    def _model_fields(self) -> dict[str, Any]:
+    def encode_images(self, prepared: list[Any], *, normalize: bool, deadline: float) -> np.ndarray:
+        return self.engine.embed_images(prepared, normalize=normalize, timeout=_left(deadline),
+                                        cancelled=disconnect_check())
+
+    def model_fields(self) -> dict[str, Any]:
         info = self.engine.info
         return {"model": {"variant": info.variant, "architecture": info.architecture}, "dim": info.dim}
 
-    def _deadline(self) -> float:
+    def deadline(self) -> float:
         return time.monotonic() + self.settings.request_timeout_s
 
 

@@ -1,7 +1,9 @@
 """The one error path: one type per code, one status table, one JSON shape ``{"error": {"code", "message"}}``.
 
 Werkzeug's own errors (404, 405, 413, ...), engine exceptions and anything unhandled are turned
-into the same shape here, so a client never sees an HTML page or a stack trace.
+into the same shape here, so a client never sees an HTML page or a stack trace. Under ``/v1/``
+(the OpenAI-compatible routes) the same errors are written in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``, which OpenAI's client libraries parse.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from engine import EngineStopped, ModelState, NotReady, Overloaded, RequestTimedOut
+from engine import ClientGone, EngineStopped, ModelState, NotReady, Overloaded, RequestTimedOut
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +22,26 @@ log = logging.getLogger(__name__)
 STATUS = {
     "invalid_json": 400,
     "invalid_request": 400,
+    "image_failed": 400,
     "unauthorized": 401,
     "not_found": 404,
+    "model_not_found": 404,
     "method_not_allowed": 405,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "all_images_failed": 422,
     "overloaded": 429,
+    "client_disconnected": 499,  # nginx's code: nobody reads it, but the log line says what happened
     "internal_error": 500,
     "model_loading": 503,
     "model_unavailable": 503,
     "shutting_down": 503,
     "timeout": 504,
 }
+
+# OpenAI's error "type" by status (their client libraries pick an exception class by status).
+_OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
+OPENAI_PREFIX = "/v1/"
 
 # Werkzeug's HTTP errors that can reach us, by status.
 _WERKZEUG_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -45,11 +54,12 @@ class ApiError(Exception):
     code: ClassVar[str] = "internal_error"
 
     def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.headers = headers or {}
+        self.param = param  # the request field at fault, e.g. "texts[3]" (OpenAI's "param")
 
     @property
     def status(self) -> int:
@@ -61,6 +71,10 @@ class ApiError(Exception):
             error["details"] = self.details
         return {"error": error}
 
+    def openai_body(self) -> dict[str, Any]:
+        kind = _OPENAI_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
 
 class InvalidJson(ApiError):
     code = "invalid_json"
@@ -70,12 +84,22 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
 
 
+class ImageFailed(ApiError):
+    """An image of a request that cannot return partial results (the OpenAI route) failed."""
+
+    code = "image_failed"
+
+
 class Unauthorized(ApiError):
     code = "unauthorized"
 
 
 class NotFound(ApiError):
     code = "not_found"
+
+
+class ModelNotFound(ApiError):
+    code = "model_not_found"
 
 
 class MethodNotAllowed(ApiError):
@@ -96,6 +120,10 @@ class AllImagesFailed(ApiError):
 
 class ServiceOverloaded(ApiError):
     code = "overloaded"
+
+
+class ClientDisconnected(ApiError):
+    code = "client_disconnected"
 
 
 class InternalError(ApiError):
@@ -147,11 +175,14 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ShuttingDown("the service is shutting down; retry", headers={"Retry-After": "1"})
     if isinstance(exc, RequestTimedOut):
         return Timeout("the request did not finish in time")
+    if isinstance(exc, ClientGone):
+        return ClientDisconnected("the client closed the connection before the answer was ready")
     return InternalError("internal error")
 
 
 def error_response(error: ApiError) -> Response:
-    response = jsonify(error.body())
+    openai = has_request_context() and request.path.startswith(OPENAI_PREFIX)
+    response = jsonify(error.openai_body() if openai else error.body())
     response.status_code = error.status
     for name, value in error.headers.items():
         response.headers[name] = value

@@ -6,7 +6,8 @@ place, tied to the platform's trace. Contents (texts, image bytes, URLs) are nev
 may be private, and an image would flood the log store.
 
 Views add facts to the line with ``record_items`` / ``record_image_errors`` / ``annotate``; the engine
-reports texts encoded, batch sizes and queue waits through its request observer; the rest is gathered here. ``/metrics`` exists only when ``METRICS_ENABLED`` is on.
+reports batch sizes, queue waits and text cache hits through its request observer; the rest is
+gathered here. ``/metrics`` exists only when ``METRICS_ENABLED`` is on.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Metrics:
                                  ["route", "status"], buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("clipserve_requests_in_flight", "Requests being served now.", registry=r)
         self.items = Counter("clipserve_items_total", "Texts and images received, by kind.", ["kind"], registry=r)
+        self.text_cache = Counter("clipserve_text_cache_lookups_total",
+                                  "Distinct texts per request looked up in the embedding cache, by result (hit, miss).",
+                                  ["result"], registry=r)
         self.image_errors = Counter("clipserve_image_errors_total",
                                     "Images that failed to load (fetch, decode, limits), by error code.",
                                     ["code"], registry=r)
@@ -145,12 +149,20 @@ def record_batch(batch_size: int, queue_wait_s: float) -> None:
         record.queue_wait_s = max(record.queue_wait_s, queue_wait_s)
 
 
-def _on_engine_items(kind: str, items: list[tuple[int, float]]) -> None:
-    """The engine's request observer (runs on the request thread): texts encoded, batch sizes, queue waits."""
-    if kind == "text":
-        record_items(texts=len(items))
+def _on_engine_items(kind: str, items: list[tuple[int, float]], cache_hits: int = 0) -> None:
+    """The engine's request observer (runs on the request thread): batch sizes, queue waits, text cache hits.
+
+    ``items`` are the distinct inputs that went to the model; for texts, the others came from the cache.
+    """
     for batch_size, queue_wait_s in items:
         record_batch(batch_size, queue_wait_s)
+    if kind == "text":
+        if cache_hits:
+            annotate(text_cache_hits=cache_hits)
+        metrics = _metrics()
+        if metrics is not None:
+            metrics.text_cache.labels("hit").inc(cache_hits)
+            metrics.text_cache.labels("miss").inc(len(items))
 
 
 def _metrics() -> Metrics | None:

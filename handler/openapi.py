@@ -34,12 +34,14 @@ class RouteDoc:
     multipart: Multipart | None = None
     errors: tuple[str, ...] = field(default=())
     ok_status: int = 200
+    error_model: type[BaseModel] = ErrorResponse   # the shape of this route's error bodies
 
 
 def build_openapi(routes: list[RouteDoc], *, title: str, version: str, description: str) -> dict[str, Any]:
     """An OpenAPI 3.1 document: request and response bodies are the models' own JSON schemas."""
     wanted: list[tuple[type[BaseModel], str]] = [(ErrorResponse, "serialization")]
     for route in routes:
+        wanted.append((route.error_model, "serialization"))
         if route.response is not None:
             wanted.append((route.response, "serialization"))
         if route.request is not None:
@@ -74,7 +76,7 @@ def _responses(route: RouteDoc, refs: dict) -> dict[str, Any]:
     if route.response is not None:
         ok["content"] = {"application/json": {"schema": refs[(route.response, "serialization")]}}
     responses: dict[str, Any] = {str(route.ok_status): ok}
-    error_schema = {"content": {"application/json": {"schema": refs[(ErrorResponse, "serialization")]}}}
+    error_schema = {"content": {"application/json": {"schema": refs[(route.error_model, "serialization")]}}}
     for code in route.errors:
         status = str(STATUS[code])
         if status in responses:

@@ -74,7 +74,9 @@ def validate(model: type[M], data: dict[str, Any], *, strict: bool = False) -> M
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise InvalidRequest(describe_validation_error(exc)) from None
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        param = _location(errors[0]["loc"]) if errors else None
+        raise InvalidRequest(describe_validation_error(exc), param=param or None) from None
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from inputs.errors import CODES
 
@@ -91,6 +91,7 @@ class ModelInfoOut(BaseModel):
     image_size: int
     context_length: int
     logit_scale: float
+    precision: Literal["fp32", "bf16"]
 
 
 class InfoResponse(BaseModel):
@@ -112,6 +113,50 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# --- OpenAI-compatible responses (/v1) ------------------------------------------------------------
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    embedding: Vector = Field(description=VECTOR_DOC)
+    index: int
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the text tower saw (special tokens included); 0 for images.")
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIModel]
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str]
+    code: Optional[str]
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorBody
+
+
 # --- requests -------------------------------------------------------------------------------------
 
 
@@ -121,6 +166,11 @@ class RequestModels:
     image: type[BaseModel]
     mixed: type[BaseModel]
     score: type[BaseModel]
+    openai_embeddings: type[BaseModel]
+
+
+TRUNCATE_DOC = ("Cut texts longer than the model's context (and list them in `truncated`); "
+                "false: refuse such a request with 400 naming the texts.")
 
 
 def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
@@ -139,6 +189,7 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
 
     class TextEmbedRequest(EmbedOptions):
         texts: Texts
+        truncate: bool = Field(True, description=TRUNCATE_DOC)
 
     # Optional fields are typed without None (and default to None) so that an explicit null is refused,
     # and the schema's oneOf/anyOf below says exactly what the validators accept.
@@ -159,6 +210,7 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
         model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["texts"]}, {"required": ["images"]}]})
         texts: Texts = None  # type: ignore[assignment]
         images: Images = None  # type: ignore[assignment]
+        truncate: bool = Field(True, description=TRUNCATE_DOC)
 
         @model_validator(mode="after")
         def _not_empty(self) -> "MixedEmbedRequest":
@@ -175,6 +227,7 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
         images: Images = None  # type: ignore[assignment]
         image_embeddings: Vectors = None  # type: ignore[assignment]
         pairwise: bool = Field(False, description="Score images[i] against texts[i] (equal lengths); flat lists.")
+        truncate: bool = Field(True, description=TRUNCATE_DOC)
 
         @model_validator(mode="after")
         def _one_of_each_side(self) -> "ScoreRequest":
@@ -189,4 +242,38 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
                     raise ValueError(f"pairwise scoring needs as many texts as images ({n_texts} != {n_images})")
             return self
 
-    return RequestModels(text=TextEmbedRequest, image=ImageEmbedRequest, mixed=MixedEmbedRequest, score=ScoreRequest)
+    class OpenAIEmbeddingRequest(_Strict):
+        """OpenAI's embeddings request; images as infinity does it (``modality: image``, URLs or data URIs)."""
+
+        input: Union[str, Annotated[list[str], Field(min_length=1, max_length=max_items)]] = Field(
+            description=f"A text or a list of 1 to {max_items} texts (at most {max_text_chars} characters each); "
+                        f"with modality=image, IMAGEs. {IMAGE_DOC}")
+        model: str = Field(description="The served variant (see GET /v1/models) or its architecture name.")
+        encoding_format: EncodingFormat = Field("float", description=VECTOR_DOC)
+        dimensions: Optional[Annotated[int, Field(ge=1)]] = Field(
+            None, description="Must equal the model's dimension if given: CLIP vectors cannot be shortened.")
+        user: Optional[str] = Field(None, description="Accepted for compatibility; not used or logged.")
+        modality: Literal["text", "image"] = Field("text", description="What `input` holds.")
+
+        @field_validator("input", mode="before")
+        @classmethod
+        def _no_token_arrays(cls, value: Any) -> Any:
+            if isinstance(value, list) and any(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
+                raise ValueError("token arrays are not supported (CLIP has its own tokenizers); send strings")
+            return value
+
+        @property
+        def inputs(self) -> list[str]:
+            return [self.input] if isinstance(self.input, str) else list(self.input)
+
+        @model_validator(mode="after")
+        def _texts_fit(self) -> "OpenAIEmbeddingRequest":
+            if self.modality == "text":
+                for i, text in enumerate(self.inputs):
+                    if len(text) > max_text_chars:
+                        where = "input" if isinstance(self.input, str) else f"input[{i}]"
+                        raise ValueError(f"{where}: String should have at most {max_text_chars} characters")
+            return self
+
+    return RequestModels(text=TextEmbedRequest, image=ImageEmbedRequest, mixed=MixedEmbedRequest, score=ScoreRequest,
+                         openai_embeddings=OpenAIEmbeddingRequest)

@@ -53,11 +53,12 @@ class ImageLimits:
                                      allow_private=settings.allow_private_urls))
 
 
-def load_image(source: str | bytes, limits: ImageLimits) -> Image.Image:
-    """One IMAGE string (URL, data URI, base64) or raw uploaded bytes -> RGB image. Raises ImageError."""
+def load_image(source: str | bytes, limits: ImageLimits, draft_size: int | None = None) -> Image.Image:
+    """One IMAGE string (URL, data URI, base64) or raw uploaded bytes -> RGB image. Raises ImageError.
+    ``draft_size``: see ``decode_image``."""
     data = load_bytes(source, limits)
     with limits.decode_slots:
-        return decode_image(data, max_pixels=limits.max_pixels)
+        return decode_image(data, max_pixels=limits.max_pixels, draft_size=draft_size)
 
 
 def load_bytes(source: str | bytes, limits: ImageLimits) -> bytes:
@@ -73,19 +74,19 @@ def load_bytes(source: str | bytes, limits: ImageLimits) -> bytes:
 
 def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
                 then: Callable[[Image.Image], T] | None = None,
-                timeout_s: float | None = None) -> list[T | Image.Image | ImageError]:
+                timeout_s: float | None = None, draft_size: int | None = None) -> list[T | Image.Image | ImageError]:
     """Load every source (URLs concurrently, at most ``limits.concurrency`` at once); one result per source.
 
     A failure is returned in place as an ImageError, so the caller keeps the indices aligned.
     The whole step is bounded (``timeout_s``, by default enough for every wave of fetches plus a
     grace period): whatever is not done by then is reported as fetch_timeout, so a worker thread
-    stuck in DNS cannot hold the request.
+    stuck in DNS cannot hold the request. ``draft_size``: see ``decode_image``.
     """
     def one(source: str | bytes) -> T | Image.Image | ImageError:
         try:
             data = load_bytes(source, limits)  # fetching is not memory-heavy: it runs outside the decode slots
             with limits.decode_slots:
-                image = decode_image(data, max_pixels=limits.max_pixels)
+                image = decode_image(data, max_pixels=limits.max_pixels, draft_size=draft_size)
                 return image if then is None else _prepare(image, then)
         except ImageError as exc:
             return exc

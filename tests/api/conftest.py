@@ -19,7 +19,7 @@ READY_TIMEOUT_S = 120
 
 def tiny_settings(model_dir: Path, **overrides: Any) -> Settings:
     base = Settings(model_dir=model_dir, max_items=8, max_text_chars=400, fetch_timeout_s=2.0,
-                    fetch_connect_timeout_s=1.0, request_timeout_s=20.0, batch_max_wait_ms=2.0)
+                    fetch_connect_timeout_s=1.0, request_timeout_s=20.0, batch_max_wait_ms=2.0, precision="fp32")
     return dataclasses.replace(base, **overrides)
 
 
@@ -81,10 +81,13 @@ class Gate:
     def prepare_image(self, image):
         return self._encoder.prepare_image(image)
 
-    def encode_text(self, texts, normalize=True):
+    def prepare_text(self, text):
+        return self._encoder.prepare_text(text)
+
+    def encode_prepared_texts(self, items, normalize=True):
         self.entered.set()
         self.opened.wait(30)
-        return self._encoder.encode_text(texts, normalize=normalize)
+        return self._encoder.encode_prepared_texts(items, normalize=normalize)
 
     def encode_images(self, images, normalize=True):
         self.entered.set()

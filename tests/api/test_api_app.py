@@ -421,10 +421,13 @@ def test_model_exception_is_500_without_internals_and_service_recovers(app_with_
         def encode_images(self, images, normalize=True):
             return self._encoder.encode_images(images, normalize=normalize)
 
-        def encode_text(self, texts, normalize=True):
+        def prepare_text(self, text):
+            return self._encoder.prepare_text(text)
+
+        def encode_prepared_texts(self, items, normalize=True):
             if state["fail"]:
                 raise RuntimeError("secret internal detail /opt/model.bin")
-            return self._encoder.encode_text(texts, normalize=normalize)
+            return self._encoder.encode_prepared_texts(items, normalize=normalize)
 
     client = app_with_encoder(Flaky).test_client()
     err = error(client.post("/embed/text", json={"texts": ["a"]}), 500, "internal_error")
@@ -448,8 +451,9 @@ def test_full_queue_is_429_with_retry_after(app_with_encoder):
                                                                                     json={"texts": ["a"]})))
     first.start()
     assert gates[0].entered.wait(10)                                 # the loop is busy with "first"
+    eight = [f"b {i}" for i in range(8)]  # distinct: repeated texts are encoded once
     second = threading.Thread(target=lambda: results.setdefault("second", client.post("/embed/text",
-                                                                                      json={"texts": ["b"] * 8})))
+                                                                                      json={"texts": eight})))
     second.start()
     deadline = time.monotonic() + 10
     while app.extensions["clipserve"].engine.loop_health().queue_depth < 8:

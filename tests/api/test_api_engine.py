@@ -225,11 +225,13 @@ def test_loop_restarts_in_a_forked_child(make_batcher, monkeypatch):
 class FakeEncoder:
     """Follows the model-layer contract; only used here, to exercise load states and failures."""
 
-    info = SimpleNamespace(dim=3, logit_scale=100.0)
+    info = SimpleNamespace(dim=3, logit_scale=100.0, context_length=5)
 
-    def encode_text(self, texts, normalize=True):
-        vectors = np.array([[len(t), 1.0, 0.0] for t in texts], np.float32)
-        return SimpleNamespace(embeddings=vectors, truncated=[i for i, t in enumerate(texts) if len(t) > 5])
+    def prepare_text(self, text):
+        return SimpleNamespace(text=text, truncated=len(text) > 5, tokens=min(len(text), 5))
+
+    def encode_prepared_texts(self, items, normalize=True):
+        return np.array([[len(item.text), 1.0, 0.0] for item in items], np.float32)
 
     def encode_images(self, tensors, normalize=True):
         return np.array([[0.0, 0.0, t] for t in tensors], np.float32)
@@ -277,10 +279,10 @@ def test_engine_request_timeout_withdraws_queued_items():
     seen: list[str] = []
 
     class Slow(FakeEncoder):
-        def encode_text(self, texts, normalize=True):
+        def encode_prepared_texts(self, items, normalize=True):
             assert gate.wait(WAIT)
-            seen.extend(texts)
-            return super().encode_text(texts, normalize)
+            seen.extend(item.text for item in items)
+            return super().encode_prepared_texts(items, normalize)
 
     engine = EmbeddingEngine(Slow, max_wait_s=0)
     engine.start()

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from models import lean_imports
 from models.encoder import PreparedText
 from models.weights import assign_weights, load_safetensors, parameters_on_meta
 
@@ -22,13 +23,17 @@ VISUAL_PREFIX = "visual."
 
 def model_class_for(config: dict[str, Any]) -> type[nn.Module]:
     """The open_clip class open_clip's `create_model` would pick for this config."""
-    from open_clip.coca_model import CoCa
+    lean_imports.import_open_clip(config)
     from open_clip.model import CLIP, CustomTextCLIP
 
     custom_text = config.get("custom_text", False) or "hf_model_name" in config.get("text_cfg", {})
     if not custom_text:
         return CLIP
-    return CoCa if "multimodal_cfg" in config else CustomTextCLIP
+    if "multimodal_cfg" in config:
+        from open_clip.coca_model import CoCa
+
+        return CoCa
+    return CustomTextCLIP
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

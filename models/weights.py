@@ -20,11 +20,19 @@ from safetensors import safe_open
 from torch import nn
 
 
+# torch.nn.init's initializers. On a meta tensor they would be no-ops that still cost: torch runs them
+# through its Python reference ops, whose first use imports torch._dynamo (about 2 s of a cold start).
+_INITIALIZERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                 "sparse_")
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """While active, every `nn.Parameter` registered on a module is moved to `meta`.
+    """While active, every `nn.Parameter` registered on a module is moved to `meta`, and
+    torch.nn.init's initializers skip meta tensors.
 
-    Not thread-safe (patches `nn.Module.register_parameter`): use at load time only.
+    Not thread-safe (patches `nn.Module.register_parameter` and `torch.nn.init`): use at load time only.
     """
     original = nn.Module.register_parameter
 
@@ -35,11 +43,23 @@ def parameters_on_meta() -> Iterator[None]:
             kwargs["requires_grad"] = param.requires_grad
             module._parameters[name] = type(param)(param.to("meta"), **kwargs)
 
+    initializers = {name: getattr(nn.init, name) for name in _INITIALIZERS if hasattr(nn.init, name)}
     nn.Module.register_parameter = register_on_meta
+    for name, init in initializers.items():
+        setattr(nn.init, name, _skipping_meta(init))
     try:
         yield
     finally:
         nn.Module.register_parameter = original
+        for name, init in initializers.items():
+            setattr(nn.init, name, init)
+
+
+def _skipping_meta(init):  # noqa: ANN001, ANN202 - wraps any torch.nn.init function
+    def run(tensor: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return tensor if tensor.is_meta else init(tensor, *args, **kwargs)
+
+    return run
 
 
 def load_safetensors(path: Path | str) -> dict[str, torch.Tensor]:

@@ -4,7 +4,11 @@ One request per batch: /embed/text, /embed/image or /embed/mixed for `embed`, /s
 `pairwise` for `score`. Vectors travel as base64 float32 (exact and a third of the size).
 Throttling, cold starts and dropped connections are retried by the session (batch.retry). A
 request the service rejects as a whole (400/413/422) is split in halves until the row at
-fault is alone, so one bad row costs only itself.
+fault is alone, so one bad row costs only itself. So is a request still answered 500 after
+every retry (a row that makes the service fail), with no more 500 retries for the halves: the
+row left alone gets the service's error code, provided the service answered some other part of
+the batch (or, for a one-row batch, the request before it). A service that answers nothing but
+500 still stops the job, as do 429/502/503/504 and connection errors after every retry.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from requests.adapters import HTTPAdapter
 from batch.images import LocalFile, classify_image, read_local_file
 from batch.reader import Row
 from batch.results import EmbedResult, RowError, ScoreResult
-from batch.retry import make_retry
+from batch.retry import RETRY_STATUSES, make_retry
 from batch.targets import MISSING_EMBED_INPUT, FatalTargetError, missing_score_input
 
 log = logging.getLogger(__name__)
 
 SPLITTABLE_STATUSES = (400, 413, 422)  # the request as a whole was refused: find the row at fault
+SERVER_FAULT_STATUS = 500  # still failing after every retry: maybe one row makes the service fail; find it
 _HINTS = {
     401: " (check --token / --api-key / --google-id-token / --aws-sigv4)",
     403: " (check --token / --api-key / --google-id-token / --aws-sigv4)",
@@ -67,6 +72,22 @@ class _Rejected(Exception):
         if self.status == 422 and self.details:
             return {"errors": self.details}
         return None
+
+
+class _ServerFailed(FatalTargetError):
+    """HTTP 500 after every retry. Fatal unless ``_split_on_rejection`` pins it on one row."""
+
+    def __init__(self, message: str, error: RowError) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+@dataclass
+class _Split:
+    """What happened to the parts of one batch while it was being split."""
+
+    failed: _ServerFailed | None = None  # the first 500 that outlived its retries
+    failed_rows: int = 0  # rows answered 500 when alone
 
 
 def decode_vector(value: Any) -> np.ndarray | None:
@@ -124,25 +145,32 @@ class HttpTarget:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        self._last_answered = False  # did the latest request that finished get an answer (not a 500)?
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
+        """This thread's session; while a batch is split after a lasting 500, one that does not retry 500."""
+        name = "split_session" if getattr(self._local, "no_500_retries", False) else "session"
+        session = getattr(self._local, name, None)
         if session is None:
+            statuses = RETRY_STATUSES
+            if name == "split_session":
+                statuses = tuple(s for s in RETRY_STATUSES if s != SERVER_FAULT_STATUS)
             session = requests.Session()
             retry = make_retry(
                 self.options.max_retries,
                 self.options.backoff_factor,
                 self.options.backoff_max_s,
                 on_retry=self._on_retry,
+                statuses=statuses,
             )
             adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=self.options.pool_size)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.update(self.options.headers)
             session.auth = self.options.auth
-            self._local.session = session
+            setattr(self._local, name, session)
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
@@ -156,6 +184,9 @@ class HttpTarget:
         except requests.RequestException as exc:
             raise FatalTargetError(f"{method} {url}: {exc} (up to {self.options.max_retries} retries done)") from exc
         status = response.status_code
+        self._last_answered = status == 200 or status in SPLITTABLE_STATUSES
+        if self._last_answered:  # the service worked on this request (a 4xx is its verdict on the rows)
+            self._local.answers = getattr(self._local, "answers", 0) + 1
         if status == 200:
             try:
                 return response.json()
@@ -165,7 +196,10 @@ class HttpTarget:
         if status in SPLITTABLE_STATUSES:
             raise _Rejected(status, error, details)
         hint = _HINTS.get(status, "")
-        raise FatalTargetError(f"{method} {url}: HTTP {status} {error.code}: {error.message}{hint}")
+        message = f"{method} {url}: HTTP {status} {error.code}: {error.message}{hint}"
+        if status == SERVER_FAULT_STATUS:
+            raise _ServerFailed(message, error)
+        raise FatalTargetError(message)
 
     def describe(self) -> dict[str, Any]:
         return self._request("GET", "/").get("model") or {}
@@ -191,19 +225,48 @@ class HttpTarget:
     def _split_on_rejection(
         self, rows: Sequence[Row], send: Callable[[Sequence[Row]], list], fail: Callable[[RowError], Any]
     ) -> list:
-        """send(rows), halving the batch on a whole-request 4xx until the bad row is alone."""
+        """send(rows), halving the batch on a whole-request 4xx, or a 500 after every retry, until the bad row
+        is alone. Raises the 500 instead if no part of the batch got an answer: the service fails on everything."""
+        answered_before = self._last_answered
+        answers_before = getattr(self._local, "answers", 0)
+        split = _Split()
+        try:
+            results = self._send_or_split(rows, send, fail, split)
+        finally:
+            self._local.no_500_retries = False
+        if split.failed is not None:
+            answered = getattr(self._local, "answers", 0) > answers_before
+            if not answered and not (len(rows) == 1 and answered_before):
+                raise split.failed
+            log.warning(
+                "HTTP 500 for %d row(s) sent alone while the service answered other requests: row errors (%s)",
+                split.failed_rows, split.failed.error.code,
+            )  # fmt: skip
+        return results
+
+    def _send_or_split(
+        self,
+        rows: Sequence[Row],
+        send: Callable[[Sequence[Row]], list],
+        fail: Callable[[RowError], Any],
+        split: _Split,
+    ) -> list:
         try:
             return send(rows)
         except _Rejected as rejected:
-            if len(rows) == 1:
-                return [fail(rejected.error)]
-            log.info(
-                "HTTP %d for a batch of %d rows; splitting it to find the row at fault", rejected.status, len(rows)
-            )
-            middle = len(rows) // 2
-            return self._split_on_rejection(rows[:middle], send, fail) + self._split_on_rejection(
-                rows[middle:], send, fail
-            )
+            status, error = rejected.status, rejected.error
+        except _ServerFailed as failed:
+            split.failed = split.failed or failed
+            self._local.no_500_retries = True  # it outlived its retries: the halves get none for 500
+            status, error = SERVER_FAULT_STATUS, failed.error
+        if len(rows) == 1:
+            split.failed_rows += status == SERVER_FAULT_STATUS
+            return [fail(error)]
+        log.info("HTTP %d for a batch of %d rows; splitting it to find the row at fault", status, len(rows))
+        middle = len(rows) // 2
+        return self._send_or_split(rows[:middle], send, fail, split) + self._send_or_split(
+            rows[middle:], send, fail, split
+        )
 
     # -- embed ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 DIM = 8
 BROKEN_IMAGE = base64.b64encode(b"not an image at all").decode()
 REJECTED_TEXT = "REJECT-ME"  # a text the fake refuses with a whole-request 400
+POISON_TEXT = "CRASH-ME"  # a text that makes the fake fail with a 500, every time
 
 
 def fake_vector(value: str) -> np.ndarray:
@@ -57,6 +58,7 @@ class FakeService:
         self.script: deque[tuple[int, dict[str, str]] | str] = deque()  # answers before the real ones
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []  # of each POST, in arrival order
+        self.times: list[float] = []  # time.monotonic() of each POST's arrival, in arrival order
         self.lock = threading.Lock()
         service = self
 
@@ -75,6 +77,7 @@ class FakeService:
                 with service.lock:
                     service.requests.append((self.path, body))
                     service.headers.append(dict(self.headers.items()))
+                    service.times.append(time.monotonic())
                     scripted = service.script.popleft() if service.script else None
                 if scripted == "drop":
                     self.close_connection = True
@@ -113,6 +116,8 @@ class FakeService:
         if REJECTED_TEXT in texts:
             index = texts.index(REJECTED_TEXT)
             return 400, {"error": {"code": "invalid_request", "message": f"texts[{index}] is rejected"}}
+        if POISON_TEXT in texts:
+            return 500, {"error": {"code": "internal_error", "message": "the model call failed"}}
         errors = [
             {"index": i, "code": "invalid_image", "message": "not an image"}
             for i, im in enumerate(images)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import base64
 import sys
-import time
 
 import numpy as np
 import pytest
-from batch_fakes import BROKEN_IMAGE, REJECTED_TEXT, FakeService, fake_cosine, fake_image_vector, fake_text_vector
+from batch_fakes import (
+    BROKEN_IMAGE,
+    POISON_TEXT,
+    REJECTED_TEXT,
+    FakeService,
+    fake_cosine,
+    fake_image_vector,
+    fake_text_vector,
+)
 from batch_helpers import read_jsonl, run_cli, vector, write_csv, write_jsonl
 
 IMG = [base64.b64encode(f"image-{i}".encode()).decode() for i in range(40)]
@@ -111,10 +118,9 @@ def test_a_rejected_row_costs_only_itself(tmp_path, capsys, service):
 
 
 def test_retries_503_with_retry_after_429_and_dropped_connections_lose_nothing(tmp_path, capsys, service):
-    service.script.extend([(503, {"Retry-After": "1"}), (429, {"Retry-After": "0"}), "drop", (503, {}), (502, {})])
+    service.script.extend([(503, {"Retry-After": "2"}), (429, {"Retry-After": "0"}), "drop", (503, {}), (502, {})])
     rows = [{"id": f"id{i}", "text": f"t{i}"} for i in range(30)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    started = time.monotonic()
     status, summary = run_cli(
         capsys,
         "embed",
@@ -129,10 +135,13 @@ def test_retries_503_with_retry_after_429_and_dropped_connections_lose_nothing(t
         "--concurrency",
         "1",
         "--backoff-max",
-        "0.2",
+        "0.05",
     )
     assert status == 0 and summary["complete"]
-    assert time.monotonic() - started >= 1.0  # Retry-After: 1 was honoured
+    # Retry-After: 2 was honoured although --backoff-max allows only 0.05 s between the other retries.
+    gaps = np.diff(service.times)
+    assert gaps[0] >= 2.0, f"retried {gaps[0]:.2f} s after the 503 with Retry-After: 2"
+    assert max(gaps[1:5]) < 1.0, gaps[1:5]  # the others waited backoff (<= 0.05 s), not Retry-After
     records = read_jsonl(tmp_path / "o.jsonl")
     assert [r["id"] for r in records] == [r["id"] for r in rows]
     assert all(r["error"] is None for r in records)
@@ -383,3 +392,83 @@ def test_a_service_that_stays_overloaded_stops_the_job_with_advice(tmp_path, cap
     )
     assert status == 2 and summary["retries"] == {"HTTP 429": 2}
     assert "lower --concurrency" in caplog.text
+
+
+def test_a_long_retry_after_is_capped(tmp_path, capsys, service, monkeypatch):
+    """Retry-After: 3600 (a confused proxy) waits max(--backoff-max, RETRY_AFTER_MAX_S), not an hour."""
+    from batch import retry
+
+    monkeypatch.setattr(retry, "RETRY_AFTER_MAX_S", 0.5)  # 60 s in a real job
+    service.script.append((503, {"Retry-After": "3600"}))
+    src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
+    args = ("embed", "--input", src, "--output", tmp_path / "o.jsonl", "--endpoint", service.url)
+    status, summary = run_cli(capsys, *args, "--backoff-max", "0.05")
+    assert status == 0 and summary["complete"] and summary["retries"] == {"HTTP 503": 1}
+    assert 0.5 <= service.times[1] - service.times[0] < 3.0
+
+    # A --backoff-max longer than the cap raises it: the job is willing to wait that long anyway.
+    assert retry.make_retry(3, backoff_max=0.05).parse_retry_after("3600") == 0.5
+    assert retry.make_retry(3, backoff_max=120).parse_retry_after("3600") == 120
+    assert retry.make_retry(3, backoff_max=120).parse_retry_after("2") == 2
+    assert retry.make_retry(3, backoff_max=0.05, retry_after_max=7).parse_retry_after("3600") == 7
+
+
+@pytest.mark.parametrize("batch_size", [8, 1])
+def test_a_row_that_makes_the_service_fail_costs_only_itself(tmp_path, capsys, service, batch_size):
+    """HTTP 500 after every retry: the batch is split like a 4xx and the row left alone gets the service's code."""
+    rows = [{"id": str(i), "text": POISON_TEXT if i == 5 else f"t{i}"} for i in range(12)]
+    src = write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "o.jsonl"
+    status, summary = run_cli(
+        capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url,
+        "--batch-size", str(batch_size), "--concurrency", "1", "--max-retries", "2", "--backoff-max", "0.01",
+    )  # fmt: skip
+    assert status == 0 and summary["complete"]
+    records = read_jsonl(out)
+    assert [r["id"] for r in records] == [str(i) for i in range(12)]
+    assert records[5]["error"]["code"] == "internal_error" and records[5]["text_embedding"] is None
+    for i in set(range(12)) - {5}:
+        np.testing.assert_array_equal(vector(records[i], "text_embedding"), fake_text_vector(f"t{i}"))
+    assert summary["errors"] == {"internal_error": 1}
+    poisoned = [body for _, body in service.requests if POISON_TEXT in body["texts"]]
+    # The batch holding the row got its 2 retries; its halves got none for the 500 (they are not retried again).
+    assert len(poisoned) == (3 + 3 if batch_size == 8 else 3), [len(b["texts"]) for b in poisoned]
+    assert summary["retries"] == {"HTTP 500": 2}
+
+
+@pytest.mark.parametrize("batch_size", [4, 1])
+def test_a_service_that_fails_on_every_row_still_stops_the_job(tmp_path, capsys, service, batch_size):
+    service.answer = lambda path, body: (500, {"error": {"code": "internal_error", "message": "broken"}})
+    src = write_csv(tmp_path / "in.csv", [{"id": str(i), "text": f"t{i}"} for i in range(8)])
+    out = tmp_path / "o.jsonl"
+    status, summary = run_cli(
+        capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url,
+        "--batch-size", str(batch_size), "--concurrency", "1", "--max-retries", "1", "--backoff-max", "0.01",
+    )  # fmt: skip
+    assert status == 2 and not summary["complete"] and summary["written"] == 0
+    assert not out.exists() or out.read_text() == ""  # nothing written as a row error
+    # The first batch: its retry, then its halves down to single rows, each once; then the job stopped.
+    first_batch = {f"t{i}" for i in range(batch_size)}
+    sent = [b for _, b in service.requests if set(b["texts"]) <= first_batch]
+    assert len(sent) == (2 + 2 + 4 if batch_size == 4 else 2)
+
+
+def test_a_service_that_breaks_mid_job_stops_it_without_blaming_the_rows(tmp_path, capsys, service):
+    healthy = service.answer
+    calls = []
+
+    def breaks_after_two(path, body):
+        calls.append(path)
+        if len(calls) > 2:
+            return 500, {"error": {"code": "internal_error", "message": "broken"}}
+        return healthy(path, body)
+
+    service.answer = breaks_after_two
+    src = write_csv(tmp_path / "in.csv", [{"id": str(i), "text": f"t{i}"} for i in range(16)])
+    out = tmp_path / "o.jsonl"
+    status, summary = run_cli(
+        capsys, "embed", "--input", src, "--output", out, "--endpoint", service.url,
+        "--batch-size", "4", "--concurrency", "1", "--max-retries", "1", "--backoff-max", "0.01",
+    )  # fmt: skip
+    assert status == 2 and summary["written"] == 8
+    assert all(r["error"] is None for r in read_jsonl(out))

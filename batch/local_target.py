@@ -3,10 +3,15 @@
 Images go through the service's own loader (inputs/: same URL rules, limits, error codes,
 RGB conversion) and the encoder's prepare_image in the worker threads; the forward passes take
 a lock, because several torch calls at once only oversubscribe the cores.
+
+Texts obey the service's limit too (``MAX_TEXT_CHARS``, default 2000 characters): a longer one is
+the service's per-row ``invalid_request``, not an embedding, so --local and --endpoint write the
+same row.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +24,37 @@ from batch.reader import Row
 from batch.results import EmbedResult, RowError, ScoreResult
 from batch.targets import MISSING_EMBED_INPUT, missing_score_input
 
+# The service's default MAX_TEXT_CHARS (infra/settings.py; a test keeps the two equal).
+DEFAULT_MAX_TEXT_CHARS = 2000
+
+
+def max_text_chars_from_env(environ: Any = os.environ) -> int:
+    """``MAX_TEXT_CHARS`` as the service reads it (a whole number >= 1), else the service's default."""
+    value = environ.get("MAX_TEXT_CHARS", "").strip()
+    if not value:
+        return DEFAULT_MAX_TEXT_CHARS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"MAX_TEXT_CHARS={value!r}: expected a whole number of characters, at least 1")
+    return limit
+
 
 class LocalTarget:
-    def __init__(self, encoder: Any, search_dirs: Sequence[Path] = (), allow_private_urls: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        search_dirs: Sequence[Path] = (),
+        allow_private_urls: bool = False,
+        max_text_chars: int | None = None,
+    ) -> None:
         from inputs import FetchLimits, ImageLimits
 
         self.encoder = encoder
         self.search_dirs = tuple(search_dirs)
+        self.max_text_chars = max_text_chars_from_env() if max_text_chars is None else max_text_chars
         self.limits = ImageLimits(fetch=FetchLimits(allow_private=allow_private_urls), concurrency=4)
         self._forward = threading.Lock()
 
@@ -43,6 +72,14 @@ class LocalTarget:
         pass
 
     # -- building blocks --------------------------------------------------------------------
+
+    def _text_error(self, row: Row) -> RowError | None:
+        """The service's answer to a text over MAX_TEXT_CHARS: the whole row refused (400), alone."""
+        if row.text is not None and len(row.text) > self.max_text_chars:
+            return RowError(
+                "invalid_request", f"texts[0]: String should have at most {self.max_text_chars} characters"
+            )
+        return None
 
     def _encode_texts(self, texts: list[str], normalize: bool) -> tuple[np.ndarray, set[int]]:
         with self._forward:
@@ -76,8 +113,9 @@ class LocalTarget:
     # -- Target -----------------------------------------------------------------------------
 
     def embed(self, rows: Sequence[Row], normalize: bool = True) -> list[EmbedResult]:
-        text_rows = [i for i, r in enumerate(rows) if r.text is not None]
-        image_rows = [i for i, r in enumerate(rows) if r.image is not None]
+        refused = {i: e for i, r in enumerate(rows) if (e := self._text_error(r)) is not None}
+        text_rows = [i for i, r in enumerate(rows) if r.text is not None and i not in refused]
+        image_rows = [i for i, r in enumerate(rows) if r.image is not None and i not in refused]
         text_vectors: dict[int, np.ndarray] = {}
         truncated: set[int] = set()
         if text_rows:
@@ -89,6 +127,9 @@ class LocalTarget:
         for i, row in enumerate(rows):
             if row.text is None and row.image is None:
                 results.append(EmbedResult(error=MISSING_EMBED_INPUT))
+                continue
+            if i in refused:
+                results.append(EmbedResult(error=refused[i]))
                 continue
             image = images.get(i)
             results.append(
@@ -106,9 +147,9 @@ class LocalTarget:
         results: list[ScoreResult | None] = [None] * len(rows)
         pairs = []
         for i, row in enumerate(rows):
-            missing = missing_score_input(row)
-            if missing is not None:
-                results[i] = ScoreResult(error=missing)
+            error = missing_score_input(row) or self._text_error(row)
+            if error is not None:
+                results[i] = ScoreResult(error=error)
             else:
                 pairs.append(i)
         if pairs:

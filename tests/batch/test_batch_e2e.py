@@ -261,7 +261,57 @@ def test_score_equals_the_services_own_answers_and_local(service_url, dataset, t
         assert r_rec["cosine"] == pytest.approx(body["cosine"][0], abs=1e-5)
         assert r_rec["clip_score"] == pytest.approx(body["clip_score"][0], abs=1e-3)
         assert l_rec["cosine"] == pytest.approx(body["cosine"][0], abs=1e-5)
-        assert l_rec["clip_score"] == pytest.approx(max(100 * l_rec["cosine"], 0.0))
+        assert l_rec["clip_score"] == pytest.approx(body["clip_score"][0], abs=1e-3)
+
+
+@pytest.mark.parametrize("command", ["embed", "score"])
+def test_a_text_over_max_text_chars_is_the_same_row_error_locally_and_remotely(
+    service_url, dataset, tiny_model_dir, tmp_path, capsys, command
+):
+    """The service refuses a text over MAX_TEXT_CHARS (default 2000) with a 400; --local must not embed it."""
+    image = base64.b64encode(png(4, (50, 50))).decode()
+    rows = [
+        {"id": "ok", "text": "x" * 2000, "image": image},
+        {"id": "long", "text": "x" * 2001, "image": image},
+        {"id": "after", "text": "a dog", "image": image},
+    ]
+    src = write_csv(tmp_path / "in.csv", rows)
+    outputs = []
+    for where in (["--endpoint", service_url], ["--local", "--model-dir", tiny_model_dir]):
+        out = tmp_path / f"{where[0].strip('-')}.jsonl"
+        status, summary = run_cli(capsys, command, "--input", src, "--output", out, *where, "--batch-size", "3")
+        assert status == 0 and summary["complete"] and summary["errors"] == {"invalid_request": 1}, summary
+        outputs.append({r["id"]: r for r in read_jsonl(out)})
+    remote, local = outputs
+    for records in (remote, local):
+        assert records["long"]["error"]["code"] == "invalid_request"
+        assert records["ok"]["error"] is None and records["after"]["error"] is None
+    if command == "embed":
+        for records in (remote, local):
+            assert records["long"]["text_embedding"] is None and records["long"]["image_embedding"] is None
+        for row_id in ("ok", "after"):
+            for key in ("text_embedding", "image_embedding"):
+                np.testing.assert_allclose(vector(local[row_id], key), vector(remote[row_id], key), **TOL)
+    else:
+        assert remote["long"]["clip_score"] is None and local["long"]["clip_score"] is None
+        for row_id in ("ok", "after"):
+            assert local[row_id]["cosine"] == pytest.approx(remote[row_id]["cosine"], abs=1e-5)
+
+
+def test_local_reads_max_text_chars_like_the_service(english_encoder, monkeypatch):
+    from batch.local_target import DEFAULT_MAX_TEXT_CHARS, LocalTarget
+    from batch.reader import Row
+    from infra.settings import Settings
+
+    assert DEFAULT_MAX_TEXT_CHARS == Settings().max_text_chars  # the service's default
+    monkeypatch.setenv("MAX_TEXT_CHARS", "10")
+    target = LocalTarget(english_encoder)
+    ten, eleven = target.embed([Row(0, "a", "x" * 10, None), Row(1, "b", "x" * 11, None)])
+    assert ten.error is None and ten.text_embedding is not None
+    assert eleven.error is not None and eleven.error.code == "invalid_request" and eleven.text_embedding is None
+    monkeypatch.setenv("MAX_TEXT_CHARS", "lots")
+    with pytest.raises(ValueError, match="MAX_TEXT_CHARS"):
+        LocalTarget(english_encoder)
 
 
 def test_a_cold_start_is_waited_out(tiny_model_dir, dataset, tmp_path, capsys):

@@ -490,3 +490,44 @@ def test_wedged_model_times_out_and_health_turns_unhealthy(app_with_encoder):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     ok(client.post("/embed/text", json={"texts": ["after"]}), TextEmbedResponse)
+
+
+def smooth_jpeg(width: int, height: int) -> bytes:
+    """A photo-like JPEG (smooth colour fields), large enough for draft decoding to apply."""
+    rng = np.random.default_rng(7)
+    small = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize((width, height), Image.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_large_jpegs_are_decoded_at_twice_the_model_size_unless_exact_decoding_is_asked(apps, english_encoder):
+    from inputs import decode_image
+
+    blob = smooth_jpeg(2000, 1500)
+    size = english_encoder.info.image_size
+    draft = decode_image(blob, max_pixels=10**8, draft_size=2 * size)
+    assert draft.size == (1000, 750) and min(draft.size) >= 2 * size   # JPEG's 1/2 scale, not below 448
+    fast = np.asarray(apps("english").test_client().post("/embed/image", json={"images": [b64(blob)]})
+                      .json["embeddings"], np.float32)
+    exact = np.asarray(apps("english", exact_image_decode=True).test_client()
+                       .post("/embed/image", json={"images": [b64(blob)]}).json["embeddings"], np.float32)
+    assert np.array_equal(fast, english_encoder.encode_images([english_encoder.prepare_image(draft)]))
+    full = decode_image(blob, max_pixels=10**8)
+    assert full.size == (2000, 1500)
+    assert np.array_equal(exact, english_encoder.encode_images([english_encoder.prepare_image(full)]))
+    assert float((fast * exact).sum()) >= 0.99999
+
+
+def test_small_and_non_jpeg_images_are_decoded_exactly_either_way(apps):
+    from inputs import decode_image
+
+    png = image_bytes("PNG", size=(2000, 1500))
+    assert decode_image(png, max_pixels=10**8, draft_size=448).size == (2000, 1500)
+    small = smooth_jpeg(640, 480)  # 640 // 448 = 1: no reduction possible
+    assert decode_image(small, max_pixels=10**8, draft_size=448).size == (640, 480)
+
+
+def test_info_reports_the_precision_in_force(apps):
+    assert apps("english").test_client().get("/").json["model"]["precision"] == "fp32"
+    assert apps("english", precision="bf16").test_client().get("/").json["model"]["precision"] == "bf16"

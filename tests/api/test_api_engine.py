@@ -302,3 +302,132 @@ def test_engine_request_timeout_withdraws_queued_items():
     finally:
         gate.set()
         engine.shutdown()
+
+
+# --- text cache, duplicates, truncate=False ---------------------------------------------------------
+
+class CountingEncoder(FakeEncoder):
+    def __init__(self) -> None:
+        self.encoded: list[list[str]] = []
+        self.prepared: list[str] = []
+
+    def prepare_text(self, text):
+        self.prepared.append(text)
+        return super().prepare_text(text)
+
+    def encode_prepared_texts(self, items, normalize=True):
+        self.encoded.append([item.text for item in items])
+        return super().encode_prepared_texts(items, normalize) * (1.0 if normalize else 2.0)
+
+
+@pytest.fixture
+def counting_engine():
+    made = []
+
+    def make(**kwargs):
+        encoder = CountingEncoder()
+        engine = EmbeddingEngine(lambda: encoder, max_wait_s=0, **kwargs)
+        engine.start()
+        assert engine.wait_ready(WAIT)
+        made.append(engine)
+        return engine, encoder
+
+    yield make
+    for engine in made:
+        engine.shutdown()
+
+
+def test_cached_texts_skip_tokenizing_and_the_model(counting_engine):
+    engine, encoder = counting_engine(text_cache_size=16)
+    first = engine.embed_texts(["ab", "abcdefg"], normalize=True, timeout=WAIT)
+    again = engine.embed_texts(["abcdefg", "ab", "new"], normalize=True, timeout=WAIT)
+    assert encoder.encoded == [["ab", "abcdefg"], ["new"]] and encoder.prepared == ["ab", "abcdefg", "new"]
+    assert again.cache_hits == 2 and first.cache_hits == 0
+    assert np.array_equal(again.embeddings[:2], first.embeddings[::-1])
+    assert again.truncated == [0] and again.tokens == [5, 2, 3]   # the cached truncation and token counts
+    raw = engine.embed_texts(["ab"], normalize=False, timeout=WAIT)  # other options: a separate entry
+    assert encoder.encoded[-1] == ["ab"] and raw.embeddings[0, 0] == 2 * first.embeddings[0, 0]
+
+
+def test_cache_is_bounded_least_recently_used_first(counting_engine):
+    engine, encoder = counting_engine(text_cache_size=2)
+    for texts in (["a"], ["b"], ["a"], ["c"], ["a"], ["b"]):  # "b" was the least recent when "c" came
+        engine.embed_texts(texts, normalize=True, timeout=WAIT)
+    assert encoder.encoded == [["a"], ["b"], ["c"], ["b"]]
+
+
+def test_cache_size_zero_disables_it_but_duplicates_are_still_encoded_once(counting_engine):
+    engine, encoder = counting_engine(text_cache_size=0)
+    result = engine.embed_texts(["x", "y", "x"], normalize=True, timeout=WAIT)
+    engine.embed_texts(["x"], normalize=True, timeout=WAIT)
+    assert encoder.encoded == [["x", "y"], ["x"]]
+    assert result.embeddings.shape == (3, 3) and np.array_equal(result.embeddings[0], result.embeddings[2])
+
+
+def test_truncate_false_refuses_before_any_model_call(counting_engine):
+    from engine import TextsTooLong
+
+    engine, encoder = counting_engine(text_cache_size=16)
+    with pytest.raises(TextsTooLong) as refused:
+        engine.embed_texts(["ok", "far too long", "fine", "also too long"], normalize=True, timeout=WAIT,
+                           truncate=False)
+    assert refused.value.indices == [1, 3] and refused.value.context_length == 5
+    assert encoder.encoded == []
+    engine.embed_texts(["far too long"], normalize=True, timeout=WAIT)  # cached with its truncation flag ...
+    with pytest.raises(TextsTooLong):
+        engine.embed_texts(["far too long"], normalize=True, timeout=WAIT, truncate=False)  # ... still refused
+
+
+# --- the naive design, and clients that leave -------------------------------------------------------
+
+def test_unbatched_runs_each_request_in_its_own_thread(counting_engine):
+    engine, encoder = counting_engine(batching=False)
+    threads_seen = []
+    original = encoder.encode_prepared_texts
+
+    def spy(items, normalize=True):
+        threads_seen.append(threading.current_thread().name)
+        return original(items, normalize)
+
+    encoder.encode_prepared_texts = spy
+    result = engine.embed_texts(["ab", "abc"], normalize=True, timeout=WAIT)
+    assert result.embeddings.tolist() == [[2, 1, 0], [3, 1, 0]]
+    assert threads_seen == [threading.current_thread().name]
+    assert engine.embed_images([1.5], normalize=True, timeout=WAIT).tolist() == [[0, 0, 1.5]]
+    health = engine.loop_health()
+    assert health.running and health.healthy and health.queue_depth == 0 and health.batches_done == 2
+
+
+def test_unbatched_model_failure_reaches_the_caller(counting_engine):
+    engine, encoder = counting_engine(batching=False)
+    encoder.encode_prepared_texts = lambda items, normalize=True: 1 / 0
+    with pytest.raises(BatchFailed):
+        engine.embed_texts(["a"], normalize=True, timeout=WAIT)
+    assert engine.loop_health().batches_failed == 1
+
+
+def test_a_client_that_left_has_its_items_withdrawn(counting_engine):
+    from engine import ClientGone
+
+    engine, encoder = counting_engine()
+    gate = threading.Event()
+    original = encoder.encode_prepared_texts
+
+    def held(items, normalize=True):
+        assert gate.wait(WAIT)
+        return original(items, normalize)
+
+    encoder.encode_prepared_texts = held
+    holder = threading.Thread(target=lambda: engine.embed_texts(["first"], normalize=True, timeout=WAIT))
+    holder.start()
+    time.sleep(0.05)  # "first" is in the model; "gone" will wait in the queue
+    gone = threading.Event()
+    started = time.monotonic()
+    threading.Timer(0.2, gone.set).start()
+    with pytest.raises(ClientGone):
+        engine.embed_texts(["gone"], normalize=True, timeout=WAIT, cancelled=gone.is_set)
+    assert time.monotonic() - started < 1.0
+    gate.set()
+    holder.join(WAIT)
+    engine.embed_texts(["third"], normalize=True, timeout=WAIT)
+    assert encoder.encoded == [["first"], ["third"]]  # "gone" never reached the model

@@ -22,7 +22,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def fuzz_app(tiny_model_dir):
-    settings = Settings(model_dir=tiny_model_dir, max_items=4, max_text_chars=200, request_timeout_s=10,
+    settings = Settings(model_dir=tiny_model_dir, max_items=4, max_text_chars=200, request_timeout_s=10, precision="fp32",
                         fetch_connect_timeout_s=0.3, fetch_timeout_s=0.5, max_body_bytes=256 * 1024)
     app = create_app(settings)
     engine = app.extensions["clipserve"].engine
@@ -39,12 +39,14 @@ def _operations(app) -> list:
 
 def test_the_schema_documents_every_api_route(fuzz_app):
     labels = {op.label for op in _operations(fuzz_app)}
-    assert {"POST /embed/text", "POST /embed/image", "POST /embed/mixed", "POST /score", "GET /health"} <= labels
+    assert {"POST /embed/text", "POST /embed/image", "POST /embed/mixed", "POST /score", "GET /health",
+            "POST /v1/embeddings", "GET /v1/models"} <= labels
 
 
 POSITIVE_OPERATIONS = ["POST /embed/text", "POST /embed/image", "POST /embed/mixed", "POST /score", "GET /",
-                       "GET /health"]
-NEGATIVE_OPERATIONS = ["POST /embed/text", "POST /embed/image", "POST /embed/mixed", "POST /score"]
+                       "GET /health", "POST /v1/embeddings", "GET /v1/models"]
+NEGATIVE_OPERATIONS = ["POST /embed/text", "POST /embed/image", "POST /embed/mixed", "POST /score",
+                       "POST /v1/embeddings"]
 
 
 @pytest.mark.parametrize("mode, label", [(GenerationMode.POSITIVE, op) for op in POSITIVE_OPERATIONS]

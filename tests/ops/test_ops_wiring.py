@@ -57,3 +57,37 @@ def test_request_line_carries_engine_batch_facts(app):
         [line] = cap.request_lines()
         assert line["texts"] == 3 and line["batch_size"] >= 3 and line["queue_wait_ms"] >= 0
         assert KEY not in cap.buffer.getvalue()
+
+
+def _samples(client) -> dict:
+    text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_text_cache_hits_are_logged_and_counted(app):
+    client = app.test_client()
+    before = _samples(client)
+    hits = (("clipserve_text_cache_lookups_total", (("result", "hit"),)))
+    misses = (("clipserve_text_cache_lookups_total", (("result", "miss"),)))
+    for cap in capture(Settings()):
+        assert client.post("/embed/text", json={"texts": ["cached label 1", "cached label 2"]},
+                           headers=AUTH).status_code == 200
+        assert client.post("/embed/text", json={"texts": ["cached label 2", "fresh label"]},
+                           headers=AUTH).status_code == 200
+        first, second = cap.request_lines()
+        assert "text_cache_hits" not in first and second["text_cache_hits"] == 1 and second["texts"] == 2
+    after = _samples(client)
+    assert after[hits] - before.get(hits, 0) == 1 and after[misses] - before.get(misses, 0) == 3
+
+
+def test_texts_are_counted_even_when_the_request_fails(app):
+    client = app.test_client()
+    before = _samples(client)
+    key = ("clipserve_items_total", (("kind", "text"),))
+    for cap in capture(Settings()):
+        r = client.post("/embed/text", json={"texts": ["a " * 100] * 2, "truncate": False}, headers=AUTH)
+        assert r.status_code == 400
+        [line] = cap.request_lines()
+        assert line["texts"] == 2 and line["error_code"] == "invalid_request"
+    assert _samples(client)[key] - before.get(key, 0) == 2

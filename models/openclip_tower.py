@@ -90,6 +90,7 @@ class OpenClipTextTower:
         self.model = model
         self.context_length = context_length
         self.tokenizer = SimpleTokenizer(context_length=context_length, **(tokenizer_kwargs or {}))
+        run_sequence_first(model.transformer)
 
     def prepare(self, text: str) -> PreparedText:
         """Token ids as open_clip's tokenizer makes them: SOT, the text, EOT; a text that does not fit
@@ -113,6 +114,27 @@ class OpenClipTextTower:
 
     def encode(self, items: list[PreparedText]) -> torch.Tensor:
         return encode_text_trimmed(self.model, self.tokens(items))
+
+
+def run_sequence_first(transformer: nn.Module) -> None:
+    """Run the text transformer's blocks on (L, N, D) tensors instead of (N, L, D); same operations and results.
+
+    The causal mask is a float mask, which keeps nn.MultiheadAttention off its fused fast path; on the
+    slow path a batch-first block hands its projections a transposed view, and torch's matmul then
+    copies the weight once per position (measured: bf16 text slower than fp32). Sequence-first, every
+    block after the first gets contiguous input: 3.3x the bf16 text throughput at batch 16 and 1.3x in
+    fp32 on the dev VM, with outputs equal to the batch-first pass. open_clip's Transformer supports
+    this layout (``batch_first=False``); blocks that do not (custom blocks) are left as they are.
+    """
+    from open_clip.transformer import ResidualAttentionBlock
+
+    blocks = list(getattr(transformer, "resblocks", []))
+    if not blocks or not all(type(b) is ResidualAttentionBlock and isinstance(b.attn, nn.MultiheadAttention)
+                             for b in blocks):
+        return
+    transformer.batch_first = False
+    for block in blocks:
+        block.attn.batch_first = False
 
 
 def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

@@ -135,3 +135,23 @@ def test_decoding_and_preprocessing_are_bounded_across_concurrent_requests():
         t.join(30)
     assert len(results) == 3 and all(r == [(20, 20)] * 6 for r in results)
     assert peak[0] == 2
+
+
+def test_decoding_runs_at_the_lowest_cpu_priority_so_the_model_keeps_its_cores():
+    """Decode threads at nice 19 (Linux), request and model threads untouched."""
+    import os
+    import sys
+    import threading
+
+    from inputs import ImageLimits, load_images
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice is Linux-only")
+
+    def niceness(image):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    limits = ImageLimits(decode_concurrency=2)
+    results = load_images([image_bytes("PNG", size=(20, 20), seed=s) for s in range(3)], limits, then=niceness)
+    assert results == [19, 19, 19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0

@@ -78,7 +78,9 @@ class Batcher:
 
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int = 32, max_wait_s: float = 0.005,
                  queue_size: int = 256, stall_timeout_s: float = 120.0, idle_poll_s: float = 0.25,
-                 isolate_failures: bool = True) -> None:
+                 isolate_failures: bool = True, more_coming: Callable[[], bool] | None = None) -> None:
+        """``more_coming``: whether items are on their way (requests still preparing inputs); a batch waits
+        up to ``max_wait_s`` for more only while it says so, so a lone request at idle never waits."""
         if max_batch_size < 1 or queue_size < 1:
             raise ValueError("max_batch_size and queue_size must be positive")
         self._run_batch = run_batch
@@ -88,6 +90,7 @@ class Batcher:
         self._stall_timeout = stall_timeout_s
         self._idle_poll = idle_poll_s
         self._isolate_failures = isolate_failures
+        self._more_coming = more_coming
         self._pending: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -144,6 +147,11 @@ class Batcher:
             self._cond.notify()
         return [i.future for i in items]
 
+    def poke(self) -> None:
+        """Wake a batch that is waiting for more items, so it checks ``more_coming`` again."""
+        with self._cond:
+            self._cond.notify()
+
     def health(self) -> LoopHealth:
         busy_since = self._busy_since
         busy_for = time.monotonic() - busy_since if busy_since is not None else 0.0
@@ -181,7 +189,7 @@ class Batcher:
             deadline = time.monotonic() + self._max_wait
             while len(batch) < self._max_batch and not self._stop.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (self._more_coming is not None and not self._more_coming()):
                     break
                 self._cond.wait(remaining)
                 batch += self._take_matching(key, self._max_batch - len(batch))
@@ -266,6 +274,9 @@ class Unbatched:
 
     def set_batch_observer(self, observer: Callable[[str, int, float], None] | None) -> None:
         self._on_batch = observer
+
+    def poke(self) -> None:
+        pass  # nothing ever waits for more items here
 
     def submit(self, kind: str, options: Hashable, payloads: Sequence[Any]) -> list[Future]:
         """Run the model on ``payloads`` now, in the calling thread; the futures come back done."""

@@ -10,13 +10,14 @@ go through the batcher. Text embeddings are cached (``TextCache``) ahead of all 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import enum
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -88,10 +89,12 @@ class EmbeddingEngine:
         self._lock = threading.Lock()
         self._request_observer: Callable[[str, list[tuple[int, float]], int], None] | None = None
         self._cache = TextCache(text_cache_size)
+        self._preparing = 0  # requests between starting their input work and queueing its result
         self._batcher: Batcher | Unbatched
         if batching:
             self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
-                                    queue_size=queue_size, stall_timeout_s=stall_timeout_s)
+                                    queue_size=queue_size, stall_timeout_s=stall_timeout_s,
+                                    more_coming=lambda: self._preparing > 0)
         else:
             self._batcher = Unbatched(self._run_batch, stall_timeout_s=stall_timeout_s)
 
@@ -174,6 +177,19 @@ class EmbeddingEngine:
 
     # work ------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Wrap a request's input work (and its submit): while any request is inside, a batch that has
+        room waits (up to the batching window) for its items rather than running without them."""
+        with self._lock:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._preparing -= 1
+            self._batcher.poke()
+
     def prepare_image(self, image: Any) -> Any:
         """Image -> model input tensor. Runs in the caller's (request) thread, not the inference thread."""
         return self._require_encoder().prepare_image(image)
@@ -186,15 +202,16 @@ class EmbeddingEngine:
         ``cancelled`` (polled while waiting) tells that the client went away: its items are withdrawn.
         """
         encoder = self._require_encoder()
-        entries, hits = self._look_up_or_prepare(encoder, texts, normalize)
-        if not truncate:
-            too_long = [i for i, t in enumerate(texts) if entries[t].truncated]
-            if too_long:
-                raise TextsTooLong(too_long, encoder.info.context_length)
-        todo = {t: e for t, e in entries.items() if not isinstance(e, CachedText)}
+        with self.preparing():
+            entries, hits = self._look_up_or_prepare(encoder, texts, normalize)
+            if not truncate:
+                too_long = [i for i, t in enumerate(texts) if entries[t].truncated]
+                if too_long:
+                    raise TextsTooLong(too_long, encoder.info.context_length)
+            todo = {t: e for t, e in entries.items() if not isinstance(e, CachedText)}
+            futures = self._batcher.submit(TEXT, normalize, list(todo.values())) if todo else []
         if todo:
-            vectors = self._wait(TEXT, self._batcher.submit(TEXT, normalize, list(todo.values())), timeout,
-                                 cancelled, cache_hits=hits)
+            vectors = self._wait(TEXT, futures, timeout, cancelled, cache_hits=hits)
             for (text, prepared), vector in zip(todo.items(), vectors, strict=True):
                 entries[text] = CachedText(vector, prepared.truncated, prepared.tokens)
                 self._cache.put((text, normalize), vector, prepared.truncated, prepared.tokens)
@@ -220,7 +237,8 @@ class EmbeddingEngine:
     def embed_images(self, tensors: Sequence[Any], *, normalize: bool, timeout: float,
                      cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         self._require_encoder()
-        futures = self._batcher.submit(IMAGE, normalize, list(tensors))
+        with self.preparing():
+            futures = self._batcher.submit(IMAGE, normalize, list(tensors))
         return _stack(self._wait(IMAGE, futures, timeout, cancelled))
 
     def _require_encoder(self) -> Any:

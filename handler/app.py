@@ -243,8 +243,9 @@ class ClipApi:
         """Fetch, decode and preprocess in request threads: (model inputs of the good images, their indices, errors)."""
         info = self.engine.info  # fail with 503 before fetching anything while the model loads
         draft_size = None if self.settings.exact_image_decode else 2 * info.image_size
-        loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=_left(deadline),
-                             draft_size=draft_size)
+        with self.engine.preparing():
+            loaded = load_images(images, self.image_limits, then=self.engine.prepare_image,
+                                 timeout_s=_left(deadline), draft_size=draft_size)
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]

@@ -431,3 +431,23 @@ def test_a_client_that_left_has_its_items_withdrawn(counting_engine):
     holder.join(WAIT)
     engine.embed_texts(["third"], normalize=True, timeout=WAIT)
     assert encoder.encoded == [["first"], ["third"]]  # "gone" never reached the model
+
+
+def test_a_batch_waits_for_more_only_while_requests_are_still_preparing(recorder):
+    coming = threading.Event()
+    batcher = Batcher(recorder, max_wait_s=1.0, more_coming=coming.is_set)
+    batcher.start()
+    try:
+        started = time.monotonic()
+        assert results(batcher.submit("text", True, ["alone"])) == ["text/True/alone"]
+        assert time.monotonic() - started < 0.5          # nobody else coming: no 1 s wait at idle
+        coming.set()
+        first = batcher.submit("text", True, ["a"])
+        time.sleep(0.1)                                     # "b" is still being prepared ...
+        second = batcher.submit("text", True, ["b"])
+        coming.clear()
+        batcher.poke()
+        assert results(first + second) == ["text/True/a", "text/True/b"]
+        assert recorder.batches[-1][2] == ["a", "b"]        # ... and joined the waiting batch
+    finally:
+        batcher.shutdown(timeout=WAIT)

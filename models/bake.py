@@ -182,7 +182,7 @@ def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow
         mclip = None if variant.text is None else _bake_mclip(variant, fetch, staging)
         spec = manifest.build_manifest(variant, clip_config, origin="models.bake", sources=records, mclip=mclip)
         _check_loadable(staging, spec)
-        return bundle.publish(staging, out, spec)
+        return bundle.publish(staging, out, manifest.add_bf16_copies(staging, spec))
 
 
 def _bake_clip(variant: Variant, weights: Path, staging: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from models import registry
 from models.bundle import BundleError, check_bundle
 from models.encoder import Encoder, ModelInfo
 from models.threads import configure_torch_threads
+from models.weights import prefetch
 
 
 def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None,
@@ -36,15 +37,19 @@ def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None
     if not bundle_path.exists() and variant not in registry.names():
         registry.get(variant)  # raises UnknownVariant with the list of names
     bundle_dir, manifest = check_bundle(model_dir, variant)
+    clip, text = dict(manifest["clip"]), dict(manifest["text"])
+    for section in (clip, text):  # bf16: the bundle's bf16 copies where it has them (no conversion here)
+        if resolved == "bf16" and section.get("weights_bf16"):
+            section["weights"] = section["weights_bf16"]
+    prefetch([bundle_dir / clip["weights"]] + ([bundle_dir / text["weights"]] if "weights" in text else []))
     configure_torch_threads(threads)
 
     from models import openclip_tower
 
-    clip, text = manifest["clip"], manifest["text"]
     own_text = text["type"] == "open_clip"
     model = openclip_tower.load_model(clip["config"], bundle_dir / clip["weights"], with_text=own_text)
     dtype = precision_mod.torch_dtype(resolved)
-    model.to(dtype)
+    model.to(dtype)  # converts fp32 weights (bundles without bf16 copies) and the buffers
     image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"])
     if own_text:
         text_tower = openclip_tower.OpenClipTextTower(model, int(manifest["context_length"]),

@@ -3,9 +3,9 @@
 
 Manifest (format 1), beside the files it lists:
     variant, architecture, dim, context_length, origin
-    clip:        name, arch, pretrained, config (open_clip model config), weights (file)
+    clip:        name, arch, pretrained, config (open_clip model config), weights (file), weights_bf16 (file)
     text:        {type: open_clip, name, tokenizer_kwargs}                       the CLIP model's own text tower
-              or {type: mclip, name, config, base_config, weights, tokenizer: {class}, max_length}
+              or {type: mclip, name, config, base_config, weights, weights_bf16, tokenizer: {class}, max_length}
     preprocess:  image_size, mean, std, interpolation, resize_mode   (open_clip's pretrained cfg for the tag)
     logit_scale: file, key, stored_as ("log": the multiplier is exp(value))
     files:       name -> {sha256, size}          (filled by bundle.publish)
@@ -152,6 +152,29 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
     """Contiguous fp32 copies (safetensors refuses shared or strided storage)."""
     save_file({k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
                for k, v in state.items()}, str(path))
+
+
+def add_bf16_copies(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write a bf16 copy of each weights file beside it and name it in the manifest (`weights_bf16`).
+
+    Why at bake time: a bf16 service (PRECISION=auto on a bf16 CPU) then maps half the bytes and converts
+    nothing at start: on a cold container it reads 1.35 GB instead of 2.7 GB for multilingual, and its peak
+    RSS stays at the bf16 weights instead of both copies (4.4 GB measured when converting at load).
+    The copies hold exactly `tensor.to(torch.bfloat16)` of the fp32 file, so both paths give the same vectors.
+    """
+    from safetensors.torch import load_file
+
+    manifest = dict(manifest)
+    for section in ("clip", "text"):
+        name = manifest[section].get("weights")
+        if not name:
+            continue
+        bf16_name = name.removesuffix(".safetensors") + ".bf16.safetensors"
+        state = load_file(str(staging / name))
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()},
+                  str(staging / bf16_name))
+        manifest[section] = dict(manifest[section], weights_bf16=bf16_name)
+    return manifest
 
 
 def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str,

@@ -99,7 +99,7 @@ def make_bundle(variant_name: str, out: Path, size: str = "tiny", seed: int = 0)
         del model, state
         mclip = None if variant.text is None else _write_random_mclip(variant, clip_config, size, staging)
         spec = manifest.build_manifest(variant, clip_config, origin=origin, sources=[], mclip=mclip)
-        return bundle.publish(staging, out, spec)
+        return bundle.publish(staging, out, manifest.add_bf16_copies(staging, spec))
 
 
 def _write_random_mclip(variant: Variant, clip_config: dict[str, Any], size: str, staging: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ in a dozen lines rather than one more runtime dependency.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -66,6 +67,23 @@ def load_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
     """Tensors backed by a private mmap of the file: pages are read on first touch, not copied up front."""
     with safe_open(str(path), framework="pt", device="cpu") as f:
         return {key: f.get_tensor(key) for key in f.keys()}
+
+
+def prefetch(paths: Iterable[Path]) -> None:
+    """Ask the kernel to start reading the files now (on a cold container they come from the image store),
+    so the reads overlap the imports (seconds of CPU) instead of following them. Best effort, returns at once.
+    Not measurable on the dev VM, where the files sit in the page cache."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # check_bundle reports missing files; nothing to prefetch
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except (AttributeError, OSError):
+            pass  # not Linux
+        finally:
+            os.close(fd)
 
 
 def meta_tensors(module: nn.Module, prefixes: Iterable[str] = ("",)) -> list[str]:

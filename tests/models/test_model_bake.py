@@ -114,8 +114,12 @@ def test_bake_english_gives_the_source_weights(mirror, english_encoder, tmp_path
 def test_bake_multilingual_converts_pt_and_bin(mirror, multilingual_encoder, tmp_path):
     path = bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]))
     files = sorted(p.name for p in path.iterdir())
-    assert files == ["manifest.json", "mclip_text.safetensors", "open_clip_visual.safetensors",
+    assert files == ["manifest.json", "mclip_text.bf16.safetensors", "mclip_text.safetensors",
+                     "open_clip_visual.bf16.safetensors", "open_clip_visual.safetensors",
                      "tokenizer.json", "tokenizer_config.json"]
+    for name in ("mclip_text", "open_clip_visual"):  # the bf16 copies are the fp32 weights, converted
+        fp32, bf16 = load_file(path / f"{name}.safetensors"), load_file(path / f"{name}.bf16.safetensors")
+        assert fp32.keys() == bf16.keys() and all(torch.equal(fp32[k].to(bf16[k].dtype), bf16[k]) for k in fp32)
     visual = load_file(path / "open_clip_visual.safetensors")
     assert all(k.startswith("visual.") or k == "logit_scale" for k in visual)  # text tower not shipped
     assert_same_vectors(load_encoder("multilingual", tmp_path), multilingual_encoder, 240)

@@ -85,3 +85,25 @@ def test_unreadable_cpuinfo_means_fp32(tmp_path):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="fp16"):
         precision.resolve("fp16")
+
+
+@pytest.mark.parametrize("variant", ["english", "multilingual"])
+def test_bf16_from_the_bundles_bf16_copy_equals_converting_at_load(tiny_model_dir, tmp_path, variant):
+    """Bundles carry bf16 copies (weights_bf16); a bundle without them is converted at load, to the same vectors."""
+    import json
+    import shutil
+
+    with_copies = load_encoder(variant, tiny_model_dir, precision="bf16")
+    stripped = tmp_path / variant
+    shutil.copytree(tiny_model_dir / variant, stripped)
+    manifest = json.loads((stripped / "manifest.json").read_text())
+    assert manifest["clip"]["weights_bf16"].endswith(".bf16.safetensors")
+    for section in ("clip", "text"):
+        manifest[section].pop("weights_bf16", None)
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if ".bf16." not in k}
+    (stripped / "manifest.json").write_text(json.dumps(manifest))
+    converted = load_encoder(variant, tmp_path, precision="bf16")
+    images = sample_images()
+    assert np.array_equal(with_copies.encode_text(TEXTS).embeddings, converted.encode_text(TEXTS).embeddings)
+    assert np.array_equal(with_copies.encode_images([with_copies.prepare_image(im) for im in images]),
+                          converted.encode_images([converted.prepare_image(im) for im in images]))

@@ -4,14 +4,14 @@ Images go through the service's own loader (inputs/: same URL rules, limits, err
 RGB conversion) and the encoder's prepare_image in the worker threads; the forward passes take
 a lock, because several torch calls at once only oversubscribe the cores.
 
-Texts obey the service's limit too (``MAX_TEXT_CHARS``, default 2000 characters): a longer one is
-the service's per-row ``invalid_request``, not an embedding, so --local and --endpoint write the
-same row.
+The service's settings apply too, read from the same environment variables (infra/settings.py):
+texts over ``MAX_TEXT_CHARS`` are the service's per-row ``invalid_request``, not embeddings;
+``PRECISION`` picks fp32 or bf16 and ``EXACT_IMAGE_DECODE`` the JPEG decoding, so --local and
+--endpoint write the same rows.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,23 +23,7 @@ from batch.images import LocalFile, classify_image, read_local_file
 from batch.reader import Row
 from batch.results import EmbedResult, RowError, ScoreResult
 from batch.targets import MISSING_EMBED_INPUT, missing_score_input
-
-# The service's default MAX_TEXT_CHARS (infra/settings.py; a test keeps the two equal).
-DEFAULT_MAX_TEXT_CHARS = 2000
-
-
-def max_text_chars_from_env(environ: Any = os.environ) -> int:
-    """``MAX_TEXT_CHARS`` as the service reads it (a whole number >= 1), else the service's default."""
-    value = environ.get("MAX_TEXT_CHARS", "").strip()
-    if not value:
-        return DEFAULT_MAX_TEXT_CHARS
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise ValueError(f"MAX_TEXT_CHARS={value!r}: expected a whole number of characters, at least 1")
-    return limit
+from infra.settings import Settings
 
 
 class LocalTarget:
@@ -48,13 +32,15 @@ class LocalTarget:
         encoder: Any,
         search_dirs: Sequence[Path] = (),
         allow_private_urls: bool = False,
-        max_text_chars: int | None = None,
+        settings: Settings | None = None,
     ) -> None:
         from inputs import FetchLimits, ImageLimits
 
+        settings = settings or Settings.from_env()
         self.encoder = encoder
         self.search_dirs = tuple(search_dirs)
-        self.max_text_chars = max_text_chars_from_env() if max_text_chars is None else max_text_chars
+        self.max_text_chars = settings.max_text_chars
+        self.draft_size = None if settings.exact_image_decode else 2 * encoder.info.image_size
         self.limits = ImageLimits(fetch=FetchLimits(allow_private=allow_private_urls), concurrency=4)
         self._forward = threading.Lock()
 
@@ -62,7 +48,9 @@ class LocalTarget:
     def load(cls, variant: str, model_dir: Path, **kwargs: Any) -> LocalTarget:
         from models.loader import load_encoder
 
-        return cls(load_encoder(variant=variant, model_dir=model_dir), **kwargs)
+        settings = kwargs.pop("settings", None) or Settings.from_env()
+        encoder = load_encoder(variant=variant, model_dir=model_dir, precision=settings.precision)
+        return cls(encoder, settings=settings, **kwargs)
 
     def describe(self) -> dict[str, Any]:
         info = self.encoder.info
@@ -95,7 +83,8 @@ class LocalTarget:
             ref = classify_image(value, self.search_dirs)
             sources.append(read_local_file(ref) if isinstance(ref, LocalFile) else ref)
         loadable = [i for i, s in enumerate(sources) if not isinstance(s, RowError)]
-        loaded = load_images([sources[i] for i in loadable], self.limits, then=self.encoder.prepare_image)
+        loaded = load_images([sources[i] for i in loadable], self.limits, then=self.encoder.prepare_image,
+                             draft_size=self.draft_size)
         results: list[np.ndarray | RowError] = [s if isinstance(s, RowError) else None for s in sources]  # type: ignore[misc]
         tensors = []
         for i, item in zip(loadable, loaded, strict=True):

@@ -299,11 +299,9 @@ def test_a_text_over_max_text_chars_is_the_same_row_error_locally_and_remotely(
 
 
 def test_local_reads_max_text_chars_like_the_service(english_encoder, monkeypatch):
-    from batch.local_target import DEFAULT_MAX_TEXT_CHARS, LocalTarget
+    from batch.local_target import LocalTarget
     from batch.reader import Row
-    from infra.settings import Settings
 
-    assert DEFAULT_MAX_TEXT_CHARS == Settings().max_text_chars  # the service's default
     monkeypatch.setenv("MAX_TEXT_CHARS", "10")
     target = LocalTarget(english_encoder)
     ten, eleven = target.embed([Row(0, "a", "x" * 10, None), Row(1, "b", "x" * 11, None)])

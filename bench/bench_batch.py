@@ -3,7 +3,7 @@
     python bench/bench_batch.py                      # 200 images + 400 texts, english, both modes
     python bench/bench_batch.py --images 100 --texts 200 --modes local
 
-Makes (once) a `real`-size english bundle with random weights in bench/out/models (speed does not
+Makes (once) a `real`-size english bundle with random weights in bench/out/bundles-real (speed does not
 depend on weight values), 640x480 JPEG photos-like images in bench/out/images, and runs the real
 CLI as a subprocess for each case; prints a Markdown table of rows/s from the CLI's own summary.
 Images are passed as local files (the endpoint case sends them as base64) or, with `urls`, as
@@ -16,9 +16,6 @@ import argparse
 import contextlib
 import csv
 import json
-import os
-import platform
-import socket
 import subprocess
 import sys
 import threading
@@ -28,20 +25,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import requests
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
-
-
-def ensure_bundle(model_dir: Path, variant: str) -> None:
-    if (model_dir / variant / "manifest.json").exists():
-        return
-    subprocess.run(
-        [sys.executable, "-m", "models.tiny", "--variant", variant, "--size", "real", "--out", str(model_dir)],
-        cwd=REPO,
-        check=True,
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import DEFAULT_BUNDLES, OUT, REPO, ensure_bundles, load_average, machine, serving  # noqa: E402
 
 
 def ensure_images(folder: Path, count: int) -> list[Path]:
@@ -98,59 +84,12 @@ def write_inputs(folder: Path, images: list[Path], texts: int, image_base: str |
     return inputs
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def gunicorn(model_dir: Path, variant: str, threads: int) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_DIR": str(model_dir),
-        "MODEL_VARIANT": variant,
-        "PORT": str(port),
-        "ALLOW_PRIVATE_URLS": "true",
-        "HTTP_THREADS": str(threads),
-    }
-    log = (OUT / "gunicorn.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "infra/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "handler.wsgi:app",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"gunicorn exited; see {OUT / 'gunicorn.log'}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise SystemExit("gunicorn did not become healthy in 240 s")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    env = {"MODEL_DIR": str(model_dir), "MODEL_VARIANT": variant, "ALLOW_PRIVATE_URLS": "true",
+           "HTTP_THREADS": str(threads)}
+    with serving(env, OUT / "gunicorn.log") as server:
+        yield server.url
 
 
 @contextlib.contextmanager
@@ -206,16 +145,18 @@ def encoder_reference(model_dir: Path, variant: str, images: list[Path], texts: 
     subprocess like the CLI runs: the reference the CLI figures should be read against."""
     code = f"""
 import csv, json, threading, time
-from PIL import Image
+from inputs import decode_image
 from models.loader import load_encoder
-enc = load_encoder({variant!r}, {str(model_dir)!r})
+enc = load_encoder({variant!r}, {str(model_dir)!r}, precision="auto")  # as the service and the CLI default
 paths = {[str(p) for p in images]!r}
 texts = [r["text"] for r in csv.DictReader(open({str(texts)!r}))]
 bs = {batch_size}
 def loops(out):
     t = time.monotonic()
     for i in range(0, len(paths), bs):
-        enc.encode_images([enc.prepare_image(Image.open(p).convert("RGB")) for p in paths[i:i + bs]])
+        enc.encode_images([enc.prepare_image(decode_image(open(p, "rb").read(), max_pixels=10**8,
+                                                          draft_size=2 * enc.info.image_size))
+                           for p in paths[i:i + bs]])
     out["images"] = [len(paths), time.monotonic() - t]
     t = time.monotonic()
     for i in range(0, len(texts), bs):
@@ -231,17 +172,6 @@ print(json.dumps(out))
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, load average {load}"
 
 
 def main() -> None:
@@ -263,8 +193,8 @@ def main() -> None:
     args = parser.parse_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
-    model_dir = OUT / "models"
-    ensure_bundle(model_dir, args.variant)
+    model_dir = DEFAULT_BUNDLES
+    ensure_bundles(model_dir, [args.variant])
     images = ensure_images(OUT / "images", args.images)
     results = []
     with contextlib.ExitStack() as stack:
@@ -306,7 +236,7 @@ def main() -> None:
                     flush=True,
                 )
     print(
-        f"\nMachine: {machine()}; {args.variant} `real`-size random bundle; batch {args.batch_size}; "
+        f"\nMachine: {machine()}, load average {load_average()}; {args.variant} `real`-size random bundle; batch {args.batch_size}; "
         f"images {'as loopback URLs' if args.urls else 'as local files'} (640x480 JPEG)\n"
     )
     print("| target | rows | rows | seconds | rows/s |\n|---|---|---|---|---|")

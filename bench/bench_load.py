@@ -23,9 +23,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
-DEFAULT_BUNDLES = REPO / "bench" / "out" / "bundles-real"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from bench.common import DEFAULT_BUNDLES, REPO, ensure_bundles  # noqa: E402
 
 CHILD_PRELUDE = textwrap.dedent("""
     import json, resource, sys, time
@@ -96,18 +95,6 @@ REPORT = textwrap.dedent("""
                       "rss_after_import_mb": rss_after_import,
                       "text": [float(x) for x in text], "image": [float(x) for x in img]}))
 """)
-
-
-def ensure_bundles(bundles: Path, variants: list[str]) -> None:
-    """Real-size random bundles, made in a child: this process must stay small, because Linux
-    carries a parent's peak RSS into a vforked child's ru_maxrss."""
-    for v in variants:
-        manifest = bundles / v / "manifest.json"
-        if manifest.is_file() and "size=real" in json.loads(manifest.read_text())["origin"]:
-            continue
-        print(f"making real-size random bundle {bundles / v} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "models.tiny", "--variant", v, "--out", str(bundles),
-                        "--size", "real", "--seed", "0"], check=True, cwd=REPO)
 
 
 def warm_page_cache(bundle_dir: Path) -> None:

@@ -9,7 +9,7 @@ server that trickles bytes forever still times out.
 
 No well-kept library fits: ``advocate`` is unmaintained since 2020 and pinned to old urllib3,
 ``drawbridge`` is a months-old httpx wrapper. This is urllib3 (already a dependency through
-requests) with the checks above; ``tests/api/test_fetch.py`` covers each rule.
+requests) with the checks above; ``tests/api/test_api_fetch.py`` covers each rule.
 """
 
 from __future__ import annotations

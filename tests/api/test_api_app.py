@@ -168,6 +168,15 @@ def test_embed_mixed(client, encoders, variant):
     assert body["image_embeddings"][1] is None and body["errors"][0]["index"] == 1 and body["truncated"] == []
 
 
+def test_embed_mixed_options_raw_vectors_and_base64(client, encoders, variant):
+    body = ok(client.post("/embed/mixed", json={"texts": TEXTS[:2], "images": [b64(PNG)], "normalize": False,
+                                                "encoding_format": "base64"}), MixedEmbedResponse)
+    encoder = encoders[variant]
+    assert np.array_equal(from_base64(body["text_embeddings"]),
+                          encoder.encode_text(TEXTS[:2], normalize=False).embeddings)
+    assert np.array_equal(from_base64(body["image_embeddings"]), expected_images(encoder, [PNG], normalize=False))
+
+
 def test_embed_mixed_one_side_only(client):
     texts_only = ok(client.post("/embed/mixed", json={"texts": ["a"]}), MixedEmbedResponse)
     assert len(texts_only["text_embeddings"]) == 1 and texts_only["image_embeddings"] == []

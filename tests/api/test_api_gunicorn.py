@@ -88,9 +88,40 @@ def test_command_is_the_one_in_the_readme():
     assert " ".join(COMMAND) in (ROOT / "README.md").read_text()
 
 
+def test_port_opens_at_once_and_health_is_503_until_the_model_is_loaded(tiny_model_dir, tmp_path):
+    """The README's command with a loader made slow (3 s): /health answers 503 "loading" meanwhile, then 200."""
+    port = free_port()
+    slow_app = tmp_path / "slow_wsgi.py"
+    slow_app.write_text("import time\nimport models.loader as loader\n_load = loader.load_encoder\n"
+                        "def slow(*a, **k):\n    time.sleep(3)\n    return _load(*a, **k)\n"
+                        "loader.load_encoder = slow\nfrom handler.wsgi import app  # noqa: E402\n")
+    env = {**os.environ, "MODEL_DIR": str(tiny_model_dir), "MODEL_VARIANT": "english", "HOST": "127.0.0.1",
+           "PORT": str(port), "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([*gunicorn_command()[:-1], "slow_wsgi:app"], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-2000:]
+            try:
+                first = requests.get(f"{base}/health", timeout=5)
+                break
+            except requests.RequestException:
+                time.sleep(0.05)
+        assert first.status_code == 503 and first.json() == {"status": "loading"}
+        loading = requests.post(f"{base}/embed/text", json={"texts": ["a"]}, timeout=5)
+        assert loading.status_code == 503 and loading.json()["error"]["code"] == "model_loading"
+        assert wait_until_ready(base, process, log_path) == 503
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+
+
 def test_health_and_meta_endpoints(service):
     base = service["base"]
-    assert service["first_answer"] in (200, 503)
     assert requests.get(f"{base}/health", timeout=5).json() == {"status": "ok"}
     info = requests.get(f"{base}/", timeout=5).json()
     assert info["status"] == "ok" and info["model"]["variant"] == "english" and info["limits"]["max_items"] == 16

@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from bench.common import DEFAULT_BUNDLES, REPO, ensure_bundles  # noqa: E402
+from bench.common import DEFAULT_BUNDLES, REPO, ensure_bundles, save_json  # noqa: E402
 
 CHILD_PRELUDE = textwrap.dedent("""
     import json, resource, sys, time
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {m['peak_rss_mb']:.0f} |")
         print(f"| {v} | ours / plain | | {r['ratio_load']:.2f}x | | {r['ratio_rss']:.2f}x |")
     print(json.dumps(results, indent=1), file=sys.stderr)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    save_json(args.json, results)
     return 0
 
 

@@ -4,7 +4,8 @@
     python bench/bench_serving.py --skip-cold --seconds 5              # a quicker throughput-only pass
 
 Measures, in one run (english unless said):
-1. the bare encoder (our towers, no HTTP) at batch 16 and for one short text, in fp32 and in bf16;
+1. the bare encoder (our towers, no HTTP) at batch 16 and for one short text, in fp32 and in bf16, before the
+   throughput cells and again after each round of them (the median is the ceiling the targets use);
 2. throughput and p50/p95/p99 latency for one 640x480 JPEG (base64) per request, 8 per request, one short
    prompt per request and 32 per request, at concurrency 1, 4 and 16, against two servers started side by
    side and measured in turns: default settings (micro-batching, PRECISION=auto) and the naive design
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -31,7 +33,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_load import warm_page_cache  # noqa: E402
-from bench.common import DEFAULT_BUNDLES, OUT, REPO, Server, ensure_bundles, load_average, machine, serving  # noqa: E402
+from bench.common import DEFAULT_BUNDLES, OUT, REPO, Server, ensure_bundles, load_average, machine, save_json, serving  # noqa: E402
 
 WORKLOADS = ["image1", "image8", "text1", "text32"]
 CONCURRENCY = [1, 4, 16]
@@ -94,9 +96,21 @@ def batch_counts(url: str) -> tuple[float, float]:
     return calls, items
 
 
-def throughput(bundles: Path, seconds: float, warmup: float, rounds: int) -> list[dict]:
+def bare_median(samples: list[dict]) -> dict:
+    """Per precision and figure, the median of the bare-encoder samples taken through the run (and all of them)."""
+    out: dict = {}
+    for precision in samples[0]:
+        out[precision] = {key: statistics.median(s[precision][key] for s in samples) for key in samples[0][precision]}
+        out[precision]["samples"] = {key: [round(s[precision][key], 1) for s in samples]
+                                     for key in samples[0][precision]}
+    return out
+
+
+def throughput(bundles: Path, seconds: float, warmup: float, rounds: int, bare: list[dict]) -> list[dict]:
     """Every cell `rounds` times, both configurations in turns (so both see the same background load);
-    per cell the round with the median throughput is kept, the others are listed in `rounds_items_per_s`."""
+    per cell the round with the median throughput is kept, the others are listed in `rounds_items_per_s`.
+    The bare encoder is measured again after each round (appended to `bare`): the ceiling must be taken
+    under the same conditions as the cells it is compared with, on a machine whose speed drifts."""
     runs: dict[tuple, list[dict]] = {}
     logs = OUT / "serving-logs"
     with serving({**COMMON_ENV, "MODEL_DIR": str(bundles)}, logs / "batched.log") as batched, \
@@ -114,6 +128,7 @@ def throughput(bundles: Path, seconds: float, warmup: float, rounds: int) -> lis
                         runs.setdefault((name, workload, concurrency), []).append(row)
                         print(f"  {name:8s} {workload:7s} c{concurrency:<3d} {row['items_per_s']:8.1f} items/s "
                               f"p50 {row['p50_ms'] or 0:8.1f} ms  {row['statuses']}", file=sys.stderr, flush=True)
+            bare.append(bare_model(bundles))
     rows = []
     for cell in runs.values():
         ranked = sorted(cell, key=lambda r: r["items_per_s"])
@@ -206,11 +221,12 @@ def targets(bare: dict, rows: list[dict], over: dict | None, cold: dict | None, 
 def report(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; load average {results['load_before']} -> {results['load_after']}",
              f"PRECISION=auto resolved to {results['precision']}", "",
-             "| bare encoder (english) | fp32 | bf16 |", "|---|---|---|"]
+             "| bare encoder (english), median of the samples through the run | fp32 | bf16 |", "|---|---|---|"]
     bare = results["bare"]
     for key, label in (("image_b16_per_s", "images/s, batch 16"), ("image_b1_ms", "ms, one image"),
                        ("text_b16_per_s", "texts/s, batch 16"), ("text_b1_ms", "ms, one text")):
-        lines.append(f"| {label} | {bare['fp32'][key]:.1f} | {bare['bf16'][key]:.1f} |")
+        lines.append(f"| {label} | {bare['fp32'][key]:.1f} {bare['fp32']['samples'][key]} | "
+                     f"{bare['bf16'][key]:.1f} {bare['bf16']['samples'][key]} |")
     if results["throughput"]:
         lines += ["", "| workload | clients | config | items/s (rounds) | req/s | p50 ms | p95 ms | p99 ms | "
                       "mean model call | non-200 |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -253,17 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine(), "load_before": load_average(), "precision": resolve("auto"),
                      "command": " ".join(["python", "bench/bench_serving.py", *(argv or sys.argv[1:])])}
     print("bare encoder ...", file=sys.stderr, flush=True)
-    results["bare"] = bare_model(args.bundles)
-    results["throughput"] = [] if args.skip_throughput else throughput(args.bundles, args.seconds, args.warmup, args.rounds)
+    bare = [bare_model(args.bundles)]
+    results["throughput"] = ([] if args.skip_throughput
+                             else throughput(args.bundles, args.seconds, args.warmup, args.rounds, bare))
+    results["bare"] = bare_median(bare)
     results["overload"] = None if args.skip_overload else overload(args.bundles, max(args.seconds, 20))
     results["cold"] = None if args.skip_cold else cold_starts(args.bundles, args.cold_repeats)
     results["load_after"] = load_average()
     results["targets"] = targets(results["bare"], results["throughput"], results["overload"], results["cold"],
                                  results["precision"])
     print(report(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    save_json(args.json, results)
     return 0
 
 

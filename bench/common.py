@@ -68,6 +68,13 @@ def prompts(count: int, start: int = 0) -> list[str]:
     return [f"a photo of a {a} {n} {p}" for a, n, p in (combos[(start + i) % len(combos)] for i in range(count))]
 
 
+def save_json(path: Path | None, results: dict) -> None:
+    """Keep every number of a run (the scripts' --json)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

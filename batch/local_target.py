@@ -34,13 +34,13 @@ class LocalTarget:
         allow_private_urls: bool = False,
         settings: Settings | None = None,
     ) -> None:
-        from inputs import FetchLimits, ImageLimits
+        from inputs import FetchLimits, ImageLimits, draft_size_for
 
         settings = settings or Settings.from_env()
         self.encoder = encoder
         self.search_dirs = tuple(search_dirs)
         self.max_text_chars = settings.max_text_chars
-        self.draft_size = None if settings.exact_image_decode else 2 * encoder.info.image_size
+        self.draft_size = draft_size_for(encoder.info.image_size, settings.exact_image_decode)
         self.limits = ImageLimits(fetch=FetchLimits(allow_private=allow_private_urls), concurrency=4)
         self._forward = threading.Lock()
 

@@ -25,7 +25,7 @@ from handler.parsing import read_json, read_with_images
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
                              TextEmbedResponse, build_request_models)
 from infra.settings import Settings
-from inputs import ImageError, ImageLimits, load_images
+from inputs import ImageError, ImageLimits, draft_size_for, load_images
 
 SERVICE = "clipserve"
 EXTENSION = "clipserve"
@@ -242,10 +242,9 @@ class ClipApi:
     def load_images(self, images: list, deadline: float) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
         """Fetch, decode and preprocess in request threads: (model inputs of the good images, their indices, errors)."""
         info = self.engine.info  # fail with 503 before fetching anything while the model loads
-        draft_size = None if self.settings.exact_image_decode else 2 * info.image_size
         with self.engine.preparing():
-            loaded = load_images(images, self.image_limits, then=self.engine.prepare_image,
-                                 timeout_s=_left(deadline), draft_size=draft_size)
+            loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=_left(deadline),
+                                 draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode))
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]

@@ -15,13 +15,13 @@ from typing import Callable, Sequence, TypeVar
 
 from PIL import Image
 
-from inputs.decode import decode_image
+from inputs.decode import decode_image, draft_size_for
 from inputs.errors import CODES, FETCH_TIMEOUT, INVALID_IMAGE, ImageError
 from inputs.fetch import FetchLimits, fetch_url
 from inputs.source import ImageSource, parse_image_string
 
 __all__ = ["CODES", "ImageError", "ImageLimits", "FetchLimits", "load_image", "load_images", "decode_image",
-           "fetch_url", "parse_image_string", "ImageSource"]
+           "draft_size_for", "fetch_url", "parse_image_string", "ImageSource"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,6 +25,11 @@ warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
 MAX_ASPECT_RATIO = 100
 
 
+def draft_size_for(model_image_size: int, exact: bool = False) -> int | None:
+    """The ``draft_size`` for a model that takes ``model_image_size`` px (twice that), or None for exact decoding."""
+    return None if exact else 2 * model_image_size
+
+
 def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     """Decode the first frame of ``data`` and convert it to RGB (as open_clip's preprocessing does).
 

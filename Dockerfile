@@ -34,8 +34,8 @@ RUN grep -E '^(torch|torchvision)==' /tmp/requirements.txt > /tmp/torch-pins.txt
 FROM deps AS weights
 # Space-separated variants to bake; MODEL_VARIANT picks one of them at deploy time, no rebuild.
 ARG MODEL_VARIANTS="english multilingual"
-# "--allow-unpinned" while models/registry.py has no sha256/revision pins yet (bake then records
-# what it fetched in each manifest); empty = refuse unpinned files.
+# Empty (default): every file must be pinned in models/registry.py, as the shipped entries are.
+# "--allow-unpinned" only for a new registry entry without pins yet (bake records what it fetched).
 ARG BAKE_FLAGS=""
 WORKDIR /src
 COPY models/ models/

@@ -13,8 +13,8 @@
 #   --tag T          image tag (default: git commit + UTC time; tags are immutable)
 #   --builder B      Cloud Run only: cloudbuild (default, no local Docker needed) or buildx (local Docker)
 #   --public         no authentication (Cloud Run allUsers invoker; Lambda function URL auth NONE)
-#   --allow-unpinned bake weights whose sha256/revision models/registry.py does not pin yet (the
-#                    bundle manifest records what was fetched); without it such a bake fails
+#   --allow-unpinned bake weights that models/registry.py does not pin (a new registry entry; the
+#                    shipped ones are all pinned); the bundle manifest records what was fetched
 #   --skip-build     deploy an image already pushed under --tag
 #   --skip-smoke     do not run infra/smoke.sh afterwards
 #   --dry-run        print every command, run none

@@ -38,10 +38,10 @@ else
   model_dir=${MODEL_DIR:-./model_bundles}
   if [ ! -f "$model_dir/$variant/manifest.json" ]; then
     echo "serve.sh: baking the $variant weights into $model_dir (one-time download)..." >&2
-    # models/registry.py pins no sha256 yet (they could not be looked up where it was written): the bundle's
-    # manifest records the revision and sha256 actually fetched. Image builds refuse unpinned files by default.
-    if ! python -m models.bake --variant "$variant" --out "$model_dir" --allow-unpinned; then
-      echo "serve.sh: baking failed (the error is above; no network access to the model hosts?)." >&2
+    # Every file is pinned in models/registry.py (sha256 or commit): a download that differs stops the bake.
+    if ! python -m models.bake --variant "$variant" --out "$model_dir"; then
+      echo "serve.sh: baking failed (the error is above: no network to the model hosts, or a file that" >&2
+      echo "          differs from its pin in models/registry.py)." >&2
       echo "          For an offline demo with random weights run: ./serve.sh --demo" >&2
       exit 1
     fi

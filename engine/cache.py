@@ -7,12 +7,25 @@ vector each), so a few thousand cost a few MB.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable
 
 import numpy as np
+
+
+# Texts longer than this are keyed by their digest: texts may be up to MAX_TEXT_CHARS (a million
+# characters), and thousands of them as keys would hold gigabytes.
+_LONGEST_KEPT_TEXT = 512
+
+
+def text_key(text: str, normalize: bool) -> Hashable:
+    """The cache key of a text: the text itself when short, else its SHA-256."""
+    if len(text) <= _LONGEST_KEPT_TEXT:
+        return text, normalize
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), normalize
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from engine.batcher import Batcher, LoopHealth, Unbatched
-from engine.cache import CachedText, TextCache
+from engine.cache import CachedText, TextCache, text_key
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class EmbeddingEngine:
             vectors = self._wait(TEXT, futures, timeout, cancelled, cache_hits=hits)
             for (text, prepared), vector in zip(todo.items(), vectors, strict=True):
                 entries[text] = CachedText(vector, prepared.truncated, prepared.tokens)
-                self._cache.put((text, normalize), vector, prepared.truncated, prepared.tokens)
+                self._cache.put(text_key(text, normalize), vector, prepared.truncated, prepared.tokens)
         else:
             self._observe(TEXT, [], hits)
         rows = [entries[t] for t in texts]
@@ -229,7 +229,7 @@ class EmbeddingEngine:
         hits = 0
         for text in texts:
             if text not in entries:
-                cached = self._cache.get((text, normalize))
+                cached = self._cache.get(text_key(text, normalize))
                 hits += cached is not None
                 entries[text] = cached if cached is not None else encoder.prepare_text(text)
         return entries, hits

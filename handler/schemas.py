@@ -169,15 +169,17 @@ class RequestModels:
     openai_embeddings: type[BaseModel]
 
 
-TRUNCATE_DOC = ("Cut texts longer than the model's context (and list them in `truncated`); "
-                "false: refuse such a request with 400 naming the texts.")
+TRUNCATE_DOC = ("Cut texts longer than the model's context (77 or 512 tokens, see GET /) to it and list them in "
+                "`truncated`; false: refuse such a request with 400 naming the texts.")
 
 
 def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
     """Request models whose limits are the configured ones (and so show in /openapi.json)."""
     Text = Annotated[str, StringConstraints(max_length=max_text_chars)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items,
-                                        description=f"1 to {max_items} texts of at most {max_text_chars} characters.")]
+                                        description=f"1 to {max_items} texts of at most {max_text_chars} characters "
+                                                    "(an abuse guard); a text longer than the model's context is cut "
+                                                    "to it (truncate=true) or refused (truncate=false).")]
     Images = Annotated[list[str], Field(min_length=1, max_length=max_items,
                                         description=f"1 to {max_items} images. {IMAGE_DOC}")]
     Vectors = Annotated[list[list[float]], Field(min_length=1, max_length=max_items,

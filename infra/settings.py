@@ -71,7 +71,11 @@ class Settings:
                                     minimum=0.1, maximum=3600)
     # request limits
     max_items: int = _env("MAX_ITEMS", 64, "Most texts, and most images, in one request.", minimum=1, maximum=4096)
-    max_text_chars: int = _env("MAX_TEXT_CHARS", 2000, "Longest text, in characters.", minimum=1, maximum=1_000_000)
+    max_text_chars: int = _env("MAX_TEXT_CHARS", 1_000_000,
+                               "Longest text accepted, in characters: only a guard against abuse, about 400x the "
+                               "longest context (512 tokens, ~2,500 characters). Texts longer than the model's "
+                               "context are cut to it (truncate=true) after tokenizing a bounded prefix.",
+                               minimum=1, maximum=CLOUD_RUN_BODY_LIMIT)
     max_body_bytes: int = _env("MAX_BODY_BYTES", 30 * MiB, "Largest request body (Cloud Run's limit is 32 MiB).",
                                minimum=1024, maximum=CLOUD_RUN_BODY_LIMIT)
     max_image_bytes: int = _env("MAX_IMAGE_BYTES", 16 * MiB, "Largest encoded image (upload, base64 or download).",

@@ -39,6 +39,10 @@ class UnpinnedSource(ValueError):
     """A source has no sha256 (or hub revision) pinned and `allow_unpinned` was not given."""
 
 
+class RevisionUnavailable(ValueError):
+    """A pinned hub revision does not resolve (or resolves to another commit): the registry needs a fix."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     path: Path
@@ -87,11 +91,22 @@ class HubSource:
 
     def _from_hub(self, source: Source) -> Fetched:
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
         # Resolve a branch to its commit first, so the file and the recorded revision agree.
         url = hf_hub_url(source.repo, source.filename, revision=source.revision, endpoint=self.endpoint)
-        meta = get_hf_file_metadata(url, timeout=self.timeout_s)
+        try:
+            meta = get_hf_file_metadata(url, timeout=self.timeout_s)
+        except (RevisionNotFoundError, EntryNotFoundError) as exc:
+            if not source.pinned_revision:
+                raise
+            raise RevisionUnavailable(
+                f"{source.repo} {source.filename}: the pinned revision {source.revision} does not resolve on the "
+                f"hub ({type(exc).__name__}); correct it in models/registry.py") from None
         revision = meta.commit_hash or source.revision
+        if source.pinned_revision and revision != source.revision:
+            raise RevisionUnavailable(f"{source.repo} {source.filename}: pinned revision {source.revision}, the hub "
+                                      f"resolved it to {revision}; correct it in models/registry.py")
         path = hf_hub_download(source.repo, source.filename, revision=revision, etag_timeout=self.timeout_s,
                                endpoint=self.endpoint, cache_dir=self.hub_cache_dir)
         return Fetched(Path(path), {"resolved_revision": revision} if revision else {})
@@ -123,10 +138,13 @@ def _matches_pins(path: Path, source: Source) -> bool:
 def verify(source: Source, fetched: Fetched, allow_unpinned: bool) -> dict[str, Any]:
     """Check the file against its pins; return the manifest's record of where it came from."""
     actual = bundle.sha256_file(fetched.path)
+    where = f"{source.repo or source.url} {source.filename}"
     if source.sha256 is not None and actual != source.sha256:
-        raise ChecksumMismatch(f"{source.filename}: sha256 {actual}, pinned {source.sha256}")
+        raise ChecksumMismatch(f"{where}: expected sha256 {source.sha256} (models/registry.py), the download has "
+                               f"{actual}; nothing was baked. Correct the pin if the published file changed.")
     if source.sha256_prefix is not None and not actual.startswith(source.sha256_prefix):
-        raise ChecksumMismatch(f"{source.filename}: sha256 {actual} does not start with {source.sha256_prefix}")
+        raise ChecksumMismatch(f"{where}: sha256 {actual} does not start with {source.sha256_prefix} (its name's "
+                               "checksum prefix); nothing was baked")
     if not source.pinned and not allow_unpinned:
         missing = "sha256" if source.sha256 is None else "revision"
         raise UnpinnedSource(f"{source.filename} ({source.repo or source.url}) has no pinned {missing} in "

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from models.encoder import PreparedText
+from models.truncation import first_tokens
 from models.weights import assign_weights, load_safetensors, parameters_on_meta
 
 # Keys in M-CLIP's checkpoint that the module deliberately lacks: the pooler is unused (mean
@@ -80,14 +81,17 @@ class MClipTextTower:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._lock = threading.Lock()
+        self._head, self._tail = special_tokens_around(tokenizer)
 
     def prepare(self, text: str) -> PreparedText:
+        """The ids of ``tokenizer(text, truncation=True, max_length=...)``, tokenizing a bounded prefix only."""
+        keep = self.max_length - len(self._head) - len(self._tail)
         with self._lock:
-            ids = self.tokenizer(text, truncation=False, verbose=False)["input_ids"]
-            if len(ids) <= self.max_length:
-                return PreparedText(tuple(ids), False)
-            cut = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
-        return PreparedText(tuple(cut), True)
+            content, truncated = first_tokens(self._content_ids, text, keep)
+        return PreparedText((*self._head, *content, *self._tail), truncated)
+
+    def _content_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
     def encode(self, items: list[PreparedText]) -> torch.Tensor:
         """The same padded batch as `tokenizer(texts, padding=True, truncation=True, max_length=...)`."""
@@ -95,6 +99,16 @@ class MClipTextTower:
             batch = self.tokenizer.pad({"input_ids": [list(item.ids) for item in items]}, padding=True,
                                        return_tensors="pt")
         return self.model(batch["input_ids"], batch["attention_mask"])
+
+
+def special_tokens_around(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids the tokenizer puts before and after a single text (XLM-R: <s> and </s>), read off a probe."""
+    content = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(content) + 1):
+        if full[start:start + len(content)] == content:
+            return tuple(full[:start]), tuple(full[start + len(content):])
+    raise ValueError(f"{type(tokenizer).__name__}: cannot tell its special tokens from the text's")
 
 
 def load_tower(bundle_dir: Path, section: dict[str, Any]) -> MClipTextTower:

@@ -16,6 +16,7 @@ from torch import nn
 
 from models import lean_imports
 from models.encoder import PreparedText
+from models.truncation import first_tokens
 from models.weights import assign_weights, load_safetensors, parameters_on_meta
 
 VISUAL_PREFIX = "visual."
@@ -94,16 +95,14 @@ class OpenClipTextTower:
 
     def prepare(self, text: str) -> PreparedText:
         """Token ids as open_clip's tokenizer makes them: SOT, the text, EOT; a text that does not fit
-        is cut so that its last kept token is EOT."""
+        is cut so that its last kept token is EOT. Only a bounded prefix of a long text is tokenized."""
         tok = self.tokenizer
-        if tok.reduction_fn is not None:  # non-default strategies: let open_clip do it, count separately
+        if tok.reduction_fn is not None:  # non-default strategies (no shipped variant): open_clip's own code
             row = tok([text])[0].tolist()
             kept = len(row) - next((i for i, t in enumerate(reversed(row)) if t != 0), len(row))
             return PreparedText(tuple(row[:kept]), len(tok.encode(text)) + 2 > self.context_length)
-        ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]
-        if len(ids) <= self.context_length:
-            return PreparedText(tuple(ids), False)
-        return PreparedText((*ids[:self.context_length - 1], tok.eot_token_id), True)
+        content, truncated = first_tokens(tok.encode, text, self.context_length - 2)
+        return PreparedText((tok.sot_token_id, *content, tok.eot_token_id), truncated)
 
     def tokens(self, items: list[PreparedText]) -> torch.Tensor:
         """(n, context_length) zero-padded, as open_clip's tokenizer returns them."""

@@ -5,23 +5,27 @@ otherwise) plus optionally a separate text tower (M-CLIP). Every file a bake dow
 pinned `Source`. Adding another open_clip architecture/tag is one more `register(...)` call
 below: the loader reads everything it needs from the bundle's manifest, never from here.
 
-Pins: where a revision or sha256 could not be known when this file was written (no network
-to the hub here), the field is None and `models.bake` refuses to bake that file unless
-`--allow-unpinned` is given; it then records the resolved revision and sha256 in the
-manifest and prints them so they can be written here. As of writing that is every file:
-the hub files' revisions and sha256 are unknown here, and the ViT-B-16-plus-240 release file
-only has the 8-hex sha256 prefix from its name (checked, but 32 bits is not a pin).
+Pins: a file is pinned when its bytes are fixed, by a full sha256 or, for a hub file, by a
+full 40-hex commit (a commit fixes every file in it; bake records such a file's sha256 in the
+manifest). `models.bake` refuses an unpinned file unless `--allow-unpinned` is given (for a new
+entry: it then records and prints the revision and sha256 it saw, to be written here), and
+stops, naming the file, when a pinned revision does not resolve or a sha256 differs.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 # open_clip's own constants (open_clip/constants.py), repeated so the registry imports no torch.
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class UnknownVariant(KeyError):
@@ -46,11 +50,20 @@ class Source:
     def __post_init__(self) -> None:
         if (self.repo is None) == (self.url is None):
             raise ValueError(f"Source {self.filename!r}: give exactly one of repo or url")
+        if self.sha256 is not None and not SHA256.fullmatch(self.sha256):
+            raise ValueError(f"Source {self.filename!r}: sha256 must be 64 lowercase hex digits")
+        if self.revision is not None and self.url is not None:
+            raise ValueError(f"Source {self.filename!r}: a revision only applies to hub files")
+
+    @property
+    def pinned_revision(self) -> bool:
+        """A hub file at a full commit hash (a branch or tag name can move; a short hash can be ambiguous)."""
+        return self.repo is not None and self.revision is not None and bool(COMMIT.fullmatch(self.revision))
 
     @property
     def pinned(self) -> bool:
-        """True when the bytes are fixed: a full sha256, and for hub files a revision too."""
-        return self.sha256 is not None and (self.url is not None or self.revision is not None)
+        """True when the bytes are fixed: a full sha256, or a hub file at a full commit."""
+        return self.sha256 is not None or self.pinned_revision
 
     def describe(self) -> dict:
         """JSON-ready record for the manifest's `sources`."""
@@ -147,9 +160,19 @@ def get(name: str) -> Variant:
 
 # --- The variants -------------------------------------------------------------------------------
 
-# Revisions and sha256 of hub files: not knowable offline when this was written (see module doc).
+# Published pins (issue 12). sha256 values are the files' LFS object ids on the Hugging Face Hub, or for
+# the release file its LFS pointer in a public mirror of open_clip's weights (its name's 699c4b84 agrees).
+ENGLISH_SHA256 = "25802f2bca7543373c773621aa896b4f0e3d0de95bf3f222e66e06afab6d6c67"  # 605 MB
+# The english repo's commit is published only as the short 8604507 ("Add model"): the sha256 pins it.
+B16PLUS_E32_SHA256 = "699c4b843885d82733517f36f0911d7e1b360bcc1314dda81d8c56c76fe9524d"  # 833,559,975 bytes
 MCLIP_REPO = "M-CLIP/XLM-Roberta-Large-Vit-B-16Plus"
-MCLIP_REVISION: str | None = None  # fill in with the commit hash bake prints; and each file's sha256 below
+# Its newest commit (README only); the JSON and tokenizer files came in 8a504740, the weights in 323f4a4c.
+MCLIP_REVISION = "e0035edeb83948e336724b7db6bd2c70c9750cf0"
+MCLIP_WEIGHTS_SHA256 = "a7124266439dd6bce544c23b57249a2ca764dbcd38e8eab16ce272c28c27b049"  # 2.24 GB
+XLMR_REPO = "FacebookAI/xlm-roberta-large"
+# Seen as the snapshot folder name in public code that caches the repo: less certain than the pins above.
+# If the hub does not know it, bake stops naming this file and revision (never an unpinned download).
+XLMR_REVISION = "c23d21b0620b635a76227c604d44e43a9f0ee389"
 
 register(Variant(
     name="english",
@@ -157,7 +180,7 @@ register(Variant(
     # QuickGELU: laion400m_e32 B-32 was trained with it. The -quickgelu name says so outright (bake and
     # tiny would also take it from open_clip's cfg for the tag, but the name is what open_clip documents).
     clip=openclip_from_hub("ViT-B-32-quickgelu", "laion400m_e32",
-                           repo="timm/vit_base_patch32_clip_224.laion400m_e32"),
+                           repo="timm/vit_base_patch32_clip_224.laion400m_e32", sha256=ENGLISH_SHA256),
 ))
 
 register(Variant(
@@ -167,14 +190,14 @@ register(Variant(
     clip=openclip_from_url(
         "ViT-B-16-plus-240", "laion400m_e32",
         url="https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
-            "vit_b_16_plus_240-laion400m_e32-699c4b84.pt"),
+            "vit_b_16_plus_240-laion400m_e32-699c4b84.pt", sha256=B16PLUS_E32_SHA256),
     text=MClipText(
         repo=MCLIP_REPO,
-        weights=hub_file(MCLIP_REPO, "pytorch_model.bin", MCLIP_REVISION),
+        weights=hub_file(MCLIP_REPO, "pytorch_model.bin", MCLIP_REVISION, sha256=MCLIP_WEIGHTS_SHA256),
         config=hub_file(MCLIP_REPO, "config.json", MCLIP_REVISION),
         tokenizer_files=tuple(hub_file(MCLIP_REPO, f, MCLIP_REVISION) for f in (
             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")),
-        base_config=hub_file("FacebookAI/xlm-roberta-large", "config.json"),
+        base_config=hub_file(XLMR_REPO, "config.json", XLMR_REVISION),
     ),
     notes=("image tower: only visual.* and logit_scale are kept from the full CLIP checkpoint",),
 ))

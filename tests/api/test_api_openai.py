@@ -236,3 +236,30 @@ def test_openai_client_raises_its_own_errors(openai_service):
     wrong_key = openai.OpenAI(base_url=f"{openai_service}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong_key.embeddings.create(input="a cat", model="english")
+
+
+@pytest.mark.parametrize("variant", ["english", "multilingual"])
+def test_texts_far_over_the_context_are_cut_on_every_route_with_the_default_guard(apps, variant):
+    """A 10,000-character description (and a 200,000-character one) is embedded, cut to the context, as the
+    same vector as its first context's worth; only MAX_TEXT_CHARS (default 1,000,000) refuses a text."""
+    from infra.settings import Settings
+
+    client = apps(variant, max_text_chars=Settings().max_text_chars).test_client()
+    description = " ".join(["red car on the street"] * 500)[:10_000]
+    huge = description * 20
+    head = client.post("/embed/text", json={"texts": [description[:200]]}).json  # under both contexts
+    for path, body in [("/embed/text", {"texts": [description, huge]}), ("/embed/mixed", {"texts": [description, huge]}),
+                       ("/score", {"texts": [description, huge], "images": [b64(PNG)]})]:
+        response = client.post(path, json=body)
+        assert response.status_code == 200 and response.json["truncated"] == [0, 1], (path, response.json)
+        refused = client.post(path, json={**body, "truncate": False})
+        assert refused.status_code == 400 and refused.json["error"]["message"].startswith("texts[0], texts[1]: longer")
+    vectors = client.post("/embed/text", json={"texts": [description, huge]}).json["embeddings"]
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)  # same first context's worth of tokens
+    assert not np.allclose(vectors[0], head["embeddings"][0], atol=1e-3)  # and not just the first 200 chars
+    openai = client.post("/v1/embeddings", json={"input": [description, huge], "model": variant})
+    assert openai.status_code == 200
+    context = client.get("/").json["model"]["context_length"]
+    assert openai.json["usage"]["prompt_tokens"] == 2 * context
+    over = client.post("/embed/text", json={"texts": ["x" * (Settings().max_text_chars + 1)]})
+    assert over.status_code == 400 and "at most 1000000 characters" in over.json["error"]["message"]

@@ -37,10 +37,14 @@ class CountingSource(bake.LocalDirSource):
         return super().fetch(source, dest_dir)
 
 
+COMMIT = "c0ffee" * 6 + "c0ff"  # the one revision FakeHub knows
+NEW_COMMIT = "beef" * 10
+
+
 def pinned(root: Path, filename: str, repo: str | None = None, **kw) -> Source:
     path = root / repo / filename if repo else root / filename
     return Source(filename, repo=repo, url=None if repo else f"https://example.invalid/{filename}",
-                  revision="0123abc" if repo else None, sha256=sha256_file(path), **kw)
+                  revision=COMMIT if repo else None, sha256=sha256_file(path), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,7 @@ def test_bake_english_gives_the_source_weights(mirror, english_encoder, tmp_path
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["origin"] == "models.bake"
     [record] = manifest["sources"]
-    assert record["revision"] == "0123abc" and record["sha256_seen"] == mirror["english"].clip.weights.sha256
+    assert record["revision"] == COMMIT and record["sha256_seen"] == mirror["english"].clip.weights.sha256
     assert sorted(p.name for p in tmp_path.iterdir()) == ["english"]  # no staging or download leftovers
     assert_same_vectors(load_encoder("english", tmp_path), english_encoder, 224)
 
@@ -156,15 +160,15 @@ def test_second_bake_is_a_noop_and_a_new_pin_rebakes(mirror, tmp_path):
     assert manifest.stat().st_mtime_ns == before
 
     moved = replace(mirror["english"], clip=replace(mirror["english"].clip, weights=replace(
-        mirror["english"].clip.weights, revision="4567def")))
+        mirror["english"].clip.weights, revision=NEW_COMMIT)))
     assert bake.bake_variant(moved, tmp_path, source) == tmp_path / "english"
-    assert json.loads(manifest.read_text())["sources"][0]["revision"] == "4567def"
+    assert json.loads(manifest.read_text())["sources"][0]["revision"] == NEW_COMMIT
 
 
 def test_interrupted_rebake_keeps_the_previous_bundle(mirror, multilingual_encoder, tmp_path):
     bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]))
     variant = mirror["multilingual"]
-    changed = replace(variant, text=replace(variant.text, config=replace(variant.text.config, revision="new")))
+    changed = replace(variant, text=replace(variant.text, config=replace(variant.text.config, revision=NEW_COMMIT)))
     with pytest.raises(ConnectionError):
         bake.bake_variant(changed, tmp_path, CountingSource(mirror["root"], fail_on="tokenizer.json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multilingual"]
@@ -182,14 +186,52 @@ def test_unpinned_source_is_refused_unless_allowed(mirror, tmp_path):
     assert json.loads((path / "manifest.json").read_text())["sources"][0]["sha256_seen"] == sha
 
 
-def test_registry_pins_are_checked_by_the_cli(tmp_path, capsys):
-    """The real registry's hub files have no sha256 pinned yet: the CLI refuses them by default."""
+def test_every_real_registry_file_is_pinned():
+    """serve.sh and the image build bake without --allow-unpinned: every file's bytes must be fixed."""
+    for name in registry.names():
+        for source in bake.all_sources(registry.get(name)):
+            assert source.pinned, f"{name}: {source.repo or source.url} {source.filename} is not pinned"
+    english = registry.get("english").clip.weights
+    assert english.sha256 == "25802f2bca7543373c773621aa896b4f0e3d0de95bf3f222e66e06afab6d6c67"
+    release = registry.get("multilingual").clip.weights
+    assert release.sha256.startswith(release.sha256_prefix) and release.sha256_prefix == "699c4b84"
+
+
+@pytest.mark.parametrize("source, pinned_", [
+    (Source("f", repo="o/r"), False),
+    (Source("f", repo="o/r", revision="main"), False),  # a branch moves
+    (Source("f", repo="o/r", revision="8604507"), False),  # a short hash is not a pin
+    (Source("f", repo="o/r", revision=COMMIT), True),
+    (Source("f", repo="o/r", sha256="ab" * 32), True),
+    (Source("f", url="https://example.invalid/f", sha256_prefix="abcdef01"), False),
+    (Source("f", url="https://example.invalid/f", sha256="ab" * 32), True),
+])
+def test_a_file_is_pinned_by_a_full_sha256_or_a_full_commit(source, pinned_):
+    assert source.pinned is pinned_
+
+
+def test_the_cli_refuses_a_download_that_differs_from_the_real_pin(tmp_path):
+    """The real registry entry, baked from a mirror holding other bytes: stops, naming file, expected and got."""
     mirror = tmp_path / "mirror/timm/vit_base_patch32_clip_224.laion400m_e32"
     mirror.mkdir(parents=True)
     (mirror / "open_clip_model.safetensors").write_bytes(b"not weights")
-    with pytest.raises(bake.UnpinnedSource, match="--allow-unpinned"):
+    got = sha256_file(mirror / "open_clip_model.safetensors")
+    with pytest.raises(bake.ChecksumMismatch) as caught:
         bake.main(["--variant", "english", "--out", str(tmp_path / "out"), "--from-dir", str(tmp_path / "mirror")])
+    message = str(caught.value)
+    assert "open_clip_model.safetensors" in message and registry.ENGLISH_SHA256 in message and got in message
     assert not (tmp_path / "out/english").exists()
+
+
+def test_a_file_pinned_by_revision_alone_bakes_and_records_its_sha256(mirror, tmp_path):
+    variant = mirror["multilingual"]
+    config = replace(variant.text.config, sha256=None)  # pinned by its commit only
+    assert config.pinned
+    variant = replace(variant, text=replace(variant.text, config=config))
+    path = bake.bake_variant(variant, tmp_path, bake.LocalDirSource(mirror["root"]))
+    [record] = [r for r in json.loads((path / "manifest.json").read_text())["sources"] if r["role"] == "M-CLIP config"]
+    assert record["revision"] == COMMIT and "sha256" not in record
+    assert record["sha256_seen"] == sha256_file(mirror["root"] / "org/mclip/config.json")
 
 
 class FakeHub:
@@ -199,7 +241,7 @@ class FakeHub:
     `/releases/<file>` -> root/file. Records every request.
     """
 
-    COMMIT = "c0ffee" * 6 + "c0ff"
+    COMMIT = COMMIT
 
     def __init__(self, root: Path):
         import http.server
@@ -219,6 +261,11 @@ class FakeHub:
                 fake.requests.append((self.command, self.path))
                 parts = self.path.split("/")
                 path = root / parts[-1] if parts[1] == "releases" else root / parts[1] / parts[2] / parts[-1]
+                if parts[1] != "releases" and parts[4] not in (FakeHub.COMMIT, "main"):
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "RevisionNotFound")
+                    self.end_headers()
+                    return
                 if not path.is_file():
                     self.send_response(404)
                     self.end_headers()
@@ -272,7 +319,7 @@ def test_hub_source_downloads_resolves_revisions_and_caches(mirror, multilingual
         records = json.loads((path / "manifest.json").read_text())["sources"]
         hub_records = [r for r in records if "repo" in r]
         assert hub_records and all(r["resolved_revision"] == FakeHub.COMMIT for r in hub_records)
-        assert all(r["revision"] == "0123abc" for r in hub_records)  # the pin, as written
+        assert all(r["revision"] == COMMIT for r in hub_records)  # the pin, as written
         assert_same_vectors(load_encoder("multilingual", tmp_path / "a"), multilingual_encoder, 240)
 
         before = len(hub.requests)
@@ -283,3 +330,33 @@ def test_hub_source_downloads_resolves_revisions_and_caches(mirror, multilingual
         assert len(hub.gets()) == 6  # nothing downloaded twice
     finally:
         hub.close()
+
+
+def test_a_pinned_revision_the_hub_does_not_know_stops_the_bake(mirror, tmp_path, monkeypatch):
+    """Never a fallback to an unpinned download: the message names the file and the revision to correct."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub = FakeHub(mirror["root"])
+    try:
+        weights = replace(mirror["english"].clip.weights, revision=NEW_COMMIT)
+        variant = replace(mirror["english"], clip=replace(mirror["english"].clip, weights=weights))
+        source = bake.HubSource(cache_dir=tmp_path / "url-cache", hub_cache_dir=tmp_path / "hf-cache",
+                                endpoint=hub.url, timeout_s=10)
+        with pytest.raises(bake.RevisionUnavailable, match=f"org/english open_clip_model.safetensors.*{NEW_COMMIT}"):
+            bake.bake_variant(variant, tmp_path / "out", source)
+        assert hub.gets() == []  # nothing downloaded
+        assert not (tmp_path / "out/english").exists()
+    finally:
+        hub.close()
+
+
+def test_serve_sh_and_the_image_build_bake_only_pinned_files():
+    root = Path(__file__).resolve().parents[2]
+    for script in ("serve.sh", "Dockerfile"):
+        bake_lines = [line for line in (root / script).read_text().splitlines()
+                      if "models.bake" in line and not line.lstrip().startswith("#")]
+        assert bake_lines, script
+        assert not any("--allow-unpinned" in line for line in bake_lines), script

@@ -67,12 +67,19 @@ RUN groupadd --system --gid 10001 clipserve \
       --shell /usr/sbin/nologin clipserve
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=weights /models /models
+# A search index baked in (Lambda has no bucket mounts): `deploy.sh --index DIR` copies a version folder
+# into index-bake/ and sets INDEX_DIR=/index. Otherwise index-bake/ holds only its README and INDEX_DIR
+# stays empty (no search; on Cloud Run the index comes from a bucket mount instead).
+ARG INDEX_DIR=""
+COPY index-bake/ /index/
+ENV INDEX_DIR=${INDEX_DIR}
 WORKDIR /app
 COPY pyproject.toml ./
 COPY models/ models/
 COPY inputs/ inputs/
 COPY engine/ engine/
 COPY handler/ handler/
+COPY search/ search/
 COPY batch/ batch/
 COPY infra/ infra/
 # Editable install, as in development: the code stays in /app, the package gets its version

@@ -13,6 +13,8 @@
 #   --tag T          image tag (default: git commit + UTC time; tags are immutable)
 #   --builder B      Cloud Run only: cloudbuild (default, no local Docker needed) or buildx (local Docker)
 #   --public         no authentication (Cloud Run allUsers invoker; Lambda function URL auth NONE)
+#   --index DIR      bake the search index version folder DIR into the image (INDEX_DIR=/index); for Lambda,
+#                    which has no bucket mounts (Cloud Run: TF_VAR_index_bucket/TF_VAR_index_path instead)
 #   --allow-unpinned bake weights that models/registry.py does not pin (a new registry entry; the
 #                    shipped ones are all pinned); the bundle manifest records what was fetched
 #   --skip-build     deploy an image already pushed under --tag
@@ -30,13 +32,13 @@ set -euo pipefail
 EXIT_USAGE=2 EXIT_TOOL=3 EXIT_CREDENTIALS=4 EXIT_BUILD=5 EXIT_TERRAFORM=6 EXIT_SMOKE=7
 ROOT=$(cd "$(dirname "$0")" && pwd)
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { local code=$1; shift; echo "deploy: $*" >&2; exit "$code"; }
 usage_error() { echo "deploy: $*" >&2; echo "usage: ./deploy.sh cloudrun|lambda [--variant V] [--project ID] [--region R] [--dry-run] (see --help)" >&2; exit "$EXIT_USAGE"; }
 
 # ---------------------------------------------------------------- arguments
 target="" variant=english bake=all project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
-builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false
+builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false index=""
 need_value() { [ "$2" -ge 2 ] && [[ "${3:-}" != --* ]] || usage_error "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --builder) need_value "$1" $# "${2:-}"; builder=$2; shift 2 ;;
     --public) public=true; shift ;;
     --allow-unpinned) allow_unpinned=true; shift ;;
+    --index) need_value "$1" $# "${2:-}"; index=$2; shift 2 ;;
     --skip-build) skip_build=true; shift ;;
     --skip-smoke) skip_smoke=true; shift ;;
     --dry-run) dry_run=true; shift ;;
@@ -81,6 +84,16 @@ if [ "$target" = cloudrun ]; then region=${region:-us-central1}; else region=${r
 
 build_args=(--build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant")
 "$allow_unpinned" && build_args+=(--build-arg "BAKE_FLAGS=--allow-unpinned")
+index_mib=0 index_var=()
+if [ -n "$index" ]; then
+  [ -f "$index/manifest.json" ] || usage_error "--index $index: not an index version folder (no manifest.json)"
+  "$skip_build" && usage_error "--index needs a build (it goes into the image); drop --skip-build"
+  grep -q "\"variant\": \"$variant\"" "$index/manifest.json" \
+    || usage_error "--index $index was not built with variant $variant (see its manifest.json)"
+  build_args+=(--build-arg "INDEX_DIR=/index")
+  index_mib=$(( ($(du -sb "$index" | cut -f1) + 1048575) / 1048576 ))
+  index_var=(-var "$([ "$target" = lambda ] && echo index_mib || echo baked_index_mib)=$index_mib")
+fi
 
 # Dimension each variant must report (checked by the smoke test): a wrong one means a wrong deploy.
 case "$variant" in english) dim=512 ;; multilingual) dim=640 ;; esac
@@ -135,6 +148,15 @@ smoke() { # smoke URL [auth args...]
     || fail "$EXIT_SMOKE" "the smoke test failed against $url (the deployment is live; see above)"
 }
 
+# stage_index: copy --index DIR into the build context (index-bake/), emptied again on exit.
+stage_index() {
+  [ -n "$index" ] || return 0
+  show cp -R "$index/." "$ROOT/index-bake/"
+  "$dry_run" && return 0
+  trap 'find "$ROOT/index-bake" -mindepth 1 ! -name README.md -delete' EXIT
+  cp -R "$index/." "$ROOT/index-bake/"
+}
+
 # ---------------------------------------------------------------- Cloud Run
 deploy_cloudrun() {
   local tf="$ROOT/terraform/cloudrun" tools=(gcloud terraform curl)
@@ -167,6 +189,7 @@ deploy_cloudrun() {
   terraform_in "$tf" apply -input=false -auto-approve -target=google_artifact_registry_repository.images "${tfvars[@]}"
 
   if ! "$skip_build"; then
+    stage_index
     if [ "$builder" = cloudbuild ]; then
       local config
       config=$(cloudbuild_config "$image")
@@ -189,7 +212,7 @@ deploy_cloudrun() {
   local public_var=false
   "$public" && public_var=true
   terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image=$image" \
-    -var "model_variant=$variant" -var "allow_unauthenticated=$public_var"
+    -var "model_variant=$variant" -var "allow_unauthenticated=$public_var" "${index_var[@]}"
   local url
   capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
   echo "deploy: Cloud Run service $name serves $variant at $url"
@@ -253,6 +276,7 @@ deploy_lambda() {
       aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry" \
         || fail "$EXIT_CREDENTIALS" "could not log in to ECR $registry"
     fi
+    stage_index
     # --provenance=false: Lambda accepts a single-platform image manifest, not an index with attestations.
     run "$EXIT_BUILD" docker buildx build "$ROOT" --platform linux/amd64 --provenance=false \
       "${build_args[@]}" --tag "$image" --push
@@ -261,7 +285,7 @@ deploy_lambda() {
   local auth=AWS_IAM
   "$public" && auth=NONE
   terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image_tag=$tag" \
-    -var "model_variant=$variant" -var "function_url_auth=$auth"
+    -var "model_variant=$variant" -var "function_url_auth=$auth" "${index_var[@]}"
   local url
   capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
   echo "deploy: Lambda function $name serves $variant at $url"

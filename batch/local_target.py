@@ -54,7 +54,7 @@ class LocalTarget:
 
     def describe(self) -> dict[str, Any]:
         info = self.encoder.info
-        return {"variant": info.variant, "architecture": info.architecture, "dim": info.dim}
+        return {"variant": info.variant, "architecture": info.architecture, "dim": info.dim, "weights": info.weights}
 
     def close(self) -> None:
         pass

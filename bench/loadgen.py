@@ -4,8 +4,9 @@
                               "seconds": 10, "warmup": 2, "dim": 512}'
 
 Each of `concurrency` threads keeps one keep-alive connection and sends the next request as soon as
-the last answer arrived. Every 200 is checked (the right number of vectors of the right dimension);
-requests completed during the `seconds` after `warmup` are counted. Prints one JSON object.
+the last answer arrived. Every 200 is checked (the right number of vectors of the right dimension;
+for `"workload": "file"`, `"path"` and `"bodies"` (a JSONL file of request bodies): the answer has
+`results`); requests completed during the `seconds` after `warmup` are counted. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ _IMAGE_POOL = 16
 _TEXT_POOL = 2000
 
 
-def bodies(workload: str) -> tuple[str, int, list[bytes]]:
+def bodies(workload: str, spec: dict | None = None) -> tuple[str, int, list[bytes]]:
     """(path, items per request, request bodies to cycle through)."""
+    if workload == "file":
+        lines = Path(spec["bodies"]).read_bytes().splitlines()
+        return spec["path"], 1, [line for line in lines if line.strip()]
     path, per_request, kind = WORKLOADS[workload]
     if kind == "images":
         images = [photo_b64(seed) for seed in range(_IMAGE_POOL)]
@@ -46,7 +50,7 @@ def bodies(workload: str) -> tuple[str, int, list[bytes]]:
 
 def run(spec: dict) -> dict:
     url = urlsplit(spec["url"])
-    path, per_request, payloads = bodies(spec["workload"])
+    path, per_request, payloads = bodies(spec["workload"], spec)
     warmup, seconds, timeout = spec.get("warmup", 2.0), spec["seconds"], spec.get("timeout", 120.0)
     pause_after_429 = spec.get("pause_after_429", 0.05)
     begin = time.perf_counter()
@@ -74,7 +78,7 @@ def run(spec: dict) -> dict:
                 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
                 continue
             finished = time.perf_counter()
-            if status == 200 and not answer_ok(data, per_request, spec["dim"]):
+            if status == 200 and not answer_ok(data, per_request, spec["dim"], path == "/search"):
                 status = -1  # a 200 with the wrong answer
             with lock:
                 done.append((finished, finished - started, status))
@@ -101,8 +105,10 @@ def run(spec: dict) -> dict:
     }
 
 
-def answer_ok(data: bytes, count: int, dim: int) -> bool:
+def answer_ok(data: bytes, count: int, dim: int, search: bool = False) -> bool:
     try:
+        if search:
+            return isinstance(orjson.loads(data)["results"], list)
         vectors = orjson.loads(data)["embeddings"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return False

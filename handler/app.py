@@ -16,7 +16,7 @@ import numpy as np
 from flask import Flask, Response, jsonify
 
 from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong
-from handler import auth, observability, openai_compat, scoring
+from handler import auth, observability, openai_compat, scoring, search_views
 from handler.client import disconnect_check
 from handler.errors import AllImagesFailed, InvalidRequest, Timeout, register_error_handlers
 from handler.jsonio import OrjsonProvider
@@ -26,6 +26,8 @@ from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, M
                              TextEmbedResponse, build_request_models)
 from infra.settings import Settings
 from inputs import ImageError, ImageLimits, draft_size_for, load_images
+from search.configure import search_service
+from search.service import SearchService, State
 
 SERVICE = "clipserve"
 EXTENSION = "clipserve"
@@ -48,20 +50,26 @@ def load_bundle_encoder(settings: Settings) -> Any:
                         precision=settings.precision)
 
 
-def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Flask:
-    """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder."""
+def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None,
+               search: SearchService | None = None) -> Flask:
+    """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder, or a search
+    service. Raises IndexUnusable when the configured index cannot be served with this model."""
     settings = settings or Settings.from_env()
     if engine is None:
         engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
+    if search is None and settings.index_dir is not None:
+        from models.bundle import model_identity  # the bundle's manifest only: no torch
+
+        search = search_service(settings, model_identity(settings.model_dir, settings.model_variant))
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    api = ClipApi(settings, engine)
+    api = ClipApi(settings, engine, search)
     app.extensions[EXTENSION] = api
     register_error_handlers(app)
     observability.init_app(app, settings, engine)  # first: a request refused by auth still gets an id and a log line
     auth.init_app(app, settings)
-    app.before_request(engine.start)
+    app.before_request(api.start)
     for doc, view in api.routes():
         app.add_url_rule(doc.path, view.__name__, view, methods=[doc.method])
     return app
@@ -70,13 +78,25 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
 class ClipApi:
     """The views, with the settings and engine they share."""
 
-    def __init__(self, settings: Settings, engine: EmbeddingEngine) -> None:
+    def __init__(self, settings: Settings, engine: EmbeddingEngine, search: SearchService | None = None) -> None:
         self.settings = settings
         self.engine = engine
-        self.models = build_request_models(settings.max_items, settings.max_text_chars)
+        self.search = search
+        self.models = build_request_models(settings.max_items, settings.max_text_chars, settings.search_max_top_k)
         self.image_limits = ImageLimits.from_settings(settings)
         self.openai = openai_compat.OpenAIViews(self)
+        self.search_views = search_views.SearchViews(self, search)
+        self.index_writes = search_views.IndexWriteViews(self.search_views)
         self._openapi: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Begin loading the model and opening the search index (once per process, in the background)."""
+        self.engine.start()
+        if self.search is not None:
+            self.search.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.engine.shutdown(timeout)
 
     def routes(self) -> list[tuple[RouteDoc, Callable[[], Any]]]:
         image_errors = _COMMON_ERRORS + ("all_images_failed",)
@@ -98,6 +118,8 @@ class ClipApi:
              self.score),
             (RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
             (RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
+            *self.search_views.routes(),
+            *self.index_writes.routes(),
             *self.openai.routes(),
         ]
 
@@ -111,7 +133,14 @@ class ClipApi:
         return response
 
     def health_status(self) -> tuple[str, str | None]:
-        """("ok" | "loading" | "failed" | "unhealthy", reason). A wedged or dead inference loop is unhealthy."""
+        """("ok" | "loading" | "failed" | "unhealthy", reason). A wedged or dead inference loop is unhealthy;
+        an embedded search index is part of health (it loads beside the model), a search server is not."""
+        search = self.search
+        if search is not None and search.part_of_health and search.state is not State.READY:
+            if search.state is State.FAILED:
+                return "failed", f"the search index failed to open: {search.reason}"
+            if self.engine.state is not ModelState.FAILED:
+                return "loading", None
         state = self.engine.state
         if state is ModelState.LOADING:
             return "loading", None
@@ -135,7 +164,8 @@ class ClipApi:
             limits={"max_items": s.max_items, "max_text_chars": s.max_text_chars, "max_body_bytes": s.max_body_bytes,
                     "max_image_bytes": s.max_image_bytes, "max_image_pixels": s.max_image_pixels,
                     "fetch_timeout_s": s.fetch_timeout_s, "fetch_max_redirects": s.fetch_max_redirects,
-                    "request_timeout_s": s.request_timeout_s},
+                    "request_timeout_s": s.request_timeout_s, "search_max_top_k": s.search_max_top_k},
+            search=self.search.describe() if self.search is not None else None,
             endpoints=[f"{doc.method} {doc.path}" for doc, _ in self.routes()],
         ).model_dump())
 
@@ -277,7 +307,7 @@ def _given_vectors(rows: list[list[float]], dim: int, field: str) -> np.ndarray:
         if len(row) != dim:
             raise InvalidRequest(f"{field}[{i}]: has {len(row)} values, the model's dimension is {dim}")
     vectors = np.asarray(rows, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | (np.linalg.norm(vectors, axis=1) == 0))
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | ~vectors.any(axis=1))
     if bad.size:
         raise InvalidRequest(f"{field}[{bad[0]}]: must be finite and not all zero")
     return vectors

@@ -15,6 +15,8 @@ from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from engine import ClientGone, EngineStopped, ModelState, NotReady, Overloaded, RequestTimedOut
+from search import errors as search_errors
+from search.service import NotOpen, State
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +28,22 @@ STATUS = {
     "unauthorized": 401,
     "not_found": 404,
     "model_not_found": 404,
+    "index_not_configured": 404,
+    "item_not_found": 404,
     "method_not_allowed": 405,
+    "index_read_only": 405,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "all_images_failed": 422,
+    "all_items_failed": 422,
     "overloaded": 429,
     "client_disconnected": 499,  # nginx's code: nobody reads it, but the log line says what happened
     "internal_error": 500,
     "model_loading": 503,
     "model_unavailable": 503,
     "shutting_down": 503,
+    "index_loading": 503,
+    "search_unavailable": 503,
     "timeout": 504,
 }
 
@@ -102,6 +110,26 @@ class ModelNotFound(ApiError):
     code = "model_not_found"
 
 
+class IndexNotConfigured(ApiError):
+    code = "index_not_configured"
+
+
+class ItemNotFound(ApiError):
+    code = "item_not_found"
+
+
+class IndexReadOnly(ApiError):
+    code = "index_read_only"
+
+
+class IndexLoading(ApiError):
+    code = "index_loading"
+
+
+class SearchUnavailable(ApiError):
+    code = "search_unavailable"
+
+
 class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
 
@@ -116,6 +144,10 @@ class UnsupportedMediaType(ApiError):
 
 class AllImagesFailed(ApiError):
     code = "all_images_failed"
+
+
+class AllItemsFailed(ApiError):
+    code = "all_items_failed"
 
 
 class ServiceOverloaded(ApiError):
@@ -177,7 +209,24 @@ def to_api_error(exc: BaseException) -> ApiError:
         return Timeout("the request did not finish in time")
     if isinstance(exc, ClientGone):
         return ClientDisconnected("the client closed the connection before the answer was ready")
+    if isinstance(exc, search_errors.SearchError):
+        return _search_error(exc)
     return InternalError("internal error")
+
+
+def _search_error(exc: search_errors.SearchError) -> ApiError:
+    if isinstance(exc, NotOpen):
+        if exc.state is State.LOADING:
+            return IndexLoading("the search index is still opening; retry shortly", headers={"Retry-After": "2"})
+        retry = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else {}
+        return SearchUnavailable(exc.message, headers=retry)
+    if isinstance(exc, search_errors.Unavailable):
+        return SearchUnavailable(exc.message, headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, search_errors.BackendTimeout):
+        return Timeout(exc.message)
+    kind = {search_errors.BadQuery: InvalidRequest, search_errors.ItemNotFound: ItemNotFound,
+            search_errors.ReadOnly: IndexReadOnly}.get(type(exc), InternalError)
+    return kind(exc.message, param=exc.param)
 
 
 def error_response(error: ApiError) -> Response:

@@ -36,6 +36,7 @@ _EXTENSION = "clipserve.observability"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_RESULT_BUCKETS = (0, 1, 5, 10, 20, 50, 100, 200, 500, 1000)
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -75,6 +76,11 @@ class Metrics:
         self.queue_wait = Histogram("clipserve_queue_wait_seconds",
                                     "Time the oldest item of a batch waited in the queue, by kind.", ["kind"],
                                     buckets=_WAIT_BUCKETS, registry=r)
+        self.search_latency = Histogram("clipserve_search_duration_seconds",
+                                        "Time the search backend took per query (embedding excluded), by query kind.",
+                                        ["kind"], buckets=_WAIT_BUCKETS, registry=r)
+        self.search_results = Histogram("clipserve_search_results", "Results returned per search.",
+                                        buckets=_RESULT_BUCKETS, registry=r)
         self.queue_depth = Gauge("clipserve_queue_depth", "Items waiting for the model.", registry=r)
         self.loop_healthy = Gauge("clipserve_inference_loop_healthy",
                                   "1 while the inference thread runs and no model call is stalled.", registry=r)
@@ -139,6 +145,15 @@ def record_image_errors(codes: Iterable[str]) -> None:
     if metrics is not None:
         for code in codes:
             metrics.image_errors.labels(code).inc()
+
+
+def record_search(kind: str, seconds: float, results: int, *, filtered: bool) -> None:
+    """One search: query kind, backend time and result count (never the query itself)."""
+    annotate(search_kind=kind, search_ms=round(seconds * 1000, 2), results=results, filtered=filtered)
+    metrics = _metrics()
+    if metrics is not None:
+        metrics.search_latency.labels(kind).observe(seconds)
+        metrics.search_results.observe(results)
 
 
 def record_batch(batch_size: int, queue_wait_s: float) -> None:

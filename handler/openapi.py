@@ -19,6 +19,7 @@ class Multipart:
     """How an endpoint takes multipart/form-data: file parts named ``files``, plus the JSON body's simple fields."""
 
     files: str = "images"
+    single: bool = False                    # one file part (``/search``'s image), not a list
     required: tuple[str, ...] = ()
     any_of: tuple[str, ...] = ()            # at least one of these fields must be present
     json_only: tuple[str, ...] = ("urls", "text_embeddings", "image_embeddings")   # not sendable as form fields
@@ -91,8 +92,12 @@ def _multipart_schema(route: RouteDoc, json_schema: dict[str, Any]) -> dict[str,
     form = route.multipart
     skip = {form.files, *form.json_only}
     properties = {k: v for k, v in json_schema.get("properties", {}).items() if k not in skip}
-    properties[form.files] = {"type": "array", "items": {"type": "string", "format": "binary"},
-                              "description": "One file part per image (curl -F images=@cat.jpg)."}
+    if form.single:
+        properties[form.files] = {"type": "string", "format": "binary",
+                                  "description": f"The image as a file part (curl -F {form.files}=@cat.jpg)."}
+    else:
+        properties[form.files] = {"type": "array", "items": {"type": "string", "format": "binary"},
+                                  "description": "One file part per image (curl -F images=@cat.jpg)."}
     schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
     if form.required:
         schema["required"] = list(form.required)

@@ -81,38 +81,51 @@ def validate(model: type[M], data: dict[str, Any], *, strict: bool = False) -> M
         raise InvalidRequest("the request is nested too deeply") from None
 
 
-def read_with_images(model: type[M], max_image_bytes: int) -> tuple[M, list[ImageInput] | None]:
+def read_with_images(model: type[M], max_image_bytes: int,
+                     file_field: str = _FILE_FIELD) -> tuple[M, list[ImageInput] | None]:
     """JSON or multipart body -> (options model, image inputs or None when the request has no images).
 
-    In multipart, each file part named ``images`` is one image (raw file bytes); other parts are form
-    fields with the JSON field names (``texts`` may repeat). Images may also be given as IMAGE strings
-    in ``images`` form fields, but not both kinds at once (their relative order would be lost).
+    In multipart, each file part named ``file_field`` (``images``; ``/search`` takes one ``image``) is one
+    image (raw file bytes); other parts are form fields with the JSON field names (``texts`` may repeat).
+    Images may also be given as IMAGE strings in such form fields, but not both kinds at once (their
+    relative order would be lost).
     """
     if request.mimetype != MULTIPART:
         parsed = read_json(model)
-        return parsed, getattr(parsed, "images", None)
+        return parsed, _images_of(parsed, file_field)
     try:
         files, form = request.files, request.form
     except HTTPException:
         raise
     except Exception:  # noqa: BLE001 - as in read_body: the multipart stream could not be read
         raise InvalidRequest(_UNREADABLE) from None
-    unexpected = [name for name in files if name != _FILE_FIELD]
+    unexpected = [name for name in files if name != file_field]
     if unexpected:
-        raise InvalidRequest(f"unexpected file part {unexpected[0]!r}; upload images as 'images'")
-    uploads = files.getlist(_FILE_FIELD)
+        raise InvalidRequest(f"unexpected file part {unexpected[0]!r}; upload images as {file_field!r}")
+    uploads = files.getlist(file_field)
+    single = file_field != _FILE_FIELD  # a field holding one image, not a list
     fields: dict[str, Any] = {}
     for name in form:
         values = form.getlist(name)
         fields[name] = values if name in _LIST_FORM_FIELDS or name == _FILE_FIELD else values[-1]
-    if uploads and _FILE_FIELD in fields:
-        raise InvalidRequest("send images either as file parts or as 'images' form fields, not both")
+    if uploads and file_field in fields:
+        raise InvalidRequest(f"send images either as file parts or as {file_field!r} form fields, not both")
+    if single and len(uploads) > 1:
+        raise InvalidRequest(f"send one {file_field!r} file part ({len(uploads)} given)")
     if not uploads:
         parsed = validate(model, fields)
-        return parsed, getattr(parsed, "images", None)
+        return parsed, _images_of(parsed, file_field)
     # Validate the options with one placeholder string per file; the images are the uploaded bytes.
-    parsed = validate(model, {**fields, _FILE_FIELD: [""] * len(uploads)})
+    # (A model without the field, such as /index's, pairs the files with its items itself.)
+    if file_field in model.model_fields:
+        fields[file_field] = "" if single else [""] * len(uploads)
+    parsed = validate(model, fields)
     return parsed, [upload.stream.read(max_image_bytes + 1) for upload in uploads]
+
+
+def _images_of(parsed: BaseModel, field: str) -> list[ImageInput] | None:
+    value = getattr(parsed, field, None)
+    return [value] if isinstance(value, str) else value
 
 
 def describe_validation_error(exc: ValidationError) -> str:

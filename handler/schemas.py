@@ -77,6 +77,44 @@ class ScoreResponse(_Embedded):
     truncated: list[int]
 
 
+class SearchHit(BaseModel):
+    id: str
+    score: float = Field(description="Cosine of the query and the item's stored vector.")
+    clip_score: float = Field(description="max(100 * cosine, 0), as /score gives it.")
+    metadata: Optional[dict[str, Any]] = Field(None, description="The item's metadata (include_metadata).")
+    vector: Optional[list[float]] = Field(None, description="The item's stored unit vector (include_vectors).")
+
+
+class IndexRef(BaseModel):
+    name: str
+    version: str
+    count: Optional[int]
+    modality: Literal["image", "text"] = Field(description="What the items' vectors were embedded from.")
+
+
+class SearchResponse(_Embedded):
+    results: list[SearchHit] = Field(description="Best first.")
+    index: IndexRef
+
+
+class ItemErrorItem(BaseModel):
+    index: int = Field(ge=0, description="Position of the item in the request.")
+    code: str
+    message: str
+
+
+class IndexWriteResponse(_Embedded):
+    upserted: int = Field(description="Items written (a re-sent id replaces its item).")
+    ids: list[str] = Field(description="The ids written, in request order.")
+    errors: list[ItemErrorItem] = Field(description="Items not written, by position.")
+    index: IndexRef
+
+
+class IndexDeleteResponse(BaseModel):
+    deleted: int = Field(description="Items that existed and were deleted.")
+    index: IndexRef
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "loading", "failed", "unhealthy"]
     reason: Optional[str] = None
@@ -92,6 +130,8 @@ class ModelInfoOut(BaseModel):
     context_length: int
     logit_scale: float
     precision: Literal["fp32", "bf16"]
+    weights: str = Field(description="Fingerprint of the weight files; search indexes record the one they were "
+                                     "built with.")
 
 
 class InfoResponse(BaseModel):
@@ -100,6 +140,8 @@ class InfoResponse(BaseModel):
     status: Literal["ok", "loading", "failed", "unhealthy"]
     model: Optional[ModelInfoOut]
     limits: dict[str, Union[int, float, bool]]
+    search: Optional[dict[str, Any]] = Field(description="The search backend and its index; null when none is "
+                                                         "configured.")
     endpoints: list[str]
 
 
@@ -167,13 +209,35 @@ class RequestModels:
     mixed: type[BaseModel]
     score: type[BaseModel]
     openai_embeddings: type[BaseModel]
+    search: type[BaseModel]
+    index_write: type[BaseModel]
+    index_delete: type[BaseModel]
 
 
 TRUNCATE_DOC = ("Cut texts longer than the model's context (77 or 512 tokens, see GET /) to it and list them in "
                 "`truncated`; false: refuse such a request with 400 naming the texts.")
 
 
-def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
+QUERY_KINDS = ("text", "image", "vector", "id")
+FILTER_DOC = ("Metadata filter in Qdrant's syntax: {\"must\": [...], \"should\": [...], \"must_not\": [...]} with "
+              "{\"key\", \"match\": {\"value\"}}, {\"key\", \"match\": {\"any\": [...]}}, "
+              "{\"key\", \"range\": {\"gt\", \"gte\", \"lt\", \"lte\"}} or nested filters. "
+              "In multipart, a JSON string.")
+
+
+def _json_in_form(value: Any) -> Any:
+    """Multipart form fields are strings: `vector` and `filter` arrive there as JSON text."""
+    if isinstance(value, str):
+        from handler import jsonio
+
+        try:
+            return jsonio.loads(value)
+        except ValueError:
+            raise ValueError("must be JSON") from None
+    return value
+
+
+def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1000) -> RequestModels:
     """Request models whose limits are the configured ones (and so show in /openapi.json)."""
     Text = Annotated[str, StringConstraints(max_length=max_text_chars)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items,
@@ -277,5 +341,73 @@ def build_request_models(max_items: int, max_text_chars: int) -> RequestModels:
                         raise ValueError(f"{where}: String should have at most {max_text_chars} characters")
             return self
 
+    class SearchRequest(_Strict):
+        """Exactly one query: a text, an image, a vector, or the id of an indexed item ("more like this")."""
+
+        model_config = ConfigDict(extra="forbid",
+                                  json_schema_extra={"oneOf": [{"required": [k]} for k in QUERY_KINDS]})
+        text: Annotated[str, StringConstraints(max_length=max_text_chars)] = Field(
+            None, description="Embedded as /embed/text does (cut to the model's context).")  # type: ignore[assignment]
+        image: str = Field(None, description=IMAGE_DOC.split(" Failures")[0] +  # type: ignore[assignment]
+                           " In multipart, a file part named 'image'.")
+        vector: Annotated[list[float], Field(min_length=1, max_length=65_536)] = Field(  # type: ignore[assignment]
+            None, description="A query vector of the model's dimension (normalized here).")
+        id: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(  # type: ignore[assignment]
+            None, description="An indexed item's id: its stored vector is the query; the item itself is left out.")
+        top_k: Annotated[int, Field(ge=1, le=max_top_k)] = Field(10, description=f"Results, at most {max_top_k}.")
+        score_threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(  # type: ignore[assignment]
+            None, description="Keep results whose cosine is at least this.")
+        filter: dict[str, Any] = Field(None, description=FILTER_DOC)  # type: ignore[assignment]
+        include_metadata: bool = Field(True, description="Return each result's metadata.")
+        include_vectors: bool = Field(False, description="Return each result's stored vector.")
+
+        _decode_form_json = field_validator("vector", "filter", mode="before")(_json_in_form)
+
+        @model_validator(mode="after")
+        def _one_query(self) -> "SearchRequest":
+            given = [k for k in QUERY_KINDS if getattr(self, k) is not None]
+            if len(given) != 1:
+                raise ValueError(f"give exactly one of {', '.join(QUERY_KINDS)} (got {', '.join(given) or 'none'})")
+            return self
+
+        @property
+        def kind(self) -> str:
+            return next(k for k in QUERY_KINDS if getattr(self, k) is not None)
+
+    ItemId = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+    class IndexItem(_Strict):
+        """One item to write: its id, what to embed (or its vector) and its metadata."""
+
+        id: ItemId
+        text: Annotated[str, StringConstraints(max_length=max_text_chars)] = None  # type: ignore[assignment]
+        image: str = Field(None, description=IMAGE_DOC.split(" Failures")[0])  # type: ignore[assignment]
+        vector: Annotated[list[float], Field(min_length=1, max_length=65_536)] = None  # type: ignore[assignment]
+        metadata: dict[str, Any] = Field(default_factory=dict, description="JSON values, by key ('id' is reserved).")
+
+    class IndexWriteRequest(_Strict):
+        """Items to embed (with the collection's modality) and upsert. In multipart: `items` is this list as a JSON
+        string, without images, and one file part `images` per item, in order."""
+
+        items: Annotated[list[IndexItem], Field(min_length=1, max_length=max_items)]
+
+        @field_validator("items", mode="before")
+        @classmethod
+        def _items_in_form(cls, value: Any) -> Any:
+            return _json_in_form(value)
+
+    class IndexDeleteRequest(_Strict):
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["ids"]},
+                                                                                {"required": ["filter"]}]})
+        ids: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] = None  # type: ignore[assignment]
+        filter: dict[str, Any] = Field(None, description=FILTER_DOC)  # type: ignore[assignment]
+
+        @model_validator(mode="after")
+        def _one_selector(self) -> "IndexDeleteRequest":
+            if (self.ids is None) == (self.filter is None):
+                raise ValueError("give exactly one of `ids` or `filter`")
+            return self
+
     return RequestModels(text=TextEmbedRequest, image=ImageEmbedRequest, mixed=MixedEmbedRequest, score=ScoreRequest,
-                         openai_embeddings=OpenAIEmbeddingRequest)
+                         openai_embeddings=OpenAIEmbeddingRequest, search=SearchRequest, index_write=IndexWriteRequest,
+                         index_delete=IndexDeleteRequest)

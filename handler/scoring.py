@@ -9,8 +9,10 @@ import numpy as np
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (float64). Callers reject zero rows first."""
+    """Rows scaled to length 1 (float64). Callers reject zero rows first. Each row is first divided by its
+    largest magnitude, so a client's 1e300-sized values do not overflow the norm."""
     vectors = np.asarray(vectors, dtype=np.float64)
+    vectors = vectors / np.abs(vectors).max(axis=1, keepdims=True)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 

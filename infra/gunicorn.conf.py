@@ -79,9 +79,8 @@ def when_ready(server) -> None:  # noqa: ANN001
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
-def _engine(worker):  # noqa: ANN001, ANN202 - gunicorn objects
-    api = getattr(worker.wsgi, "extensions", {}).get("clipserve")
-    return api.engine if api is not None else None
+def _api(worker):  # noqa: ANN001, ANN202 - gunicorn objects
+    return getattr(worker.wsgi, "extensions", {}).get("clipserve")
 
 
 def post_fork(server, worker) -> None:  # noqa: ANN001
@@ -108,17 +107,18 @@ def _limit_malloc_arenas(count: int) -> None:
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001
-    """Right after the worker imported the app: start loading the model and the inference thread.
+    """Right after the worker imported the app: start loading the model (and the inference thread) and
+    opening the search index, side by side.
 
-    (``post_fork`` runs before the app is imported, so it has no engine to start yet.)
+    (``post_fork`` runs before the app is imported, so it has nothing to start yet.)
     """
-    engine = _engine(worker)
-    if engine is not None:
-        engine.start()
+    api = _api(worker)
+    if api is not None:
+        api.start()
 
 
 def worker_exit(server, worker) -> None:  # noqa: ANN001
     """After the worker finished its accepted requests: stop the inference thread."""
-    engine = _engine(worker)
-    if engine is not None:
-        engine.shutdown(timeout=2.0)
+    api = _api(worker)
+    if api is not None:
+        api.shutdown(timeout=2.0)

@@ -43,12 +43,14 @@ def build_app(settings: Settings) -> Flask:
 
     check_model_baked(settings)
     app = create_app(settings)
-    engine = app.extensions[EXTENSION].engine
-    engine.start()
-    if not engine.wait_ready():
-        error = engine.load_error
+    api = app.extensions[EXTENSION]
+    api.start()
+    if not api.engine.wait_ready():
+        error = api.engine.load_error
         raise ModelLoadFailed(f"model {settings.model_variant} failed to load from {settings.model_dir}: "
                               f"{error!r}") from error
+    if api.search is not None and api.search.part_of_health and not api.search.wait():
+        raise ModelLoadFailed(f"search index {settings.index_dir} failed to open: {api.search.reason}")
     return app
 
 

@@ -5,7 +5,8 @@
 Why: the model loads in a background thread after gunicorn starts, so a container asked for a
 variant that was not baked would otherwise keep running with /health at 503 until the platform
 gives up (up to 240 s on Cloud Run) with the reason buried in the logs. Here it exits at once,
-saying which variants the image does hold. The check reads only manifests and file sizes
+saying which variants the image does hold; likewise for a search index (INDEX_DIR) that is missing,
+incomplete or built with another model. The checks read only manifests and file sizes
 (milliseconds, no torch). The Lambda entry (infra/lambda_handler.py) runs the same check at init.
 """
 
@@ -46,11 +47,25 @@ def check_model_baked(settings: Settings) -> None:
             f"--build-arg MODEL_VARIANTS=\"{settings.model_variant}\" ({exc})") from exc
 
 
+def check_search_index(settings: Settings) -> None:
+    """Raise IndexUnusable if INDEX_DIR is set and is not a complete index built with the served model."""
+    if settings.index_dir is None:
+        return
+    from models.bundle import model_identity
+    from search.configure import check_index_dir
+
+    check_index_dir(settings.index_dir, model_identity(settings.model_dir, settings.model_variant))
+
+
 def main(argv: list[str]) -> int:
     """Check, then replace this process with argv (so signals reach gunicorn directly)."""
+    from search.errors import IndexUnusable
+
     try:
-        check_model_baked(Settings.from_env())
-    except (SettingsError, VariantNotBaked) as exc:
+        settings = Settings.from_env()
+        check_model_baked(settings)
+        check_search_index(settings)
+    except (SettingsError, VariantNotBaked, IndexUnusable) as exc:
         print(f"clipserve: cannot start: {exc}", file=sys.stderr, flush=True)
         return EX_CONFIG
     if not argv:

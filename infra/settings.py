@@ -119,6 +119,31 @@ class Settings:
     stall_timeout_s: float = _env("STALL_TIMEOUT_S", 120.0,
                                   "A model call running longer than this makes /health report unhealthy.",
                                   minimum=1, maximum=3600)
+    # search
+    index_dir: Path | None = _env("INDEX_DIR", None,
+                                  "Index version folder to serve POST /search from (built by `clipserve-batch "
+                                  "index build`); unset = no search.")
+    index_load: str = _env("INDEX_LOAD", "mmap",
+                           "mmap = map the index file (opens at once; pages load as queries touch them); memory = "
+                           "read it in at start (for bucket mounts, where random reads are slow).",
+                           choices=("mmap", "memory"))
+    index_verify: str = _env("INDEX_VERIFY", "size",
+                             "What the start checks of the index files: size (and the manifest), or sha256 of "
+                             "every file (about 1 s per GB; `clipserve-batch index verify DIR` does it offline).",
+                             choices=("size", "sha256"))
+    search_max_top_k: int = _env("SEARCH_MAX_TOP_K", 1000, "Largest top_k a search may ask for.",
+                                 minimum=1, maximum=100_000)
+    qdrant_url: str | None = _env("QDRANT_URL", None,
+                                  "Qdrant server to search in and write to (e.g. https://xyz.cloud.qdrant.io:6333) "
+                                  "instead of INDEX_DIR; unset = none.")
+    qdrant_api_key: str | None = _env("QDRANT_API_KEY", None, "API key for QDRANT_URL (Qdrant Cloud).", secret=True)
+    qdrant_collection: str = _env("QDRANT_COLLECTION", "clipserve", "The Qdrant collection to serve.")
+    qdrant_timeout_s: float = _env("QDRANT_TIMEOUT_S", 5.0,
+                                   "Longest wait for Qdrant per call before 504 (a refused connection is 503 "
+                                   "at once).", minimum=0.1, maximum=300)
+    qdrant_path: Path | None = _env("QDRANT_PATH", None,
+                                    "A folder for qdrant-client's embedded local mode instead of a server: one "
+                                    "process at a time, brute force; for tests, demos and a single instance.")
     # operations: logs, metrics, API keys
     log_level: str = _env("LOG_LEVEL", "INFO", "Lowest severity logged (JSON lines on stdout).",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -135,6 +160,11 @@ class Settings:
                                  "Set by Cloud Run; selects google-cloud-logging's structured log handler.")
 
     def __post_init__(self) -> None:
+        backends = [name for name, value in (("INDEX_DIR", self.index_dir), ("QDRANT_URL", self.qdrant_url),
+                                             ("QDRANT_PATH", self.qdrant_path)) if value is not None]
+        if len(backends) > 1:
+            raise SettingsError(f"{' and '.join(backends)} are both set: choose one search backend "
+                                "(INDEX_DIR: a built index folder; QDRANT_URL or QDRANT_PATH: a Qdrant collection)")
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")

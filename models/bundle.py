@@ -40,6 +40,25 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
+def weights_fingerprint(manifest: dict[str, Any]) -> str:
+    """One value naming the weights a bundle serves: the sha256 of its fp32 weight files' sha256s.
+
+    Search indexes record it, so a service never answers queries against vectors another model
+    made. Derived files (bf16 copies) and tokenizer files do not enter it.
+    """
+    names = sorted(section["weights"] for section in (manifest["clip"], manifest["text"]) if section.get("weights"))
+    joined = ";".join(f"{name}={manifest['files'][name]['sha256']}" for name in names)
+    return "sha256:" + hashlib.sha256(joined.encode()).hexdigest()
+
+
+def model_identity(model_dir: Path | str, variant: str) -> dict[str, Any]:
+    """What a search index must have been built with to be served with this bundle: variant,
+    architecture, dim and weights fingerprint, from the manifest alone (milliseconds, no torch)."""
+    _, manifest = check_bundle(model_dir, variant)
+    return {"variant": manifest["variant"], "architecture": manifest["architecture"], "dim": int(manifest["dim"]),
+            "weights": weights_fingerprint(manifest)}
+
+
 def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
     path = Path(bundle_dir) / MANIFEST
     with open(path, encoding="utf-8") as f:

@@ -26,6 +26,7 @@ class ModelInfo:
     context_length: int
     logit_scale: float  # exp already applied: the multiplier for cosine similarities
     precision: str = "fp32"  # what the towers compute in: "fp32" (exact) or "bf16"
+    weights: str = ""  # fingerprint of the weight files (models.bundle.weights_fingerprint)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ from safetensors import safe_open
 import models  # noqa: F401  (offline env vars before torch/transformers imports)
 from models import precision as precision_mod
 from models import registry
-from models.bundle import BundleError, check_bundle
+from models.bundle import BundleError, check_bundle, weights_fingerprint
 from models.encoder import Encoder, ModelInfo
 from models.threads import configure_torch_threads
 from models.weights import prefetch
@@ -75,6 +75,7 @@ def model_info(bundle_dir: Path, manifest: dict[str, Any], precision: str = "fp3
         context_length=int(manifest["context_length"]),
         logit_scale=read_logit_scale(bundle_dir, manifest["logit_scale"]),
         precision=precision,
+        weights=weights_fingerprint(manifest),
     )
 
 

@@ -4,7 +4,11 @@ locals {
   default_cpu        = { english = 2, multilingual = 4 }
   default_memory_gib = { english = 4, multilingual = 6 }
   cpu                = coalesce(var.cpu, local.default_cpu[var.model_variant])
-  memory_gib         = coalesce(var.memory_gib, local.default_memory_gib[var.model_variant])
+  # model + index + headroom: the variant's default (model and image decoding) + 1.25 x the index.
+  index_gib          = var.index_size_gib + var.baked_index_mib / 1024
+  memory_default_gib = ceil(local.default_memory_gib[var.model_variant] + 1.25 * local.index_gib)
+  memory_gib         = coalesce(var.memory_gib, local.memory_default_gib)
+  serves_index       = var.index_bucket != null
   deploy_app         = var.image != null
   port               = 8080
 
@@ -16,7 +20,11 @@ locals {
     REQUEST_TIMEOUT_S = tostring(max(1, var.request_timeout_s - 5))
     # Cloud Run does not set it: without it trace headers cannot become Cloud Logging trace links.
     GOOGLE_CLOUD_PROJECT = var.project_id
-  })
+    }, local.serves_index ? {
+    INDEX_DIR = "/index/${var.index_path}"
+    # Read the index in at start: a bucket mount serves random reads (an mmap's page faults) slowly.
+    INDEX_LOAD = "memory"
+  } : {})
   # The batch job: same image, no HTTP server.
   job_env = merge(var.extra_env, {
     MODEL_VARIANT        = var.model_variant

@@ -23,7 +23,7 @@ resource "google_artifact_registry_repository" "images" {
   }
 }
 
-# The service runs as its own identity holding no roles at all: it reads nothing in the project.
+# The service runs as its own identity holding no roles but object read on index_bucket, when set.
 resource "google_service_account" "service" {
   account_id   = "${var.name}-run"
   display_name = "clipserve service (no roles)"
@@ -89,8 +89,42 @@ resource "google_cloud_run_v2_service" "service" {
           port = local.port
         }
       }
+
+      dynamic "volume_mounts" {
+        for_each = local.serves_index ? [1] : []
+        content {
+          name       = "index"
+          mount_path = "/index"
+        }
+      }
+    }
+
+    # The search index: version folders in a bucket, mounted read-only (the service never writes).
+    dynamic "volumes" {
+      for_each = local.serves_index ? [var.index_bucket] : []
+      content {
+        name = "index"
+        gcs {
+          bucket    = volumes.value
+          read_only = true
+        }
+      }
     }
   }
+}
+
+resource "google_storage_bucket_iam_member" "service_index" {
+  count  = local.serves_index ? 1 : 0
+  bucket = var.index_bucket
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.service.email}"
+}
+
+resource "google_storage_bucket_iam_member" "job_index" {
+  count  = local.serves_index ? 1 : 0
+  bucket = var.index_bucket
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.job.email}"
 }
 
 resource "google_cloud_run_v2_service_iam_member" "public" {
@@ -163,12 +197,32 @@ resource "google_cloud_run_v2_job" "batch" {
             mount_path = "/data"
           }
         }
+
+        # index build writes new version folders here: --args=index,build,...,--output,/index/NAME/vN
+        dynamic "volume_mounts" {
+          for_each = local.serves_index ? [1] : []
+          content {
+            name       = "index"
+            mount_path = "/index"
+          }
+        }
       }
 
       dynamic "volumes" {
         for_each = var.job_bucket == null ? [] : [var.job_bucket]
         content {
           name = "data"
+          gcs {
+            bucket    = volumes.value
+            read_only = false
+          }
+        }
+      }
+
+      dynamic "volumes" {
+        for_each = local.serves_index ? [var.index_bucket] : []
+        content {
+          name = "index"
           gcs {
             bucket    = volumes.value
             read_only = false

@@ -48,7 +48,7 @@ variable "cpu" {
 }
 
 variable "memory_gib" {
-  description = "Memory per instance in GiB. null picks the variant's default: english 4, multilingual 6 (peak RSS after loading: about 1.3 and 2.4 GB; the rest is for decoding images of concurrent requests). Cloud Run needs at least 2 GiB from 4 vCPUs (4 GiB from 6) and allows at most 4 GiB per vCPU."
+  description = "Memory per instance in GiB. null picks the variant's default, english 4, multilingual 6 (peak RSS after loading: about 1.3 and 2.4 GB; the rest is for decoding images of concurrent requests), plus 1.25 x index_size_gib for a search index (model + index + headroom, rounded up). Cloud Run needs at least 2 GiB from 4 vCPUs (4 GiB from 6) and allows at most 4 GiB per vCPU."
   type        = number
   default     = null
   validation {
@@ -57,9 +57,9 @@ variable "memory_gib" {
   }
   validation {
     # Checked on the effective values (variant defaults included).
-    condition = (coalesce(var.memory_gib, local.default_memory_gib[var.model_variant]) <= 4 * local.cpu &&
-    coalesce(var.memory_gib, local.default_memory_gib[var.model_variant]) >= lookup({ 4 = 2, 6 = 4, 8 = 4 }, tostring(local.cpu), 1))
-    error_message = "Cloud Run allows at most 4 GiB per vCPU and needs at least 2 GiB at 4 vCPUs and 4 GiB at 6 or 8."
+    condition = (coalesce(var.memory_gib, local.memory_default_gib) <= 4 * local.cpu &&
+    coalesce(var.memory_gib, local.memory_default_gib) >= lookup({ 4 = 2, 6 = 4, 8 = 4 }, tostring(local.cpu), 1))
+    error_message = "Cloud Run allows at most 4 GiB per vCPU and needs at least 2 GiB at 4 vCPUs and 4 GiB at 6 or 8 (a large index_size_gib may need more cpu)."
   }
 }
 
@@ -279,4 +279,39 @@ variable "job_bucket" {
   description = "GCS bucket mounted at /data in the job (input and output files); null = no bucket. The job's service account gets object access to this bucket only."
   type        = string
   default     = null
+}
+
+# --- search -------------------------------------------------------------------------------------------
+
+variable "index_bucket" {
+  description = "Cloud Storage bucket holding search index version folders (clipserve-batch index build writes them). Mounted read-only at /index in the service (its account gets object read on this bucket only) and read-write in the job. null = no search."
+  type        = string
+  default     = null
+}
+
+variable "index_path" {
+  description = "The version folder inside index_bucket that the service serves, e.g. \"products/v3\". A new version is a new revision; rolling back is the old path."
+  type        = string
+  default     = null
+  validation {
+    condition = (var.index_bucket == null ? true : var.index_path == null ? false :
+    can(regex("^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", var.index_path)) && !strcontains(var.index_path, ".."))
+    error_message = "index_path: the version folder inside index_bucket (letters, digits, '.', '_', '-', separated by '/'), required with index_bucket."
+  }
+}
+
+variable "index_size_gib" {
+  description = "Size of the served index version folder in GiB (about vectors x dim x 4 bytes, +13% for HNSW links, + the metadata; `du` of the folder). The service reads it into memory at start (bucket mounts read randomly slowly), so the memory default grows by 1.25 x this."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.index_size_gib >= 0 && var.index_size_gib <= 24
+    error_message = "index_size_gib: from 0 to 24 (Cloud Run has at most 32 GiB per instance)."
+  }
+}
+
+variable "baked_index_mib" {
+  description = "Set by deploy.sh --index: MiB of an index baked into the image (counted like index_size_gib)."
+  type        = number
+  default     = 0
 }

@@ -4,7 +4,8 @@ locals {
     english      = 3008
     multilingual = 6144
   }
-  memory_mb = coalesce(var.memory_mb, local.default_memory_mb[var.model_variant])
+  # A baked search index (deploy.sh --index) is read at start: the variant's memory plus 1.25 x its size.
+  memory_mb = coalesce(var.memory_mb, min(10240, local.default_memory_mb[var.model_variant] + ceil(1.25 * var.index_mib)))
   image_uri = (var.image_uri != null ? var.image_uri
   : var.image_tag != null ? "${aws_ecr_repository.images.repository_url}:${var.image_tag}" : null)
   deploy_app = var.image_uri != null || var.image_tag != null # known at plan time, unlike image_uri

@@ -52,6 +52,16 @@ variable "memory_mb" {
   }
 }
 
+variable "index_mib" {
+  description = "Size in MiB of a search index baked into the image (deploy.sh --index sets it; 0 = none). The memory default grows by 1.25 x this: the index is held in memory beside the model."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.index_mib >= 0 && var.index_mib <= 8192
+    error_message = "index_mib: from 0 to 8192 (Lambda has at most 10240 MB in all)."
+  }
+}
+
 variable "timeout_s" {
   description = "Invocation timeout in seconds (also bounds a model load that overran the 10 s init phase and is retried inside the first invoke)."
   type        = number

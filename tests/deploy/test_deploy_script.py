@@ -271,3 +271,32 @@ def test_a_failed_smoke_test_exits_7(fake_tools):
     assert result.returncode == 7, result.stdout + result.stderr
     assert "FAIL text" in result.stderr
     assert "fake-id-token" not in result.stdout, "the identity token must not be printed"
+
+
+def _index_folder(tmp_path: Path, variant: str) -> Path:
+    folder = tmp_path / "shop" / "v2"
+    folder.mkdir(parents=True)
+    (folder / "vectors.faiss").write_bytes(b"\0" * 3_000_000)
+    (folder / "manifest.json").write_text(json.dumps({"model": {"variant": variant, "dim": 512}}, indent=2))
+    return folder
+
+
+def test_lambda_index_is_baked_into_the_image_and_counted_in_memory(tmp_path):
+    folder = _index_folder(tmp_path, "english")
+    result = deploy("lambda", "--index", str(folder), "--tag", "v9", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    steps = commands(result.stdout)
+    copy = steps.index(f"cp -R {folder}/. {REPO}/index-bake/")
+    build = next(i for i, c in enumerate(steps) if c.startswith("docker buildx build"))
+    assert copy < build and "--build-arg INDEX_DIR=/index" in steps[build]
+    assert any(c.endswith("-var index_mib=3") for c in steps if " apply " in c and "image_tag=v9" in c)
+    assert sorted(p.name for p in (REPO / "index-bake").iterdir()) == ["README.md"]  # a dry run copies nothing
+
+
+def test_an_index_for_another_variant_or_no_index_is_refused_before_anything_runs(tmp_path):
+    folder = _index_folder(tmp_path, "multilingual")
+    result = deploy("lambda", "--index", str(folder), "--dry-run")
+    assert result.returncode == 2 and "was not built with variant english" in result.stderr
+    assert commands(result.stdout) == []
+    result = deploy("lambda", "--index", str(tmp_path), "--dry-run")
+    assert result.returncode == 2 and "no manifest.json" in result.stderr

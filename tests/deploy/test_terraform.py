@@ -111,7 +111,7 @@ def test_cloud_run_boosts_cpu_at_start_and_sizes_per_variant(cloudrun):
     assert cloudrun["locals"]["default_cpu"] == {"english": 2, "multilingual": 4}
 
 
-def test_cloud_run_runs_as_a_service_account_with_no_roles(cloudrun):
+def test_cloud_run_runs_as_a_service_account_with_no_roles_but_reading_its_index(cloudrun):
     template = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
     assert template["service_account"] == "${google_service_account.service.email}"
     project_grants = [rtype for rtype in cloudrun["resource"] if rtype.startswith("google_project_iam")]
@@ -119,7 +119,23 @@ def test_cloud_run_runs_as_a_service_account_with_no_roles(cloudrun):
     grants_to_runtime = [f"{rtype}.{rname}" for rtype, named in cloudrun["resource"].items()
                          for rname, body in named.items()
                          if "google_service_account.service." in json.dumps(body.get("member", ""))]
-    assert grants_to_runtime == [], "no role may be granted to the service's own account"
+    assert grants_to_runtime == ["google_storage_bucket_iam_member.service_index"], \
+        "no role but object read on the index bucket may be granted to the service's own account"
+    read = resource(cloudrun, "google_storage_bucket_iam_member", "service_index")
+    assert _unquote(read["role"]) == "roles/storage.objectViewer" and read["bucket"] == "${var.index_bucket}"
+    assert "local.serves_index" in read["count"]
+
+
+def test_cloud_run_mounts_the_index_bucket_read_only_for_the_service_and_writable_for_the_job(cloudrun):
+    service = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
+    [volume] = _dynamic(service, "volumes")
+    assert volume["content"][0]["gcs"][0]["read_only"] is True and "local.serves_index" in volume["for_each"]
+    [mount] = _dynamic(service["containers"][0], "volume_mounts")
+    assert _unquote(mount["content"][0]["mount_path"]) == "/index"
+    job = resource(cloudrun, "google_cloud_run_v2_job", "batch")["template"][0]["template"][0]
+    job_volumes = _dynamic(job, "volumes")
+    index_volume = next(v for v in job_volumes if _unquote(v["content"][0]["name"]) == "index")
+    assert index_volume["content"][0]["gcs"][0]["read_only"] is False
 
 
 def test_cloud_run_is_private_unless_asked(cloudrun):
@@ -163,10 +179,11 @@ def test_batch_job_runs_the_same_image_with_tasks_and_retries(cloudrun):
 CLOUDRUN_KNOBS = ["cpu", "memory_gib", "min_instances", "max_instances", "concurrency", "request_timeout_s",
                   "startup_probe_initial_delay_s", "startup_probe_period_s", "startup_probe_failure_threshold",
                   "liveness_probe_period_s", "liveness_probe_failure_threshold", "job_tasks", "job_parallelism",
-                  "job_max_retries", "job_task_timeout_s", "model_variant", "ingress", "invokers", "keep_images"]
+                  "job_max_retries", "job_task_timeout_s", "model_variant", "ingress", "invokers", "keep_images",
+                  "index_path", "index_size_gib"]
 LAMBDA_KNOBS = ["memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency",
                 "provisioned_concurrency", "function_url_auth", "log_retention_days", "ecr_keep_images",
-                "model_variant", "architecture", "image_tag"]
+                "model_variant", "architecture", "image_tag", "index_mib"]
 
 
 @pytest.mark.parametrize("module_name,knobs", [("cloudrun", CLOUDRUN_KNOBS), ("lambda", LAMBDA_KNOBS)])
@@ -258,7 +275,26 @@ def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
     assert env["MODEL_VARIANT"] == "multilingual" and env["HTTP_THREADS"] == "5"
 
 
+def _dynamic(block: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The `dynamic "name"` blocks of a block (python-hcl2 keeps the label's quotes)."""
+    return [body for entry in block.get("dynamic", []) for label, body in entry.items() if _unquote(label) == name]
+
+
+def test_cloud_run_serves_the_index_from_the_mount_with_memory_for_it(cloudrun_vars_only):
+    limits, env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env]",
+                                index_bucket="my-indexes", index_path="products/v3", index_size_gib=2.3)
+    assert env["INDEX_DIR"] == "/index/products/v3" and env["INDEX_LOAD"] == "memory"
+    assert limits == {"cpu": "2", "memory": "7Gi"}  # ceil(4 + 1.25 x 2.3)
+    env = cloudrun_eval(cloudrun_vars_only, "local.app_env")
+    assert "INDEX_DIR" not in env
+    assert cloudrun_eval(cloudrun_vars_only, "local.resource_limits", baked_index_mib=1024) == {"cpu": "2",
+                                                                                                "memory": "6Gi"}
+
+
 @pytest.mark.parametrize("variables,offending", [
+    ({"index_bucket": "b"}, "index_path"),
+    ({"index_bucket": "b", "index_path": "../etc"}, "index_path"),
+    ({"index_size_gib": 10}, "memory_gib"),  # 4 + 12.5 GiB on 2 vCPUs: more than 4 GiB per vCPU
     ({"startup_probe_period_s": 10, "startup_probe_failure_threshold": 30}, "startup_probe_failure_threshold"),
     ({"min_instances": 3, "max_instances": 2}, "max_instances"),
     ({"cpu": 1, "memory_gib": 8}, "memory_gib"),

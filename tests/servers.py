@@ -1,0 +1,97 @@
+"""The production server for tests anywhere under tests/: gunicorn -c infra/gunicorn.conf.py on a loopback port.
+
+(tests/ is on sys.path for every test: pytest puts the root conftest's folder there.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# Startup on a loaded 2-core machine: importing torch and building the tiny model can take a while.
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GunicornServer:
+    """The production command (gunicorn -c infra/gunicorn.conf.py handler.wsgi:app) on a free loopback port."""
+
+    def __init__(self, model_dir: Path, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environ = {k: v for k, v in os.environ.items() if k not in ("K_SERVICE", "API_KEYS", "API_KEYS_FILE")}
+        environ.update({"MODEL_DIR": str(model_dir), "MODEL_VARIANT": "english", "PORT": str(self.port),
+                        "HTTP_THREADS": "8", "TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        environ.update(env)
+        self._log = open(log_path, "wb")
+        # --bind overrides the config file's 0.0.0.0: tests stay on loopback.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "infra/gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
+             "handler.wsgi:app"], cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"gunicorn exited early:\n{self.log_text()[-3000:]}"
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"not healthy within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def worker_pid(self) -> int:
+        import psutil
+
+        [worker] = psutil.Process(self.proc.pid).children()
+        return worker.pid
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        """Every output line as JSON (a non-JSON line fails the caller's test here)."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@contextmanager
+def gunicorn(model_dir: Path, log_path: Path, **env: str) -> Iterator[GunicornServer]:
+    server = GunicornServer(model_dir, log_path, **env)
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()

@@ -1,6 +1,13 @@
 """Search at scale: index build, open, recall and /search latency through the real gunicorn.
 
     python bench/bench_search.py [--n 1000000] [--queries 500] [--json bench/out/search.json]
+    python bench/bench_search.py --backend qdrant-local --n 100000   # beside the FAISS backend, same run
+
+`--backend qdrant-local` also pushes the same vectors into a collection in qdrant-client's local mode
+(`index push`), serves it (QDRANT_PATH) with the same queries, and measures upserts: `index push` from the
+embed output and from rows it embeds (texts, images), and `POST /index` (texts, images). Local mode is a
+test stand-in (brute force in Python over every point), not the production engine: its figures say what
+the code path costs, not what a Qdrant server does.
 
 Data (seeded, cached in bench/out/search-data): N unit vectors of dim 512 from a clustered distribution,
 "diffuse clusters": 10,000 Gaussian clusters in a 64-d latent space (centres N(0, I), spread 1.0 inside
@@ -191,15 +198,20 @@ def worker_rss_mb(server) -> float:
     return worker.memory_info().rss / 2**20
 
 
-def service_runs(directory: Path | None, bundles: Path, queries: np.ndarray, seconds: float, log: Path) -> dict:
-    """Cold start, the worker's RSS, and /search latencies for the index at `directory` (None: no index)."""
-    env = {"MODEL_DIR": str(bundles), "MODEL_VARIANT": "english", "LOG_LEVEL": "WARNING", "HTTP_THREADS": "8"}
+def service_runs(directory: Path | None, bundles: Path, queries: np.ndarray, seconds: float, log: Path,
+                 backend_env: dict[str, str] | None = None) -> dict:
+    """Cold start, the worker's RSS, and /search latencies for the index at `directory` (None: no index), or
+    the backend `backend_env` names (QDRANT_PATH)."""
+    # No text cache: the text queries measure embedding + search, not a dictionary lookup.
+    env = {"MODEL_DIR": str(bundles), "MODEL_VARIANT": "english", "LOG_LEVEL": "WARNING", "HTTP_THREADS": "8",
+           "TEXT_CACHE_SIZE": "0"}
     if directory is not None:
         env["INDEX_DIR"] = str(directory)
+    env.update(backend_env or {})
     started = time.perf_counter()
     with serving(env, log) as server:
         result: dict = {"cold_start_s": round(time.perf_counter() - started, 2)}
-        if directory is None:
+        if directory is None and not backend_env:
             text = write_bodies(log.with_suffix(".text.jsonl"), [{"texts": [p]} for p in prompts(500)])
             result["embed_text_c1"] = loadgen(server.url, text, "/embed/text", 1, seconds)
             result["worker_rss_mb"] = round(worker_rss_mb(server))
@@ -231,6 +243,114 @@ def _answers(url: str, queries: np.ndarray) -> dict:
     return {"plain": plain, "filtered": filtered}
 
 
+def cold_starts(bundles: Path, directories: dict[str, Path | None], repeats: int, log: Path) -> dict:
+    """Seconds from starting gunicorn to /health 200, per index (None: no index), alternating, median of
+    `repeats` (the files are in the page cache, as on a warm host; the VM's speed drifts between minutes)."""
+    import statistics
+
+    times: dict[str, list[float]] = {name: [] for name in directories}
+    for _ in range(repeats):
+        for name, directory in directories.items():
+            env = {"MODEL_DIR": str(bundles), "MODEL_VARIANT": "english", "LOG_LEVEL": "WARNING"}
+            if directory is not None:
+                env["INDEX_DIR"] = str(directory)
+            started = time.perf_counter()
+            with serving(env, log):
+                times[name].append(time.perf_counter() - started)
+    return {name: {"median_s": round(statistics.median(t), 2), "runs": [round(x, 2) for x in t]}
+            for name, t in times.items()}
+
+
+# --- Qdrant local mode --------------------------------------------------------------------------------------
+
+
+def push(paths: dict[str, Path], qdrant: Path, bundles: Path, collection: str = "bench") -> dict:
+    """`index push` of the embed output into local mode: wall time and points per second."""
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "batch", "index", "push", "--input", str(paths["emb"]), "--metadata",
+                          str(paths["meta"]), "--qdrant-path", str(qdrant), "--collection", collection, "--local",
+                          "--model-dir", str(bundles)], cwd=REPO, check=True, capture_output=True, text=True)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"points": summary["upserted"], "seconds": round(time.perf_counter() - started, 1),
+            "points_per_s": summary["points_per_s"]}
+
+
+def push_rows(kind: str, count: int, qdrant: Path, bundles: Path, scratch: Path) -> dict:
+    """`index push` of rows it embeds first (texts or photo-like JPEG files): rows per second, embedding included."""
+    from bench.common import photo_jpeg
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = scratch / f"{kind}-rows.csv"
+    with rows.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", kind])
+        for i, text in enumerate(prompts(count)):
+            if kind == "image":
+                (scratch / f"{i}.jpg").write_bytes(photo_jpeg(i % 16))
+                writer.writerow([f"{kind}{i}", f"{i}.jpg"])
+            else:
+                writer.writerow([f"{kind}{i}", text])
+    for stale in scratch.glob(f".{kind}-rows.embeddings.jsonl*"):
+        stale.unlink()
+    rows.with_name(f"{kind}-rows.embeddings.jsonl").unlink(missing_ok=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "batch", "index", "push", "--input", str(rows), "--qdrant-path",
+                    str(qdrant), "--collection", f"rows-{kind}", "--local", "--model-dir", str(bundles)], cwd=REPO,
+                   check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    return {"rows": count, "seconds": round(seconds, 1), "rows_per_s": round(count / seconds, 1)}
+
+
+def post_index_throughput(bundles: Path, qdrant: Path, seconds: float, log: Path) -> dict:
+    """POST /index through gunicorn into a fresh local-mode collection: texts (32 per request), images (8)."""
+    from bench.common import photo_b64
+
+    from search import qdrant_index
+    from models.bundle import model_identity
+
+    client = qdrant_index.connect(path=qdrant)
+    for name, modality in (("post-text", "text"), ("post-image", "image")):
+        if client.collection_exists(name):
+            client.delete_collection(name)
+        qdrant_index.create_collection(client, name, model=model_identity(bundles, "english"), modality=modality,
+                                       columns={"n": "int"}, local=True)
+    client.close()
+    results = {}
+    for name, kind, per_request in (("post-text", "text", 32), ("post-image", "image", 8)):
+        env = {"MODEL_DIR": str(bundles), "MODEL_VARIANT": "english", "LOG_LEVEL": "WARNING",
+               "QDRANT_PATH": str(qdrant), "QDRANT_COLLECTION": name}
+        pool = prompts(2000) if kind == "text" else [photo_b64(i) for i in range(16)]
+        bodies = [{"items": [{"id": f"{kind}-{r}-{j}", kind: pool[(r * per_request + j) % len(pool)],
+                              "metadata": {"n": j}} for j in range(per_request)]} for r in range(200)]
+        with serving(env, log) as server:
+            path = write_bodies(log.with_suffix(f".{kind}.jsonl"), bodies)
+            run = loadgen(server.url, path, "/index", 4, seconds)
+        run["items_per_s"] = round(run["req_per_s"] * per_request, 1)
+        results[kind] = run
+    return results
+
+
+def qdrant_local(paths: dict[str, Path], bundles: Path, queries: np.ndarray, truth: np.ndarray,
+                 truth_filtered: np.ndarray, seconds: float) -> dict:
+    qdrant = paths["emb"].parent / "qdrant-local"
+    import shutil
+
+    shutil.rmtree(qdrant, ignore_errors=True)
+    entry: dict = {"note": "qdrant-client local mode: a test stand-in (brute force in Python), not a Qdrant server"}
+    entry["push_embed_output"] = push(paths, qdrant, bundles)
+    service = service_runs(None, bundles, queries, seconds, OUT / "search-qdrant.log",
+                           backend_env={"QDRANT_PATH": str(qdrant), "QDRANT_COLLECTION": "bench"})
+    answers = service.pop("answers")
+    service["recall_at_10"] = round(recall(answers["plain"], truth[:100]), 4)
+    service["filter1pct_recall_at_10"] = round(recall(answers["filtered"], truth_filtered), 4)
+    entry["service"] = service
+    scratch = paths["emb"].parent / "rows"
+    entry["push_rows"] = {"text": push_rows("text", 2000, qdrant, bundles, scratch),
+                          "image": push_rows("image", 200, qdrant, bundles, scratch)}
+    entry["post_index"] = post_index_throughput(bundles, qdrant, seconds, OUT / "search-post-index.log")
+    return entry
+
+
 # --- the run --------------------------------------------------------------------------------------------------
 
 
@@ -241,6 +361,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per load-generator run")
     parser.add_argument("--bundles", type=Path, default=DEFAULT_BUNDLES)
     parser.add_argument("--skip-control", action="store_true", help="no uniform-random control")
+    parser.add_argument("--backend", choices=("faiss", "qdrant-local"), default="faiss",
+                        help="qdrant-local: also the local-mode Qdrant backend and upsert throughput")
+    parser.add_argument("--kinds", default="flat,hnsw", help="FAISS index types to run (comma-separated)")
     parser.add_argument("--json", type=Path, default=OUT / "search.json")
     args = parser.parse_args()
     ensure_bundles(args.bundles, ["english"])
@@ -252,7 +375,7 @@ def main() -> None:
     indexes = DATA / f"clustered-{args.n}" / "indexes"
     truth = exact_top(np.asarray(vectors), queries, 10)
     truth_filtered = exact_top(np.asarray(vectors), queries[:100], 10, keep=category == 7)
-    for kind in ("flat", "hnsw"):
+    for kind in args.kinds.split(","):
         directory = indexes / kind
         entry = {"build": build(paths, directory, kind, args.bundles)}
         print(kind, "built", entry["build"], file=sys.stderr, flush=True)
@@ -270,6 +393,12 @@ def main() -> None:
         save_json(args.json, results)
         print(kind, json.dumps(entry), file=sys.stderr, flush=True)
     results["no_index"] = service_runs(None, args.bundles, queries, args.seconds, OUT / "search-none.log")
+    results["cold_start"] = cold_starts(args.bundles, {"none": None, **{k: indexes / k for k in args.kinds.split(",")}},
+                                        3, OUT / "search-cold.log")
+    save_json(args.json, results)
+    if args.backend == "qdrant-local":
+        results["qdrant_local"] = qdrant_local(paths, args.bundles, queries, truth, truth_filtered, args.seconds)
+        save_json(args.json, results)
     if not args.skip_control:
         control = make_data("uniform", args.n, args.queries)
         directory = DATA / f"uniform-{args.n}" / "indexes" / "hnsw"

@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     settings = settings or Settings.from_env()
     if engine is None:
         engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
-    if search is None and settings.index_dir is not None:
+    if search is None and any(v is not None for v in (settings.index_dir, settings.qdrant_url, settings.qdrant_path)):
         from models.bundle import model_identity  # the bundle's manifest only: no torch
 
         search = search_service(settings, model_identity(settings.model_dir, settings.model_variant))

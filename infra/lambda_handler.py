@@ -19,6 +19,8 @@ without loading a model.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import MutableMapping
 from typing import Any, Callable
 
 from apig_wsgi import make_lambda_handler
@@ -62,8 +64,22 @@ def build_handler(settings: Settings | None = None, app: Flask | None = None) ->
     return make_lambda_handler(app, binary_support=True)
 
 
+def resolve_secrets(environ: MutableMapping[str, str] = os.environ) -> None:
+    """QDRANT_API_KEY from Secrets Manager when QDRANT_API_KEY_SECRET_ARN names it (Lambda has no secret
+    references in its environment, and the key must not sit in Terraform's state): read once, at init."""
+    arn = environ.get("QDRANT_API_KEY_SECRET_ARN")
+    if not arn or environ.get("QDRANT_API_KEY"):
+        return
+    import botocore.session
+
+    region = arn.split(":")[3] if arn.count(":") >= 6 else None
+    client = botocore.session.get_session().create_client("secretsmanager", region_name=region)
+    environ["QDRANT_API_KEY"] = client.get_secret_value(SecretId=arn)["SecretString"]
+
+
 def __getattr__(name: str) -> Any:
     if name == "handler":
+        resolve_secrets()
         settings = Settings.from_env()
         configure_logging(settings)  # JSON lines on stdout, like Cloud Run, instead of the runtime's text lines
         built = build_handler(settings)

@@ -24,13 +24,19 @@ locals {
     INDEX_DIR = "/index/${var.index_path}"
     # Read the index in at start: a bucket mount serves random reads (an mmap's page faults) slowly.
     INDEX_LOAD = "memory"
-  } : {})
+  } : {}, local.qdrant_env)
   # The batch job: same image, no HTTP server.
   job_env = merge(var.extra_env, {
     MODEL_VARIANT        = var.model_variant
     TORCH_THREADS        = tostring(local.cpu)
     GOOGLE_CLOUD_PROJECT = var.project_id
-  })
+  }, local.qdrant_env)
+  qdrant_env = var.qdrant_url == null ? {} : {
+    QDRANT_URL        = var.qdrant_url
+    QDRANT_COLLECTION = var.qdrant_collection
+  }
+  # QDRANT_API_KEY comes from Secret Manager by reference (see main.tf), not from here.
+  qdrant_secret = var.qdrant_url != null && var.qdrant_api_key_secret != null
   resource_limits = {
     cpu    = tostring(local.cpu)
     memory = "${local.memory_gib}Gi"

@@ -23,7 +23,8 @@ resource "google_artifact_registry_repository" "images" {
   }
 }
 
-# The service runs as its own identity holding no roles but object read on index_bucket, when set.
+# The service runs as its own identity holding no roles but object read on index_bucket and access to the
+# Qdrant key's secret, when set.
 resource "google_service_account" "service" {
   account_id   = "${var.name}-run"
   display_name = "clipserve service (no roles)"
@@ -65,6 +66,19 @@ resource "google_cloud_run_v2_service" "service" {
         content {
           name  = env.key
           value = env.value
+        }
+      }
+
+      dynamic "env" {
+        for_each = local.qdrant_secret ? [var.qdrant_api_key_secret] : []
+        content {
+          name = "QDRANT_API_KEY"
+          value_source {
+            secret_key_ref {
+              secret  = env.value
+              version = "latest"
+            }
+          }
         }
       }
 
@@ -118,6 +132,21 @@ resource "google_storage_bucket_iam_member" "service_index" {
   bucket = var.index_bucket
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.service.email}"
+}
+
+# The Qdrant API key: readable by the service and the job, by reference (the value never enters state).
+resource "google_secret_manager_secret_iam_member" "service_qdrant_key" {
+  count     = local.qdrant_secret ? 1 : 0
+  secret_id = var.qdrant_api_key_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.service.email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "job_qdrant_key" {
+  count     = local.qdrant_secret ? 1 : 0
+  secret_id = var.qdrant_api_key_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.job.email}"
 }
 
 resource "google_storage_bucket_iam_member" "job_index" {
@@ -187,6 +216,19 @@ resource "google_cloud_run_v2_job" "batch" {
           content {
             name  = env.key
             value = env.value
+          }
+        }
+
+        dynamic "env" {
+          for_each = local.qdrant_secret ? [var.qdrant_api_key_secret] : []
+          content {
+            name = "QDRANT_API_KEY"
+            value_source {
+              secret_key_ref {
+                secret  = env.value
+                version = "latest"
+              }
+            }
           }
         }
 

@@ -315,3 +315,29 @@ variable "baked_index_mib" {
   type        = number
   default     = 0
 }
+
+variable "qdrant_url" {
+  description = "A Qdrant server (self-hosted or Qdrant Cloud) for search and writes instead of an index bucket, e.g. https://xyz.cloud.qdrant.io:6333; null = none. The job gets it too (clipserve-batch index push reads QDRANT_URL)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.qdrant_url == null ? true : can(regex("^https?://[^/]+", var.qdrant_url))
+    error_message = "qdrant_url: an http(s) URL."
+  }
+  validation {
+    condition     = var.qdrant_url == null || var.index_bucket == null
+    error_message = "qdrant_url and index_bucket: choose one search backend."
+  }
+}
+
+variable "qdrant_collection" {
+  description = "The Qdrant collection the service serves (QDRANT_COLLECTION)."
+  type        = string
+  default     = "clipserve"
+}
+
+variable "qdrant_api_key_secret" {
+  description = "Secret Manager secret (id or projects/P/secrets/S) holding the Qdrant API key; passed as QDRANT_API_KEY by reference (latest version), never as a value in Terraform state. null = no key."
+  type        = string
+  default     = null
+}

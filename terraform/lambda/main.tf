@@ -79,6 +79,23 @@ resource "aws_iam_role_policy" "write_own_logs" {
   policy = data.aws_iam_policy_document.write_own_logs.json
 }
 
+# The Qdrant API key: read once at init from Secrets Manager (Lambda has no secret references in its
+# environment), so the value never enters the Terraform state or the function's configuration.
+data "aws_iam_policy_document" "read_qdrant_key" {
+  count = var.qdrant_api_key_secret_arn == null ? 0 : 1
+  statement {
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [var.qdrant_api_key_secret_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "read_qdrant_key" {
+  count  = var.qdrant_api_key_secret_arn == null ? 0 : 1
+  name   = "read-qdrant-key"
+  role   = aws_iam_role.function.id
+  policy = data.aws_iam_policy_document.read_qdrant_key[0].json
+}
+
 resource "aws_lambda_function" "service" {
   #checkov:skip=CKV_AWS_116:invoked synchronously through the function URL; a dead-letter queue only receives async events
   #checkov:skip=CKV_AWS_117:it fetches image URLs from the internet; a VPC would need a NAT gateway and it reaches no private resource
@@ -117,6 +134,8 @@ resource "aws_lambda_function" "service" {
       { MAX_BODY_BYTES = "6291456", BATCH_MAX_WAIT_MS = "0" },
       var.extra_env,
       { MODEL_VARIANT = var.model_variant },
+      var.qdrant_url == null ? {} : { QDRANT_URL = var.qdrant_url, QDRANT_COLLECTION = var.qdrant_collection },
+      var.qdrant_api_key_secret_arn == null ? {} : { QDRANT_API_KEY_SECRET_ARN = var.qdrant_api_key_secret_arn },
     )
   }
 

@@ -169,3 +169,29 @@ variable "aws_endpoint_url" {
   type        = string
   default     = null
 }
+
+variable "qdrant_url" {
+  description = "A Qdrant server for search and writes (QDRANT_URL); null = none (or an index baked in with deploy.sh --index)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.qdrant_url == null ? true : can(regex("^https?://[^/]+", var.qdrant_url))
+    error_message = "qdrant_url: an http(s) URL."
+  }
+}
+
+variable "qdrant_collection" {
+  description = "The Qdrant collection the function serves (QDRANT_COLLECTION)."
+  type        = string
+  default     = "clipserve"
+}
+
+variable "qdrant_api_key_secret_arn" {
+  description = "ARN of a Secrets Manager secret holding the Qdrant API key (a plain string). The function reads it once at init; the role may read that secret only. null = no key."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.qdrant_api_key_secret_arn == null ? true : can(regex("^arn:aws[a-z-]*:secretsmanager:", var.qdrant_api_key_secret_arn))
+    error_message = "qdrant_api_key_secret_arn: a Secrets Manager secret ARN."
+  }
+}

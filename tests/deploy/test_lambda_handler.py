@@ -164,3 +164,26 @@ def test_a_variant_that_was_not_baked_fails_init_naming_what_was(tmp_path, tiny_
     settings = Settings(model_dir=tmp_path, model_variant="multilingual")
     with pytest.raises(VariantNotBaked, match="holds english"):
         build_handler(settings)
+
+
+def test_the_qdrant_key_comes_from_secrets_manager_at_init(monkeypatch):
+    """QDRANT_API_KEY_SECRET_ARN names the secret; init reads it into QDRANT_API_KEY (never in the function's config)."""
+    import boto3
+    from moto import mock_aws
+
+    from infra.lambda_handler import resolve_secrets
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        arn = boto3.client("secretsmanager", region_name="eu-west-1").create_secret(
+            Name="qdrant-key", SecretString="q-secret-123")["ARN"]
+        environ = {"QDRANT_API_KEY_SECRET_ARN": arn}
+        resolve_secrets(environ)
+        assert environ["QDRANT_API_KEY"] == "q-secret-123"
+        kept = {"QDRANT_API_KEY_SECRET_ARN": arn, "QDRANT_API_KEY": "given"}
+        resolve_secrets(kept)  # an explicit key wins
+        assert kept["QDRANT_API_KEY"] == "given"
+    untouched: dict[str, str] = {}
+    resolve_secrets(untouched)
+    assert untouched == {}

@@ -119,8 +119,11 @@ def test_cloud_run_runs_as_a_service_account_with_no_roles_but_reading_its_index
     grants_to_runtime = [f"{rtype}.{rname}" for rtype, named in cloudrun["resource"].items()
                          for rname, body in named.items()
                          if "google_service_account.service." in json.dumps(body.get("member", ""))]
-    assert grants_to_runtime == ["google_storage_bucket_iam_member.service_index"], \
-        "no role but object read on the index bucket may be granted to the service's own account"
+    assert sorted(grants_to_runtime) == ["google_secret_manager_secret_iam_member.service_qdrant_key",
+                                         "google_storage_bucket_iam_member.service_index"], \
+        "no role but object read on the index bucket and the Qdrant key may be granted to the service's account"
+    key = resource(cloudrun, "google_secret_manager_secret_iam_member", "service_qdrant_key")
+    assert _unquote(key["role"]) == "roles/secretmanager.secretAccessor" and "local.qdrant_secret" in key["count"]
     read = resource(cloudrun, "google_storage_bucket_iam_member", "service_index")
     assert _unquote(read["role"]) == "roles/storage.objectViewer" and read["bucket"] == "${var.index_bucket}"
     assert "local.serves_index" in read["count"]
@@ -180,10 +183,10 @@ CLOUDRUN_KNOBS = ["cpu", "memory_gib", "min_instances", "max_instances", "concur
                   "startup_probe_initial_delay_s", "startup_probe_period_s", "startup_probe_failure_threshold",
                   "liveness_probe_period_s", "liveness_probe_failure_threshold", "job_tasks", "job_parallelism",
                   "job_max_retries", "job_task_timeout_s", "model_variant", "ingress", "invokers", "keep_images",
-                  "index_path", "index_size_gib"]
+                  "index_path", "index_size_gib", "qdrant_url"]
 LAMBDA_KNOBS = ["memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency",
                 "provisioned_concurrency", "function_url_auth", "log_retention_days", "ecr_keep_images",
-                "model_variant", "architecture", "image_tag", "index_mib"]
+                "model_variant", "architecture", "image_tag", "index_mib", "qdrant_url", "qdrant_api_key_secret_arn"]
 
 
 @pytest.mark.parametrize("module_name,knobs", [("cloudrun", CLOUDRUN_KNOBS), ("lambda", LAMBDA_KNOBS)])
@@ -273,6 +276,21 @@ def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
                                 model_variant="multilingual", concurrency=4)
     assert limits == {"cpu": "4", "memory": "6Gi"}
     assert env["MODEL_VARIANT"] == "multilingual" and env["HTTP_THREADS"] == "5"
+
+
+def test_cloud_run_takes_the_qdrant_key_by_secret_reference(cloudrun_vars_only, cloudrun):
+    env, job_env = cloudrun_eval(cloudrun_vars_only, "[local.app_env, local.job_env]",
+                                 qdrant_url="https://q.example:6333", qdrant_collection="products",
+                                 qdrant_api_key_secret="qdrant-key")
+    for values in (env, job_env):
+        assert values["QDRANT_URL"] == "https://q.example:6333" and values["QDRANT_COLLECTION"] == "products"
+        assert "QDRANT_API_KEY" not in values  # never a value: a secret reference below
+    container = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]["containers"][0]
+    [secret_env] = [e for e in _dynamic(container, "env") if "qdrant" in e["for_each"]]
+    ref = secret_env["content"][0]["value_source"][0]["secret_key_ref"][0]
+    assert ref["secret"] == "${env.value}" and _unquote(ref["version"]) == "latest"
+    rc, out = cloudrun_plan(cloudrun_vars_only, qdrant_url="https://q:6333", index_bucket="b", index_path="x/v1")
+    assert rc != 0 and "choose one search backend" in out
 
 
 def _dynamic(block: dict[str, Any], name: str) -> list[dict[str, Any]]:

@@ -1,5 +1,7 @@
-"""POST /search through the real gunicorn: every query kind against brute force over the stored vectors, filters,
-every bad query's status and code, and an index that does not fit the model stopping the boot."""
+"""POST /search through the real gunicorn, against both backends (the FAISS index folder, and a Qdrant collection in
+qdrant-client's local mode reached by the same code path as a server): every query kind against brute force over
+the stored vectors (so both backends give the same ids and scores), filters, every bad query's status and code,
+and an index that does not fit the model stopping the boot."""
 
 from __future__ import annotations
 
@@ -65,10 +67,29 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, index_dir, tmp_path_factory):
+def qdrant_dir(tiny_model_dir, index_dir, tmp_path_factory) -> Path:
+    """The same items pushed into a local-mode Qdrant collection, from the FAISS build's own embed output."""
+    path = tmp_path_factory.mktemp("qdrant") / "data"
+    assert main(["index", "push", "--input", str(index_dir.with_name("v1.embeddings.jsonl")), "--metadata",
+                 str(index_dir.parent.parent / "items.csv"), "--metadata-columns", "title,shop,price",
+                 "--qdrant-path", str(path), "--collection", "catalog", "--local", "--model-dir",
+                 str(tiny_model_dir)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module", params=["faiss", "qdrant"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def server(backend, tiny_model_dir, index_dir, tmp_path_factory, request):
+    where = {"INDEX_DIR": str(index_dir)} if backend == "faiss" else {
+        "QDRANT_PATH": str(request.getfixturevalue("qdrant_dir")), "QDRANT_COLLECTION": "catalog"}
     before = snapshot(index_dir)
-    with gunicorn(tiny_model_dir, tmp_path_factory.mktemp("log") / "gunicorn.log", INDEX_DIR=str(index_dir),
-                  METRICS_ENABLED="true", SEARCH_MAX_TOP_K="50") as running:
+    with gunicorn(tiny_model_dir, tmp_path_factory.mktemp("log") / "gunicorn.log", METRICS_ENABLED="true",
+                  SEARCH_MAX_TOP_K="50", **where) as running:
+        running.backend = backend
         yield running
     assert snapshot(index_dir) == before, "the service wrote to the index folder"
 
@@ -120,12 +141,15 @@ def test_every_query_kind_equals_brute_force(server, stored):
 
 def test_answer_shape_names_the_index_and_model(server):
     body = search(server, text="a picture", top_k=2).json()
-    assert body["index"] == {"name": "catalog", "version": "v1", "count": IMAGES, "modality": "image"}
+    version = body["index"].pop("version")
+    assert body["index"] == {"name": "catalog", "count": IMAGES, "modality": "image"}
+    assert version == "v1" if server.backend == "faiss" else version.startswith("20")  # Qdrant: created at
     assert body["model"]["variant"] == "english" and body["dim"] == 32
     assert set(body["results"][0]) == {"id", "score", "clip_score", "metadata"}
     assert set(body["results"][0]["metadata"]) == {"title", "shop", "price"}
     info = requests.get(server.url + "/", timeout=10).json()["search"]
-    assert info["state"] == "ready" and info["backend"] == "faiss" and info["index"] == body["index"]
+    assert info["state"] == "ready" and info["backend"] == server.backend
+    assert info["index"] == {**body["index"], "version": version}
     assert "POST /search" in requests.get(server.url + "/", timeout=10).json()["endpoints"]
 
 

@@ -1,0 +1,136 @@
+"""clipserve-batch index push: an embed output (or rows, embedded first) upserted into a Qdrant collection.
+
+The collection is created when missing (the model's dimension, cosine distance, clipserve's description
+in its metadata, payload indexes for the filterable columns on a server) and checked when it exists (the
+same model and modality, or the push stops before writing). Points are upserted in batches under ids
+derived from the rows' ids, so a push is idempotent; a progress file beside the embeddings records how far
+it got, and a re-run after a kill continues from there: every id ends up in the collection exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from batch import index_cmd, index_input, options
+from batch.progress import make_progress
+from search import qdrant_index
+from search.errors import BackendTimeout, IndexUnusable, Unavailable
+from search.items_db import typed_metadata
+from search.query import Item
+
+log = logging.getLogger("batch")
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if args.push_batch_size < 1:
+        raise ValueError("--push-batch-size must be at least 1")
+    default_part = args.input.with_name(args.input.stem + ".embeddings.jsonl")
+    source = index_cmd.embedding_source(args, default_part)
+    if source is None:
+        return 2
+    columns = options.columns(args)
+    where = str(args.qdrant_path) if args.qdrant_path else args.qdrant_url
+    client = qdrant_index.connect(url=args.qdrant_url, path=args.qdrant_path, api_key=args.qdrant_api_key,
+                                  timeout_s=args.qdrant_timeout)
+    try:
+        with index_cmd.collected_rows(args, source.embeddings, source.metadata, columns, source.model) as (
+                modality, from_csv, types, collected):
+            index = _collection(client, args, where, source.model, modality, types.result())
+            progress_file = _progress_path(source.embeddings, args.collection, where)
+            done = _resume_point(progress_file, collected.kept_ids)
+            rows = index_input.metadata_of_kept(source.metadata, columns, collected)
+            pushed = _upsert(index, collected, rows, types.result(), from_csv, done, progress_file, args)
+            count = index.refresh_count()
+    except (Unavailable, BackendTimeout) as exc:
+        log.error("%s. Points written so far are kept; re-run the same command to continue.", exc)
+        return 2
+    finally:
+        client.close()
+    summary = {"command": "index push", "collection": args.collection, "qdrant": where, "modality": modality,
+               "rows": len(collected.kept_ids), "already_pushed": done, "upserted": pushed, "collection_count": count,
+               "skipped": dict(collected.skipped), "model": source.model,
+               "seconds": round(time.monotonic() - started, 2), "embeddings": str(source.embeddings)}
+    seconds = max(summary["seconds"], 1e-9)
+    summary["points_per_s"] = round(pushed / seconds, 1)
+    if source.embed_summary is not None:
+        summary["embed"] = source.embed_summary
+    log.info("index push: %d points into %s at %s (%d already there), %.1f points/s; left out: %s", pushed,
+             args.collection, where, done, summary["points_per_s"], summary["skipped"] or "none")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _collection(client: Any, args: argparse.Namespace, where: str, model: dict[str, Any], modality: str,
+                columns: dict[str, str]) -> qdrant_index.QdrantIndex:
+    """The collection, created for this model if missing; an existing one must be for the same model and modality."""
+    local = args.qdrant_path is not None
+    if not client.collection_exists(args.collection):
+        log.info("creating Qdrant collection %s at %s (dim %s, cosine, %s)", args.collection, where, model["dim"],
+                 modality)
+        qdrant_index.create_collection(client, args.collection, model=model, modality=modality, columns=columns,
+                                       local=local)
+    index = qdrant_index.QdrantIndex.open(client, args.collection, where, timeout_s=args.qdrant_timeout, local=local)
+    index.check_model(model)
+    if index.description["modality"] != modality:
+        raise IndexUnusable(f"Qdrant collection {args.collection!r} holds {index.description['modality']} "
+                            f"embeddings; this push has {modality} ones (--modality)")
+    clashes = {k: (v, columns[k]) for k, v in index.columns().items() if k in columns and v != columns[k]
+               and not (v == "float" and columns[k] == "int")}
+    if clashes:
+        raise IndexUnusable(f"the collection's columns have other types: {clashes} (collection, this input)")
+    index.add_columns(columns)
+    return index
+
+
+def _progress_path(embeddings: Path, collection: str, where: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{collection}@{where}")[:150]
+    return embeddings.with_name(f".{embeddings.name}.pushed-{safe}.json")
+
+
+def _resume_point(path: Path, ids: list[str]) -> int:
+    """How many of the rows (in order) a previous push of the same rows got into the collection."""
+    try:
+        state = json.loads(path.read_text())
+        done, last = int(state["done"]), state["last_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    if 0 < done <= len(ids) and ids[done - 1] == last:
+        log.info("resuming: %d points pushed by an earlier run", done)
+        return done
+    return 0
+
+
+def _upsert(index: qdrant_index.QdrantIndex, collected: Any, rows: Any, columns: dict[str, str], from_csv: bool,
+            done: int, progress_file: Path, args: argparse.Namespace) -> int:
+    total = len(collected.kept_ids)
+    progress = make_progress(total - done, "index push", args.progress_interval)
+    pushed = 0
+    try:
+        rows = itertools.islice(enumerate(rows), done, None)
+        while True:
+            batch = list(itertools.islice(rows, args.push_batch_size))
+            if not batch:
+                break
+            items = [Item(id=item_id, vector=collected.vectors[i], metadata=typed_metadata(record, columns, from_csv))
+                     for i, (item_id, record) in batch]
+            index.upsert(items)
+            pushed += len(items)
+            _save_progress(progress_file, done + pushed, items[-1].id)
+            progress.update(len(items), 0)
+    finally:
+        progress.close()
+    return pushed
+
+
+def _save_progress(path: Path, done: int, last_id: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"done": done, "last_id": last_id}))
+    os.replace(partial, path)

@@ -58,14 +58,7 @@ def add_parser(commands: Any) -> None:
                        help=f"hnsw: build breadth (default {index_build.EF_CONSTRUCTION})")
     build.add_argument("--ef-search", type=int, default=index_build.EF_SEARCH,
                        help=f"hnsw: query breadth the service uses (default {index_build.EF_SEARCH})")
-    build.add_argument("--metadata-columns", help="comma-separated columns to keep (default: all but the id)")
-    build.add_argument("--metadata", type=Path,
-                       help="with an embed output as --input: the CSV/JSONL holding the rows' metadata, by id")
-    build.add_argument("--embeddings", type=Path,
-                       help="where rows to embed are embedded to (default: OUTPUT.embeddings.jsonl)")
-    options.add_target_args(build, required=True)
-    options.add_run_args(build, "index", sharding=False)
-    options.add_column_args(build)
+    _add_source_args(build, "OUTPUT.embeddings.jsonl")
     verify = sub.add_parser("verify", help="check a version folder: manifest, sizes and every file's sha256")
     verify.add_argument("directory", type=Path)
     push = sub.add_parser("push", help="embed (if needed) and upsert into a Qdrant collection (created if missing)")
@@ -82,14 +75,19 @@ def add_parser(commands: Any) -> None:
     push.add_argument("--push-batch-size", type=int, default=256, help="points per upsert (default 256)")
     push.add_argument("--modality", choices=index_input.MODALITIES,
                       help="which embedding to push (default: image when the rows have images, else text)")
-    push.add_argument("--metadata-columns", help="comma-separated columns to keep (default: all but the id)")
-    push.add_argument("--metadata", type=Path,
-                      help="with an embed output as --input: the CSV/JSONL holding the rows' metadata, by id")
-    push.add_argument("--embeddings", type=Path,
-                      help="where rows to embed are embedded to (default: INPUT.embeddings.jsonl beside it)")
-    options.add_target_args(push, required=True)
-    options.add_run_args(push, "index", sharding=False)
-    options.add_column_args(push)
+    _add_source_args(push, "INPUT.embeddings.jsonl beside it")
+
+
+def _add_source_args(parser: argparse.ArgumentParser, default_embeddings: str) -> None:
+    """Where the rows' vectors and metadata come from, and how to embed them (index build and push)."""
+    parser.add_argument("--metadata-columns", help="comma-separated columns to keep (default: all but the id)")
+    parser.add_argument("--metadata", type=Path,
+                        help="with an embed output as --input: the CSV/JSONL holding the rows' metadata, by id")
+    parser.add_argument("--embeddings", type=Path,
+                        help=f"where rows to embed are embedded to (default: {default_embeddings})")
+    options.add_target_args(parser, required=True)
+    options.add_run_args(parser, "index", sharding=False)
+    options.add_column_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:

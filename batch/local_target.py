@@ -49,7 +49,8 @@ class LocalTarget:
         from models.loader import load_encoder
 
         settings = kwargs.pop("settings", None) or Settings.from_env()
-        encoder = load_encoder(variant=variant, model_dir=model_dir, precision=settings.precision)
+        encoder = load_encoder(variant=variant, model_dir=model_dir, precision=settings.precision,
+                               runtime=settings.runtime)
         return cls(encoder, settings=settings, **kwargs)
 
     def describe(self) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def run(spec: dict) -> dict:
                 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
                 continue
             finished = time.perf_counter()
-            if status == 200 and not answer_ok(data, per_request, spec["dim"], path == "/search"):
+            if status == 200 and not answer_ok(data, per_request, spec["dim"], path):
                 status = -1  # a 200 with the wrong answer
             with lock:
                 done.append((finished, finished - started, status))
@@ -105,10 +105,13 @@ def run(spec: dict) -> dict:
     }
 
 
-def answer_ok(data: bytes, count: int, dim: int, search: bool = False) -> bool:
+def answer_ok(data: bytes, count: int, dim: int, path: str = "/embed/text") -> bool:
     try:
-        if search:
+        if path == "/search":
             return isinstance(orjson.loads(data)["results"], list)
+        if path == "/index":
+            body = orjson.loads(data)
+            return body["upserted"] == len(body["ids"]) and not body["errors"]
         vectors = orjson.loads(data)["embeddings"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return False

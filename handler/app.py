@@ -47,7 +47,7 @@ def load_bundle_encoder(settings: Settings) -> Any:
     from models.loader import load_encoder
 
     return load_encoder(settings.model_variant, settings.model_dir, threads=settings.torch_threads,
-                        precision=settings.precision)
+                        precision=settings.precision, runtime=settings.runtime)
 
 
 def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None,

@@ -129,7 +129,10 @@ class ModelInfoOut(BaseModel):
     image_size: int
     context_length: int
     logit_scale: float
-    precision: Literal["fp32", "bf16"]
+    precision: Literal["fp32", "bf16", "int8"]
+    runtime: Literal["torch", "onnx"] = Field(description="What runs the towers: torch, or ONNX Runtime.")
+    int8_cosine: Optional[dict[str, float]] = Field(
+        None, description="With precision int8: each tower's lowest cosine to fp32 on bake's probe set.")
     weights: str = Field(description="Fingerprint of the weight files; search indexes record the one they were "
                                      "built with.")
 

@@ -55,8 +55,13 @@ class Settings:
                                      minimum=1, maximum=256, shown="auto")
     precision: str = _env("PRECISION", "auto",
                           "auto = bf16 weights where the CPU computes bf16 natively (AVX512-BF16, AMX, Arm BF16; "
-                          "2-3x faster, cosine to fp32 >= 0.999), else fp32; fp32 = exact to the reference models.",
-                          choices=("auto", "fp32", "bf16"))
+                          "2-3x faster, cosine to fp32 >= 0.999), else fp32; fp32 = exact to the reference models; "
+                          "int8 = the bundle's int8 ONNX graphs (opt-in; bake-time cosine to fp32 in GET /).",
+                          choices=("auto", "fp32", "bf16", "int8"))
+    runtime: str = _env("RUNTIME", "auto",
+                        "auto = torch for bf16, else ONNX Runtime where the bundle has its graphs (fp32 within 1e-5 "
+                        "of torch, faster without native bf16, no torch import); torch; onnx.",
+                        choices=("auto", "torch", "onnx"))
     # server
     host: str = _env("HOST", "0.0.0.0", "Address gunicorn binds (0.0.0.0 in a container; 127.0.0.1 for local only).")
     port: int = _env("PORT", 8080, "Port gunicorn binds (Cloud Run sets it).", minimum=1, maximum=65535)

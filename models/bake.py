@@ -4,8 +4,9 @@
 
 For each variant: download the pinned files, check their sha256 against the registry, convert
 the weights to safetensors through open_clip's own checkpoint loader (so every format and key
-fix-up open_clip knows applies), check the result loads, and publish `DIR/<variant>/`
-atomically with the manifest written last. A variant whose bundle is already complete and
+fix-up open_clip knows applies), check the result loads, export the towers to ONNX (checked
+against torch; int8 copies where they keep fidelity, `models.onnx_export`; `--no-onnx` skips it),
+and publish `DIR/<variant>/` atomically with the manifest written last. A variant whose bundle is already complete and
 baked from the same pins is skipped, so running it twice is a no-op.
 
 Downloads go through a `FileSource`: `HubSource` (huggingface_hub `hf_hub_download` at the
@@ -152,13 +153,14 @@ def verify(source: Source, fetched: Fetched, allow_unpinned: bool) -> dict[str, 
     return {**source.describe(), **fetched.resolved, "sha256_seen": actual}
 
 
-def is_up_to_date(out: Path, variant: Variant) -> bool:
-    """A complete baked bundle exists whose recorded sources carry exactly the registry's pins."""
+def is_up_to_date(out: Path, variant: Variant, onnx: bool = True) -> bool:
+    """A complete baked bundle exists whose recorded sources carry exactly the registry's pins (and, with
+    `onnx`, its ONNX graphs)."""
     try:
         _, existing = bundle.check_bundle(out, variant.name)
     except (bundle.BundleError, ValueError, KeyError):
         return False
-    if existing.get("origin") != "models.bake":
+    if existing.get("origin") != "models.bake" or (onnx and not existing.get("onnx")):
         return False
     recorded = {_source_key(r): r for r in existing.get("sources", [])}
     for source in all_sources(variant):
@@ -180,10 +182,11 @@ def all_sources(variant: Variant) -> list[Source]:
     return sources
 
 
-def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow_unpinned: bool = False) -> Path | None:
+def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow_unpinned: bool = False,
+                 onnx: bool = True) -> Path | None:
     """Bake one variant into `out/<variant>`. Returns the bundle path, or None if it was up to date."""
     out = Path(out)
-    if is_up_to_date(out, variant):
+    if is_up_to_date(out, variant, onnx):
         return None
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{variant.name}.download-", dir=out) as tmp, \
@@ -200,7 +203,12 @@ def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow
         mclip = None if variant.text is None else _bake_mclip(variant, fetch, staging)
         spec = manifest.build_manifest(variant, clip_config, origin="models.bake", sources=records, mclip=mclip)
         _check_loadable(staging, spec)
-        return bundle.publish(staging, out, manifest.add_bf16_copies(staging, spec))
+        spec = manifest.add_bf16_copies(staging, spec)
+        if onnx:  # checked against the torch towers before anything is published; int8 only if it keeps fidelity
+            from models import onnx_export
+
+            spec = onnx_export.export_bundle(staging, spec, int8=True)
+        return bundle.publish(staging, out, spec)
 
 
 def _bake_clip(variant: Variant, weights: Path, staging: Path) -> dict[str, Any]:
@@ -265,10 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-dir", type=Path, help="bake from a local mirror instead of the network")
     parser.add_argument("--allow-unpinned", action="store_true",
                         help="accept files without a pinned sha256/revision (recorded in the manifest)")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false",
+                        help="no ONNX graphs (torch runtime only; the bundle is about half the size)")
     args = parser.parse_args(argv)
     source: FileSource = LocalDirSource(args.from_dir) if args.from_dir else HubSource()
     for name in registry.names() if args.variant == "all" else [args.variant]:
-        path = bake_variant(registry.get(name), args.out, source, allow_unpinned=args.allow_unpinned)
+        path = bake_variant(registry.get(name), args.out, source, allow_unpinned=args.allow_unpinned, onnx=args.onnx)
         if path is None:
             print(f"{args.out / name}: up to date")
             continue

@@ -59,6 +59,23 @@ def model_identity(model_dir: Path | str, variant: str) -> dict[str, Any]:
             "weights": weights_fingerprint(manifest)}
 
 
+def prefetch(paths: list[Path]) -> None:
+    """Ask the kernel to start reading the files now (on a cold container they come from the image store),
+    so the reads overlap the imports (seconds of CPU) instead of following them. Best effort, returns at once.
+    Not measurable on the dev VM, where the files sit in the page cache."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # check_bundle reports missing files; nothing to prefetch
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except (AttributeError, OSError):
+            pass  # not Linux
+        finally:
+            os.close(fd)
+
+
 def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
     path = Path(bundle_dir) / MANIFEST
     with open(path, encoding="utf-8") as f:
@@ -136,7 +153,7 @@ def publish(staging: Path, model_dir: Path | str, manifest: dict[str, Any]) -> P
     staging.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     return final
 
 
@@ -158,7 +175,8 @@ def _make_world_readable(bundle_dir: Path) -> None:
         entry.chmod(0o755 if entry.is_dir() else 0o644)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: its entries are durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

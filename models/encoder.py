@@ -1,4 +1,8 @@
-"""The `Encoder` every other part of the service uses (see ARCHITECTURE.md, model layer contract)."""
+"""The `Encoder` every other part of the service uses (see ARCHITECTURE.md, model layer contract).
+
+Runtime-neutral: the towers (torch in `openclip_tower` / `mclip_tower`, ONNX Runtime in `onnx_tower`)
+return float32 numpy arrays, so this module imports no torch and an ONNX service never loads it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 
@@ -25,8 +27,11 @@ class ModelInfo:
     image_size: int
     context_length: int
     logit_scale: float  # exp already applied: the multiplier for cosine similarities
-    precision: str = "fp32"  # what the towers compute in: "fp32" (exact) or "bf16"
+    precision: str = "fp32"  # what the towers compute in: "fp32" (exact), "bf16" or "int8"
     weights: str = ""  # fingerprint of the weight files (models.bundle.weights_fingerprint)
+    runtime: str = "torch"  # "torch" or "onnx" (ONNX Runtime)
+    # int8 only: each tower's min cosine to fp32 on bake's probe set (the fidelity it was accepted at)
+    int8_cosine: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,20 +58,23 @@ class PreparedText:
 class TextTower(Protocol):
     def prepare(self, text: str) -> PreparedText: ...
 
-    def encode(self, items: list[PreparedText]) -> torch.Tensor: ...
+    def encode(self, items: list[PreparedText]) -> np.ndarray:
+        """(n, dim) float32, not normalized."""
 
 
 class ImageTower(Protocol):
-    def prepare(self, image: Image.Image) -> torch.Tensor: ...
+    def prepare(self, image: Image.Image) -> Any:
+        """(3, S, S) float32 model input (a torch tensor or a numpy array, as the tower takes it)."""
 
-    def encode(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, batch: list[Any]) -> np.ndarray:
+        """(n, dim) float32, not normalized."""
 
 
 class Encoder:
     """Texts and images to float32 vectors in one shared space.
 
     `prepare_text` / `prepare_image` are pure functions of their input, for request threads (the
-    input work runs in parallel there); `encode_prepared_texts` / `encode_images` run torch and are
+    input work runs in parallel there); `encode_prepared_texts` / `encode_images` run the model and are
     meant for one inference thread. `encode_text` does both steps, for callers without threads.
     """
 
@@ -94,15 +102,13 @@ class Encoder:
         items = list(items)
         if not items:
             return self._empty()
-        with torch.inference_mode():
-            return self._to_numpy(self._text.encode(items), normalize)
+        return _finish(self._text.encode(items), normalize)
 
-    def prepare_image(self, image: Image.Image) -> torch.Tensor:
+    def prepare_image(self, image: Image.Image) -> Any:
         """PIL image (any mode) -> (3, S, S) model input with this bundle's preprocessing."""
-        with torch.inference_mode():
-            return self._image.prepare(image)
+        return self._image.prepare(image)
 
-    def encode_images(self, images: Sequence[torch.Tensor], normalize: bool = True) -> np.ndarray:
+    def encode_images(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
         """Embed tensors made by `prepare_image`."""
         images = list(images)
         if not images:
@@ -111,15 +117,16 @@ class Encoder:
         bad = [i for i, x in enumerate(images) if tuple(x.shape) != expected]
         if bad:
             raise ValueError(f"encode_images takes tensors of shape {expected} from prepare_image; items {bad[:5]} are not")
-        with torch.inference_mode():
-            return self._to_numpy(self._image.encode(torch.stack(images)), normalize)
+        return _finish(self._image.encode(images), normalize)
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.info.dim), dtype=np.float32)
 
-    @staticmethod
-    def _to_numpy(features: torch.Tensor, normalize: bool) -> np.ndarray:
-        features = features.float()
-        if normalize:
-            features = F.normalize(features, dim=-1)
-        return np.ascontiguousarray(features.numpy(), dtype=np.float32)
+
+def _finish(features: np.ndarray, normalize: bool) -> np.ndarray:
+    """float32 rows, L2-normalized as torch.nn.functional.normalize does (norm clamped at 1e-12)."""
+    features = np.asarray(features, dtype=np.float32)
+    if normalize:
+        norms = np.sqrt(np.einsum("ij,ij->i", features, features, dtype=np.float32))[:, None]
+        features = features / np.maximum(norms, np.float32(1e-12))
+    return np.ascontiguousarray(features, dtype=np.float32)

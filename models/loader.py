@@ -7,6 +7,7 @@ build it from its config; and the loader cannot tell a tiny random bundle from a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -16,27 +17,64 @@ from safetensors import safe_open
 import models  # noqa: F401  (offline env vars before torch/transformers imports)
 from models import precision as precision_mod
 from models import registry
-from models.bundle import BundleError, check_bundle, weights_fingerprint
+from models.bundle import BundleError, check_bundle, prefetch, weights_fingerprint
 from models.encoder import Encoder, ModelInfo
-from models.threads import configure_torch_threads
-from models.weights import prefetch
+from models.threads import cpu_budget
+
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None,
-                 precision: str = "fp32") -> Encoder:
+                 precision: str = "fp32", runtime: str = "torch") -> Encoder:
     """Load `model_dir/<variant>` and return its `Encoder`.
 
     Fails at once with `BundleError` (a `FileNotFoundError`) naming the missing file and the
-    bake command, or `UnknownVariant` listing the valid names. `threads`: torch intra-op
-    threads (default: the CPUs this container really has). `precision`: "fp32" (exact to the
-    reference libraries), "bf16" (weights converted once here) or "auto" (bf16 where the CPU
-    computes it natively), see models.precision.
+    bake command, or `UnknownVariant` listing the valid names. `threads`: intra-op threads
+    (default: the CPUs this container really has). `precision`: "fp32" (exact to the reference
+    libraries), "bf16" (torch; weights converted once here), "int8" (ONNX; the bundle's int8 graphs)
+    or "auto" (bf16 where the CPU computes it natively, else fp32), see models.precision. `runtime`:
+    "torch", "onnx" (ONNX Runtime, the bundle's exported graphs) or "auto" (`resolve_runtime`).
     """
-    resolved = precision_mod.resolve(precision)
     bundle_path = Path(model_dir) / variant
     if not bundle_path.exists() and variant not in registry.names():
         registry.get(variant)  # raises UnknownVariant with the list of names
     bundle_dir, manifest = check_bundle(model_dir, variant)
+    runtime, resolved = resolve_runtime(runtime, precision, manifest, bundle_dir)
+    if runtime == "onnx":
+        return _load_onnx(bundle_dir, manifest, resolved, threads)
+    return _load_torch(bundle_dir, manifest, resolved, threads)
+
+
+def resolve_runtime(runtime: str, precision: str, manifest: dict[str, Any], bundle_dir: Path,
+                    cpuinfo: Path = precision_mod.CPUINFO) -> tuple[str, str]:
+    """(runtime, precision) in force. `auto`: torch where the precision is bf16 (a CPU with native bf16, or
+    asked for), ONNX Runtime otherwise when the bundle has its graphs (fp32 to within 1e-5 of torch, faster
+    on CPUs without native bf16; bench/RESULTS.md), else torch. int8 exists only as ONNX graphs."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    onnx = manifest.get("onnx")
+    wanted = "int8" if precision == "int8" else precision_mod.resolve(precision, cpuinfo)
+    if runtime == "auto":
+        runtime = "onnx" if onnx and (wanted == "int8" or (wanted == "fp32")) else "torch"
+    if runtime == "torch" and wanted == "int8":
+        raise BundleError("PRECISION=int8 runs on ONNX Runtime: set RUNTIME=onnx (or auto)")
+    if runtime == "onnx":
+        if not onnx:
+            raise BundleError(f"{bundle_dir} has no ONNX graphs (baked before they were added): re-bake it, or run "
+                              "with RUNTIME=torch (or auto)")
+        if precision == "bf16":
+            raise BundleError("PRECISION=bf16 runs on torch: ONNX Runtime here has fp32 and int8")
+        if precision == "auto":
+            wanted = "fp32"
+        if wanted == "int8" and not onnx.get("int8", {}).get("written"):
+            reason = onnx.get("int8", {}).get("reason", "the bundle was made without int8 graphs")
+            raise BundleError(f"{bundle_dir}: no int8 graphs ({reason}); use PRECISION=fp32 or auto")
+    return runtime, wanted
+
+
+def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threads: int | None) -> Encoder:
+    from models.threads import configure_torch_threads
+
     clip, text = dict(manifest["clip"]), dict(manifest["text"])
     for section in (clip, text):  # bf16: the bundle's bf16 copies where it has them (no conversion here)
         if resolved == "bf16" and section.get("weights_bf16"):
@@ -64,6 +102,31 @@ def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None
     return Encoder(model_info(bundle_dir, manifest, resolved), text_tower, image_tower)
 
 
+def _load_onnx(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threads: int | None) -> Encoder:
+    """The bundle's ONNX graphs on ONNX Runtime: no torch imported (see models.onnx_tower)."""
+    from models import onnx_tower, preprocess
+
+    onnx = manifest["onnx"]
+    files = onnx["int8"] if resolved == "int8" else onnx
+    paths = {name: bundle_dir / files[name]["file"] for name in ("image", "text")}
+    prefetch(list(paths.values()))
+    if not preprocess.supports(manifest["preprocess"]):
+        raise BundleError(f"{bundle_dir}: the ONNX runtime's preprocessing covers resize_mode=shortest; this bundle "
+                          "needs RUNTIME=torch")
+    count = threads or cpu_budget()
+    image_tower = onnx_tower.OnnxImageTower(onnx_tower.session(paths["image"], count), manifest["preprocess"])
+    text = manifest["text"]
+    graph = onnx_tower.session(paths["text"], count)
+    if text["type"] == "open_clip":
+        text_tower: Any = onnx_tower.OnnxClipTextTower(graph, int(manifest["context_length"]),
+                                                       text.get("tokenizer_kwargs"))
+    else:
+        text_tower = onnx_tower.OnnxMClipTextTower(graph, bundle_dir, int(text["max_length"]))
+    cosine = {k: onnx["int8"][k]["min_cosine"] for k in ("image", "text")} if resolved == "int8" else None
+    info = dataclasses.replace(model_info(bundle_dir, manifest, resolved), runtime="onnx", int8_cosine=cosine)
+    return Encoder(info, text_tower, image_tower)
+
+
 def model_info(bundle_dir: Path, manifest: dict[str, Any], precision: str = "fp32") -> ModelInfo:
     return ModelInfo(
         variant=manifest["variant"],
@@ -81,6 +144,6 @@ def model_info(bundle_dir: Path, manifest: dict[str, Any], precision: str = "fp3
 
 def read_logit_scale(bundle_dir: Path, spec: dict[str, Any]) -> float:
     """The cosine multiplier: exp of the stored (log-space) CLIP temperature."""
-    with safe_open(str(bundle_dir / spec["file"]), framework="pt") as f:
+    with safe_open(str(bundle_dir / spec["file"]), framework="numpy") as f:
         value = float(f.get_tensor(spec["key"]).reshape(-1)[0])
     return math.exp(value) if spec.get("stored_as", "log") == "log" else value

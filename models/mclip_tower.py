@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,12 +94,13 @@ class MClipTextTower:
     def _content_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
-    def encode(self, items: list[PreparedText]) -> torch.Tensor:
+    def encode(self, items: list[PreparedText]) -> np.ndarray:
         """The same padded batch as `tokenizer(texts, padding=True, truncation=True, max_length=...)`."""
         with self._lock:
             batch = self.tokenizer.pad({"input_ids": [list(item.ids) for item in items]}, padding=True,
                                        return_tensors="pt")
-        return self.model(batch["input_ids"], batch["attention_mask"])
+        with torch.inference_mode():
+            return self.model(batch["input_ids"], batch["attention_mask"]).float().numpy()
 
 
 def special_tokens_around(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -76,10 +77,12 @@ class OpenClipImageTower:
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, S, S) float32. Pure function of its input; safe from many threads."""
-        return self.transform(image)
+        with torch.inference_mode():
+            return self.transform(image)
 
-    def encode(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(batch.to(self.dtype), normalize=False)
+    def encode(self, batch: list[torch.Tensor]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model.encode_image(torch.stack(batch).to(self.dtype), normalize=False).float().numpy()
 
 
 class OpenClipTextTower:
@@ -111,8 +114,9 @@ class OpenClipTextTower:
             result[i, :len(item.ids)] = torch.tensor(item.ids)
         return result
 
-    def encode(self, items: list[PreparedText]) -> torch.Tensor:
-        return encode_text_trimmed(self.model, self.tokens(items))
+    def encode(self, items: list[PreparedText]) -> np.ndarray:
+        with torch.inference_mode():
+            return encode_text_trimmed(self.model, self.tokens(items)).float().numpy()
 
 
 def run_sequence_first(transformer: nn.Module) -> None:

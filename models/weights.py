@@ -69,23 +69,6 @@ def load_safetensors(path: Path | str) -> dict[str, torch.Tensor]:
         return {key: f.get_tensor(key) for key in f.keys()}
 
 
-def prefetch(paths: Iterable[Path]) -> None:
-    """Ask the kernel to start reading the files now (on a cold container they come from the image store),
-    so the reads overlap the imports (seconds of CPU) instead of following them. Best effort, returns at once.
-    Not measurable on the dev VM, where the files sit in the page cache."""
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue  # check_bundle reports missing files; nothing to prefetch
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except (AttributeError, OSError):
-            pass  # not Linux
-        finally:
-            os.close(fd)
-
-
 def meta_tensors(module: nn.Module, prefixes: Iterable[str] = ("",)) -> list[str]:
     """Names of parameters/buffers still on `meta` under any of `prefixes`."""
     prefixes = tuple(prefixes)

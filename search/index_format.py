@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from models.bundle import file_record, sha256_file
+from models.bundle import file_record, fsync_path, sha256_file
 from search.errors import IndexUnusable
 
 MANIFEST = "manifest.json"
@@ -120,7 +120,7 @@ def publish(final: Path, manifest: dict[str, Any]) -> Path:
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
     manifest["files"] = {p.name: file_record(p) for p in sorted(final.iterdir()) if p.name != MANIFEST}
     for name in manifest["files"]:
-        _fsync(final / name)
+        fsync_path(final / name)
         (final / name).chmod(0o644)
     partial = final / (MANIFEST + ".partial")
     with open(partial, "w", encoding="utf-8") as f:
@@ -130,13 +130,5 @@ def publish(final: Path, manifest: dict[str, Any]) -> Path:
         os.fsync(f.fileno())
     partial.replace(final / MANIFEST)
     final.chmod(0o755)
-    _fsync(final)
+    fsync_path(final)
     return final
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

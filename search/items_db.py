@@ -56,12 +56,18 @@ def fits(kind: str, column: str) -> bool:
     return column == "json" or kind == column or (column == "float" and kind == "int")
 
 
+def _csv_text(value: Any) -> str | None:
+    """A CSV cell's text; empty cells are null."""
+    text = str(value).strip()
+    return text or None
+
+
 def _kind(value: Any, from_csv: bool) -> str | None:
     if value is None:
         return None
     if from_csv:
-        text = str(value).strip()
-        if not text:
+        text = _csv_text(value)
+        if text is None:
             return None
         if _INT.fullmatch(text):
             return "int"
@@ -96,8 +102,8 @@ def to_stored(value: Any, column: str, from_csv: bool) -> Any:
     if value is None:
         return None
     if from_csv:
-        text = str(value).strip()
-        if not text:
+        text = _csv_text(value)
+        if text is None:
             return None
         if column == "int":
             return int(text)

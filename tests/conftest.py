@@ -7,6 +7,8 @@ layout, random weights, a few MB) and loaded through the production `load_encode
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ import models  # noqa: F401  (offline env vars before anything imports huggingfa
 # Tests compare the service's vectors exactly with the fp32 encoder's; servers they start inherit this.
 # bf16 has its own tests (tests/models/test_model_precision.py), which ask for it explicitly.
 os.environ["PRECISION"] = "fp32"
+# Likewise on torch: the ONNX runtime has its own tests (tests/models/test_model_onnx.py), which ask for it.
+os.environ["RUNTIME"] = "torch"
 
 TINY_SEED = 0
 
@@ -43,3 +47,13 @@ def multilingual_encoder(tiny_model_dir: Path):
     from models.loader import load_encoder
 
     return load_encoder("multilingual", tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def real_size_model_dir(tmp_path_factory):
+    """english (0.6 GB) and multilingual (2.7 GB) with random weights, their ONNX graphs exported and checked
+    as bake does; made in a child process, once per session (slow tests only)."""
+    out = tmp_path_factory.mktemp("real_models")
+    subprocess.run([sys.executable, "-m", "models.tiny", "--variant", "all", "--size", "real", "--out", str(out)],
+                   cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, timeout=1500)
+    return out

@@ -19,7 +19,8 @@ READY_TIMEOUT_S = 120
 
 def tiny_settings(model_dir: Path, **overrides: Any) -> Settings:
     base = Settings(model_dir=model_dir, max_items=8, max_text_chars=400, fetch_timeout_s=2.0,
-                    fetch_connect_timeout_s=1.0, request_timeout_s=20.0, batch_max_wait_ms=2.0, precision="fp32")
+                    fetch_connect_timeout_s=1.0, request_timeout_s=20.0, batch_max_wait_ms=2.0, precision="fp32",
+                    runtime="torch")
     return dataclasses.replace(base, **overrides)
 
 

@@ -66,7 +66,7 @@ def png_bytes(color: tuple[int, int, int], size: int = 64) -> bytes:
 
 @pytest.fixture(scope="module")
 def settings(tiny_model_dir) -> Settings:
-    return Settings(model_dir=tiny_model_dir, precision="fp32", model_variant="english", max_body_bytes=MAX_BODY,
+    return Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch", model_variant="english", max_body_bytes=MAX_BODY,
                     request_timeout_s=30.0, batch_max_wait_ms=1.0)
 
 

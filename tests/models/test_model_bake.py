@@ -105,7 +105,7 @@ def assert_same_vectors(a, b, size: int):
 
 
 def test_bake_english_gives_the_source_weights(mirror, english_encoder, tmp_path):
-    path = bake.bake_variant(mirror["english"], tmp_path, bake.LocalDirSource(mirror["root"]))
+    path = bake.bake_variant(mirror["english"], tmp_path, bake.LocalDirSource(mirror["root"]), onnx=False)
     assert path == tmp_path / "english"
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["origin"] == "models.bake"
@@ -118,9 +118,12 @@ def test_bake_english_gives_the_source_weights(mirror, english_encoder, tmp_path
 def test_bake_multilingual_converts_pt_and_bin(mirror, multilingual_encoder, tmp_path):
     path = bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]))
     files = sorted(p.name for p in path.iterdir())
-    assert files == ["manifest.json", "mclip_text.bf16.safetensors", "mclip_text.safetensors",
-                     "open_clip_visual.bf16.safetensors", "open_clip_visual.safetensors",
-                     "tokenizer.json", "tokenizer_config.json"]
+    assert files == ["image.int8.onnx", "image.int8.onnx.data", "image.onnx", "image.onnx.data", "manifest.json",
+                     "mclip_text.bf16.safetensors", "mclip_text.safetensors", "open_clip_visual.bf16.safetensors",
+                     "open_clip_visual.safetensors", "text.int8.onnx", "text.int8.onnx.data", "text.onnx",
+                     "text.onnx.data", "tokenizer.json", "tokenizer_config.json"]
+    onnx = json.loads((path / "manifest.json").read_text())["onnx"]  # checked against torch before publishing
+    assert onnx["image"]["max_abs_diff"] <= 1e-5 and onnx["text"]["max_abs_diff"] <= 1e-5
     for name in ("mclip_text", "open_clip_visual"):  # the bf16 copies are the fp32 weights, converted
         fp32, bf16 = load_file(path / f"{name}.safetensors"), load_file(path / f"{name}.bf16.safetensors")
         assert fp32.keys() == bf16.keys() and all(torch.equal(fp32[k].to(bf16[k].dtype), bf16[k]) for k in fp32)
@@ -138,7 +141,7 @@ def test_corrupted_download_is_rejected_and_leaves_no_bundle(mirror, tmp_path):
     weights.write_bytes(bytes(data))
     out = tmp_path / "models"
     with pytest.raises(bake.ChecksumMismatch, match="open_clip_model.safetensors"):
-        bake.bake_variant(mirror["english"], out, bake.LocalDirSource(bad_root))
+        bake.bake_variant(mirror["english"], out, bake.LocalDirSource(bad_root), onnx=False)
     assert list(out.iterdir()) == []
 
 
@@ -146,31 +149,31 @@ def test_release_file_must_match_its_sha256_prefix(mirror, tmp_path):
     variant = mirror["multilingual"]
     wrong = replace(variant, clip=replace(variant.clip, weights=replace(variant.clip.weights, sha256_prefix="00000000")))
     with pytest.raises(bake.ChecksumMismatch, match="does not start with 00000000"):
-        bake.bake_variant(wrong, tmp_path, bake.LocalDirSource(mirror["root"]))
+        bake.bake_variant(wrong, tmp_path, bake.LocalDirSource(mirror["root"]), onnx=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_second_bake_is_a_noop_and_a_new_pin_rebakes(mirror, tmp_path):
     source = CountingSource(mirror["root"])
-    bake.bake_variant(mirror["english"], tmp_path, source)
+    bake.bake_variant(mirror["english"], tmp_path, source, onnx=False)
     manifest = tmp_path / "english/manifest.json"
     before = manifest.stat().st_mtime_ns
-    assert bake.bake_variant(mirror["english"], tmp_path, source) is None
+    assert bake.bake_variant(mirror["english"], tmp_path, source, onnx=False) is None
     assert source.fetched == ["open_clip_model.safetensors"]
     assert manifest.stat().st_mtime_ns == before
 
     moved = replace(mirror["english"], clip=replace(mirror["english"].clip, weights=replace(
         mirror["english"].clip.weights, revision=NEW_COMMIT)))
-    assert bake.bake_variant(moved, tmp_path, source) == tmp_path / "english"
+    assert bake.bake_variant(moved, tmp_path, source, onnx=False) == tmp_path / "english"
     assert json.loads(manifest.read_text())["sources"][0]["revision"] == NEW_COMMIT
 
 
 def test_interrupted_rebake_keeps_the_previous_bundle(mirror, multilingual_encoder, tmp_path):
-    bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]))
+    bake.bake_variant(mirror["multilingual"], tmp_path, bake.LocalDirSource(mirror["root"]), onnx=False)
     variant = mirror["multilingual"]
     changed = replace(variant, text=replace(variant.text, config=replace(variant.text.config, revision=NEW_COMMIT)))
     with pytest.raises(ConnectionError):
-        bake.bake_variant(changed, tmp_path, CountingSource(mirror["root"], fail_on="tokenizer.json"))
+        bake.bake_variant(changed, tmp_path, CountingSource(mirror["root"], fail_on="tokenizer.json"), onnx=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multilingual"]
     assert_same_vectors(load_encoder("multilingual", tmp_path), multilingual_encoder, 240)
 
@@ -180,9 +183,9 @@ def test_unpinned_source_is_refused_unless_allowed(mirror, tmp_path):
         mirror["english"].clip.weights, sha256=None, revision=None)))
     sha = mirror["english"].clip.weights.sha256
     with pytest.raises(bake.UnpinnedSource, match=sha):
-        bake.bake_variant(unpinned, tmp_path, bake.LocalDirSource(mirror["root"]))
+        bake.bake_variant(unpinned, tmp_path, bake.LocalDirSource(mirror["root"]), onnx=False)
     assert list(tmp_path.iterdir()) == []
-    path = bake.bake_variant(unpinned, tmp_path, bake.LocalDirSource(mirror["root"]), allow_unpinned=True)
+    path = bake.bake_variant(unpinned, tmp_path, bake.LocalDirSource(mirror["root"]), allow_unpinned=True, onnx=False)
     assert json.loads((path / "manifest.json").read_text())["sources"][0]["sha256_seen"] == sha
 
 
@@ -228,7 +231,7 @@ def test_a_file_pinned_by_revision_alone_bakes_and_records_its_sha256(mirror, tm
     config = replace(variant.text.config, sha256=None)  # pinned by its commit only
     assert config.pinned
     variant = replace(variant, text=replace(variant.text, config=config))
-    path = bake.bake_variant(variant, tmp_path, bake.LocalDirSource(mirror["root"]))
+    path = bake.bake_variant(variant, tmp_path, bake.LocalDirSource(mirror["root"]), onnx=False)
     [record] = [r for r in json.loads((path / "manifest.json").read_text())["sources"] if r["role"] == "M-CLIP config"]
     assert record["revision"] == COMMIT and "sha256" not in record
     assert record["sha256_seen"] == sha256_file(mirror["root"] / "org/mclip/config.json")
@@ -314,7 +317,7 @@ def test_hub_source_downloads_resolves_revisions_and_caches(mirror, multilingual
             return bake.HubSource(cache_dir=tmp_path / "url-cache", hub_cache_dir=tmp_path / "hf-cache",
                                   endpoint=hub.url, timeout_s=10)
 
-        path = bake.bake_variant(variant, tmp_path / "a", source())
+        path = bake.bake_variant(variant, tmp_path / "a", source(), onnx=False)
         assert len(hub.gets()) == 6  # release .pt, weights, 2 configs, 2 tokenizer files
         records = json.loads((path / "manifest.json").read_text())["sources"]
         hub_records = [r for r in records if "repo" in r]
@@ -323,10 +326,10 @@ def test_hub_source_downloads_resolves_revisions_and_caches(mirror, multilingual
         assert_same_vectors(load_encoder("multilingual", tmp_path / "a"), multilingual_encoder, 240)
 
         before = len(hub.requests)
-        assert bake.bake_variant(variant, tmp_path / "a", source()) is None
+        assert bake.bake_variant(variant, tmp_path / "a", source(), onnx=False) is None
         assert len(hub.requests) == before  # up to date: not even a HEAD
 
-        bake.bake_variant(variant, tmp_path / "b", source())  # fresh bundle, warm caches
+        bake.bake_variant(variant, tmp_path / "b", source(), onnx=False)  # fresh bundle, warm caches
         assert len(hub.gets()) == 6  # nothing downloaded twice
     finally:
         hub.close()
@@ -346,7 +349,7 @@ def test_a_pinned_revision_the_hub_does_not_know_stops_the_bake(mirror, tmp_path
         source = bake.HubSource(cache_dir=tmp_path / "url-cache", hub_cache_dir=tmp_path / "hf-cache",
                                 endpoint=hub.url, timeout_s=10)
         with pytest.raises(bake.RevisionUnavailable, match=f"org/english open_clip_model.safetensors.*{NEW_COMMIT}"):
-            bake.bake_variant(variant, tmp_path / "out", source)
+            bake.bake_variant(variant, tmp_path / "out", source, onnx=False)
         assert hub.gets() == []  # nothing downloaded
         assert not (tmp_path / "out/english").exists()
     finally:

@@ -211,8 +211,9 @@ def test_tiny_bundles_are_deterministic_per_seed(tiny_model_dir, tmp_path):
         return json.loads((root / variant / "manifest.json").read_text())["files"]
 
     for variant in ("english", "multilingual"):
-        make_bundle(variant, tmp_path / "same", seed=0)
-        make_bundle(variant, tmp_path / "other", seed=1)
-        assert hashes(tmp_path / "same", variant) == hashes(tiny_model_dir, variant)
+        make_bundle(variant, tmp_path / "same", seed=0, onnx=False)
+        make_bundle(variant, tmp_path / "other", seed=1, onnx=False)
+        same = hashes(tmp_path / "same", variant)
+        assert same == {k: v for k, v in hashes(tiny_model_dir, variant).items() if k in same}  # ONNX files aside
         weights = [n for n in hashes(tmp_path / "other", variant) if n.endswith(".safetensors")]
         assert all(hashes(tmp_path / "other", variant)[n] != hashes(tiny_model_dir, variant)[n] for n in weights)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +45,6 @@ def assert_bf16_close(model_dir: Path, variant: str) -> None:
 @pytest.mark.parametrize("variant", ["english", "multilingual"])
 def test_bf16_towers_stay_close_to_fp32_on_tiny_bundles(tiny_model_dir, variant):
     assert_bf16_close(tiny_model_dir, variant)
-
-
-@pytest.fixture(scope="module")
-def real_size_model_dir(tmp_path_factory):
-    """The real architectures with random weights (english 0.6 GB, multilingual 2.7 GB), made in a child process."""
-    out = tmp_path_factory.mktemp("real_models")
-    subprocess.run([sys.executable, "-m", "models.tiny", "--variant", "all", "--size", "real", "--out", str(out)],
-                   cwd=REPO, check=True, capture_output=True, timeout=900)
-    return out
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def reference_outputs(config: dict, weights: Path, preprocess: dict, image: Imag
 ])
 def test_tiny_bundle_takes_quick_gelu_and_preprocessing_from_the_tag(arch, tag, needs_quick_gelu, register, tmp_path):
     variant = register(entry("pcfg-test", arch, tag))
-    path = make_bundle(variant.name, tmp_path)
+    path = make_bundle(variant.name, tmp_path, onnx=False)
     spec = json.loads((path / "manifest.json").read_text())
 
     want_config = shrink_clip_config(open_clip.get_model_config(arch))
@@ -116,7 +116,7 @@ def test_baked_bundle_takes_quick_gelu_and_preprocessing_from_the_tag(monkeypatc
     variant = register(Variant("pcfg-bake", "test", clip=OpenClipModel(arch, tag, Source(
         "open_clip_model.safetensors", repo="org/plain", revision="0123abc", sha256=sha256_file(weights)))))
 
-    path = bake.bake_variant(variant, tmp_path / "out", bake.LocalDirSource(mirror))
+    path = bake.bake_variant(variant, tmp_path / "out", bake.LocalDirSource(mirror), onnx=False)
     spec = json.loads((path / "manifest.json").read_text())
     assert spec["clip"]["config"] == dict(config, quick_gelu=True)
     assert spec["preprocess"] == {"image_size": 224, "mean": [0.5] * 3, "std": [0.25] * 3,
@@ -132,7 +132,7 @@ def test_baked_bundle_takes_quick_gelu_and_preprocessing_from_the_tag(monkeypatc
 def test_registry_preprocessing_that_contradicts_the_tag_is_refused(register, tmp_path):
     variant = register(entry("pcfg-conflict", "ViT-B-32", "openai", mean=(0.5, 0.5, 0.5), resize_mode="squash"))
     with pytest.raises(PretrainedConflict, match=r"mean: registry \(0.5, 0.5, 0.5\).*resize_mode: registry 'squash'"):
-        make_bundle(variant.name, tmp_path)
+        make_bundle(variant.name, tmp_path, onnx=False)
     assert list(tmp_path.iterdir()) == []  # nothing that looks like a bundle
 
 
@@ -146,7 +146,7 @@ def test_quickgelu_architecture_for_gelu_weights_is_refused(register, tmp_path):
     assert open_clip.get_pretrained_cfg("ViT-B-32-quickgelu", "laion2b_s34b_b79k") == {}
     variant = register(entry("pcfg-qg", "ViT-B-32-quickgelu", "laion2b_s34b_b79k"))
     with pytest.raises(PretrainedConflict, match="register the architecture 'ViT-B-32'"):
-        make_bundle(variant.name, tmp_path)
+        make_bundle(variant.name, tmp_path, onnx=False)
     with pytest.raises(PretrainedConflict, match="quick_gelu"):  # a caller passing its own config is checked too
         manifest.build_manifest(variant, open_clip.get_model_config("ViT-B-32-quickgelu"), origin="test", sources=[])
 

@@ -22,7 +22,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def fuzz_app(tiny_model_dir):
-    settings = Settings(model_dir=tiny_model_dir, max_items=4, max_text_chars=200, request_timeout_s=10, precision="fp32",
+    settings = Settings(model_dir=tiny_model_dir, max_items=4, max_text_chars=200, request_timeout_s=10, precision="fp32", runtime="torch",
                         fetch_connect_timeout_s=0.3, fetch_timeout_s=0.5, max_body_bytes=256 * 1024)
     app = create_app(settings)
     engine = app.extensions["clipserve"].engine

@@ -13,7 +13,7 @@ from infra.settings import Settings
 
 @pytest.fixture
 def app(tiny_model_dir):
-    settings = Settings(model_dir=tiny_model_dir, precision="fp32", stall_timeout_s=1, request_timeout_s=3, batch_max_wait_ms=1)
+    settings = Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch", stall_timeout_s=1, request_timeout_s=3, batch_max_wait_ms=1)
     app = create_app(settings)
     engine = app.extensions["clipserve"].engine
     engine.start()

@@ -15,7 +15,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir):
-    settings = Settings(model_dir=tiny_model_dir, precision="fp32", api_keys=KEY, metrics_enabled=True, batch_max_wait_ms=1)
+    settings = Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch", api_keys=KEY, metrics_enabled=True, batch_max_wait_ms=1)
     app = create_app(settings)
     engine = app.extensions["clipserve"].engine
     engine.start()

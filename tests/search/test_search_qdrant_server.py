@@ -39,7 +39,7 @@ def collection(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(tiny_model_dir, collection):
-    app = create_app(Settings(model_dir=tiny_model_dir, precision="fp32", qdrant_url=URL,
+    app = create_app(Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch", qdrant_url=URL,
                               qdrant_api_key=os.environ.get("QDRANT_API_KEY"), qdrant_collection=collection[0]))
     app.extensions["clipserve"].start()
     assert app.extensions["clipserve"].engine.wait_ready(120)

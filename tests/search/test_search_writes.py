@@ -36,7 +36,7 @@ def make_collection(path, model_dir, modality: str, columns: dict[str, str]) -> 
 
 
 def app_for(model_dir, **settings):
-    app = create_app(Settings(model_dir=model_dir, precision="fp32", max_items=8, **settings))
+    app = create_app(Settings(model_dir=model_dir, precision="fp32", runtime="torch", max_items=8, **settings))
     api = app.extensions["clipserve"]
     api.start()
     assert api.engine.wait_ready(120) and api.search.wait(30)
@@ -159,7 +159,7 @@ def test_the_read_only_index_refuses_writes_and_no_backend_is_404(tiny_model_dir
         assert response.status_code == 405 and response.json["error"]["code"] == "index_read_only"
         assert "shop version v7" in response.json["error"]["message"] and "index build" in response.json["error"]["message"]
     app.extensions["clipserve"].shutdown(1)
-    plain = create_app(Settings(model_dir=tiny_model_dir, precision="fp32")).test_client()
+    plain = create_app(Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch")).test_client()
     for path in ("/index", "/index/delete", "/search"):
         response = plain.post(path, json={})
         assert response.status_code == 404 and response.json["error"]["code"] == "index_not_configured"

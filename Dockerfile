@@ -21,13 +21,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
+# The PyTorch wheel index: CPU (the default: no CUDA libraries) or a CUDA build for GPU instances
+# (deploy.sh cloudrun --gpu sets https://download.pytorch.org/whl/cu126: same code, same bundles).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 COPY requirements.txt /tmp/requirements.txt
 # torch and torchvision come first, from the PyTorch CPU wheel index (no CUDA libraries: about
 # 700 MB instead of several GB), at exactly the versions requirements.txt pins; the plain
 # `pip install -r` then finds them already satisfied (2.x.y+cpu meets ==2.x.y).
 RUN grep -E '^(torch|torchvision)==' /tmp/requirements.txt > /tmp/torch-pins.txt \
  && test "$(wc -l < /tmp/torch-pins.txt)" -eq 2 \
- && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu -r /tmp/torch-pins.txt \
+ && pip install --no-cache-dir --index-url "${TORCH_INDEX}" -r /tmp/torch-pins.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt
 
 # ---------------------------------------------------------------- weights: bake at build time

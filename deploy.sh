@@ -13,6 +13,8 @@
 #   --tag T          image tag (default: git commit + UTC time; tags are immutable)
 #   --builder B      Cloud Run only: cloudbuild (default, no local Docker needed) or buildx (local Docker)
 #   --public         no authentication (Cloud Run allUsers invoker; Lambda function URL auth NONE)
+#   --gpu            Cloud Run only: one NVIDIA L4 per instance (the CUDA build of torch in the image,
+#                    TF gpu_type=nvidia-l4: 4 vCPU, 16 GiB, CPU always allocated); Lambda has no GPUs
 #   --index DIR      bake the search index version folder DIR into the image (INDEX_DIR=/index); for Lambda,
 #                    which has no bucket mounts (Cloud Run: TF_VAR_index_bucket/TF_VAR_index_path instead)
 #   --allow-unpinned bake weights that models/registry.py does not pin (a new registry entry; the
@@ -32,13 +34,13 @@ set -euo pipefail
 EXIT_USAGE=2 EXIT_TOOL=3 EXIT_CREDENTIALS=4 EXIT_BUILD=5 EXIT_TERRAFORM=6 EXIT_SMOKE=7
 ROOT=$(cd "$(dirname "$0")" && pwd)
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { local code=$1; shift; echo "deploy: $*" >&2; exit "$code"; }
 usage_error() { echo "deploy: $*" >&2; echo "usage: ./deploy.sh cloudrun|lambda [--variant V] [--project ID] [--region R] [--dry-run] (see --help)" >&2; exit "$EXIT_USAGE"; }
 
 # ---------------------------------------------------------------- arguments
 target="" variant=english bake=all project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
-builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false index=""
+builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false index="" gpu=false
 need_value() { [ "$2" -ge 2 ] && [[ "${3:-}" != --* ]] || usage_error "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --public) public=true; shift ;;
     --allow-unpinned) allow_unpinned=true; shift ;;
     --index) need_value "$1" $# "${2:-}"; index=$2; shift 2 ;;
+    --gpu) gpu=true; shift ;;
     --skip-build) skip_build=true; shift ;;
     --skip-smoke) skip_smoke=true; shift ;;
     --dry-run) dry_run=true; shift ;;
@@ -84,6 +87,10 @@ if [ "$target" = cloudrun ]; then region=${region:-us-central1}; else region=${r
 
 build_args=(--build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant")
 "$allow_unpinned" && build_args+=(--build-arg "BAKE_FLAGS=--allow-unpinned")
+if "$gpu"; then
+  [ "$target" = cloudrun ] || usage_error "--gpu: Lambda has no GPUs; GPU serving runs on Cloud Run (./deploy.sh cloudrun --gpu)"
+  build_args+=(--build-arg "TORCH_INDEX=https://download.pytorch.org/whl/cu126")
+fi
 index_mib=0 index_var=()
 if [ -n "$index" ]; then
   [ -f "$index/manifest.json" ] || usage_error "--index $index: not an index version folder (no manifest.json)"
@@ -94,6 +101,8 @@ if [ -n "$index" ]; then
   index_mib=$(( ($(du -sb "$index" | cut -f1) + 1048575) / 1048576 ))
   index_var=(-var "$([ "$target" = lambda ] && echo index_mib || echo baked_index_mib)=$index_mib")
 fi
+gpu_var=()
+"$gpu" && gpu_var=(-var "gpu_type=nvidia-l4")
 
 # Dimension each variant must report (checked by the smoke test): a wrong one means a wrong deploy.
 case "$variant" in english) dim=512 ;; multilingual) dim=640 ;; esac
@@ -212,7 +221,8 @@ deploy_cloudrun() {
   local public_var=false
   "$public" && public_var=true
   terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image=$image" \
-    -var "model_variant=$variant" -var "allow_unauthenticated=$public_var" "${index_var[@]}"
+    -var "model_variant=$variant" -var "allow_unauthenticated=$public_var" "${index_var[@]}" \
+    ${gpu_var[@]+"${gpu_var[@]}"}
   local url
   capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
   echo "deploy: Cloud Run service $name serves $variant at $url"

@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from batch import index_cmd, options
 from batch.export import MergeError, merge, output_format

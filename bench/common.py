@@ -98,9 +98,11 @@ def load_average() -> str:
 
 
 class Server:
-    """A gunicorn serving `app` (default: the service) on a free loopback port, started in its own process."""
+    """A gunicorn serving `app` (default: the service) on a free loopback port, started in its own process;
+    `cpus`: the cores it may run on (an instance's vCPUs), the load generators keeping the others."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, app: str = "handler.wsgi:app") -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, app: str = "handler.wsgi:app",
+                 cpus: set[int] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -108,8 +110,9 @@ class Server:
         self._log = open(log_path, "ab")
         environ = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "PYTHONPATH": str(REPO), **env}
         self.started = time.perf_counter()
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen([*GUNICORN, app], cwd=REPO, env=environ, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=pin)
 
     def wait_ready(self, timeout: float = 300) -> None:
         import requests
@@ -144,8 +147,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], log_path: Path, app: str = "handler.wsgi:app") -> Iterator[Server]:
-    server = Server(env, log_path, app)
+def serving(env: dict[str, str], log_path: Path, app: str = "handler.wsgi:app",
+            cpus: set[int] | None = None) -> Iterator[Server]:
+    server = Server(env, log_path, app, cpus)
     try:
         server.wait_ready()
         yield server

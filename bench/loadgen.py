@@ -28,6 +28,7 @@ from bench.common import photo_b64, prompts  # noqa: E402
 
 # name -> (path, items per request, kind)
 WORKLOADS = {"image1": ("/embed/image", 1, "images"), "image8": ("/embed/image", 8, "images"),
+             "image16": ("/embed/image", 16, "images"),
              "text1": ("/embed/text", 1, "texts"), "text32": ("/embed/text", 32, "texts")}
 _IMAGE_POOL = 16
 _TEXT_POOL = 2000

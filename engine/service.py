@@ -69,6 +69,15 @@ class TextResult:
     cache_hits: int = 0       # texts answered from the cache
 
 
+# Errors after which a CUDA context is unusable (every later call fails too): the instance must be replaced.
+# An out-of-memory is not one of them: the batcher retries that batch item by item.
+_FATAL_DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert", "illegal memory access")
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    return type(exc).__name__ != "OutOfMemoryError" and any(m in str(exc) for m in _FATAL_DEVICE_ERRORS)
+
+
 # How often a waiting request checks whether its client is still there.
 _CANCEL_POLL_S = 0.1
 
@@ -90,6 +99,7 @@ class EmbeddingEngine:
         self._request_observer: Callable[[str, list[tuple[int, float]], int], None] | None = None
         self._cache = TextCache(text_cache_size)
         self._preparing = 0  # requests between starting their input work and queueing its result
+        self.device_error: str | None = None  # a CUDA error that left the context unusable
         self._batcher: Batcher | Unbatched
         if batching:
             self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
@@ -194,6 +204,10 @@ class EmbeddingEngine:
         """Image -> model input tensor. Runs in the caller's (request) thread, not the inference thread."""
         return self._require_encoder().prepare_image(image)
 
+    def prepare_encoded_image(self, data: bytes, image_format: str, mode: str) -> Any | None:
+        """Encoded image -> model input made by the encoder itself (on its device), or None; request thread."""
+        return self._require_encoder().prepare_encoded_image(data, image_format, mode)
+
     def embed_texts(self, texts: Sequence[str], *, normalize: bool, timeout: float, truncate: bool = True,
                     cancelled: Callable[[], bool] | None = None) -> TextResult:
         """Embed texts: cached ones from the cache, the rest tokenized here and encoded in batches.
@@ -275,10 +289,16 @@ class EmbeddingEngine:
 
     def _run_batch(self, kind: str, normalize: Any, payloads: list[Any]) -> list[Any]:
         """Runs on the inference thread: the only place the model is called."""
-        if kind == TEXT:
-            return list(self._encoder.encode_prepared_texts(payloads, normalize=normalize))
-        if kind == IMAGE:
-            return list(self._encoder.encode_images(payloads, normalize=normalize))
+        try:
+            if kind == TEXT:
+                return list(self._encoder.encode_prepared_texts(payloads, normalize=normalize))
+            if kind == IMAGE:
+                return list(self._encoder.encode_images(payloads, normalize=normalize))
+        except Exception as exc:
+            if is_fatal_device_error(exc) and self.device_error is None:
+                log.error("the GPU is unusable; /health reports unhealthy so the instance is replaced", exc_info=exc)
+                self.device_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise
         raise ValueError(f"unknown kind {kind!r}")
 
 

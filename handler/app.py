@@ -47,7 +47,8 @@ def load_bundle_encoder(settings: Settings) -> Any:
     from models.loader import load_encoder
 
     return load_encoder(settings.model_variant, settings.model_dir, threads=settings.torch_threads,
-                        precision=settings.precision, runtime=settings.runtime)
+                        precision=settings.precision, runtime=settings.runtime, device=settings.device,
+                        image_decode=settings.image_decode)
 
 
 def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None,
@@ -55,6 +56,10 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder, or a search
     service. Raises IndexUnusable when the configured index cannot be served with this model."""
     settings = settings or Settings.from_env()
+    if settings.device == "cuda" or settings.image_decode == "gpu":  # no GPU: stop the boot now, not later
+        from models.device import require_requested_gpu
+
+        require_requested_gpu(settings.device, settings.image_decode)
     if engine is None:
         engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
     if search is None and any(v is not None for v in (settings.index_dir, settings.qdrant_url, settings.qdrant_path)):
@@ -146,6 +151,8 @@ class ClipApi:
             return "loading", None
         if state is ModelState.FAILED:
             return "failed", "the model failed to load; see the service logs"
+        if getattr(self.engine, "device_error", None):
+            return "unhealthy", f"the GPU failed: {self.engine.device_error}"
         loop = self.engine.loop_health()
         if not loop.running:
             return "unhealthy", "the inference loop is not running"
@@ -274,7 +281,8 @@ class ClipApi:
         info = self.engine.info  # fail with 503 before fetching anything while the model loads
         with self.engine.preparing():
             loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=_left(deadline),
-                                 draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode))
+                                 draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode),
+                                 encoded=self.engine.prepare_encoded_image if info.image_decode == "gpu" else None)
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]

@@ -82,6 +82,8 @@ class Metrics:
         self.search_results = Histogram("clipserve_search_results", "Results returned per search.",
                                         buckets=_RESULT_BUCKETS, registry=r)
         self.queue_depth = Gauge("clipserve_queue_depth", "Items waiting for the model.", registry=r)
+        self.gpu_memory = Gauge("clipserve_gpu_memory_bytes", "GPU memory torch holds (0 on the CPU).", registry=r)
+        self.gpu_memory.set_function(_gpu_memory)
         self.loop_healthy = Gauge("clipserve_inference_loop_healthy",
                                   "1 while the inference thread runs and no model call is stalled.", registry=r)
         if engine is not None:
@@ -95,6 +97,12 @@ class Metrics:
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _gpu_memory() -> float:
+    from models.device import gpu_memory_bytes  # reads torch only if something already imported it
+
+    return gpu_memory_bytes()
 
 
 def _loop_health_value(engine: Any, name: str) -> float:

@@ -129,8 +129,11 @@ class ModelInfoOut(BaseModel):
     image_size: int
     context_length: int
     logit_scale: float
-    precision: Literal["fp32", "bf16", "int8"]
+    precision: Literal["fp32", "bf16", "int8", "fp16"]
     runtime: Literal["torch", "onnx"] = Field(description="What runs the towers: torch, or ONNX Runtime.")
+    device: Literal["cpu", "cuda"] = Field(description="Where the towers run.")
+    gpu: Optional[str] = Field(None, description="The GPU's name (device cuda).")
+    image_decode: Literal["cpu", "gpu"] = Field("cpu", description="Where JPEGs are decoded (IMAGE_DECODE).")
     int8_cosine: Optional[dict[str, float]] = Field(
         None, description="With precision int8: each tower's lowest cosine to fp32 on bake's probe set.")
     weights: str = Field(description="Fingerprint of the weight files; search indexes record the one they were "

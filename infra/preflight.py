@@ -59,13 +59,16 @@ def check_search_index(settings: Settings) -> None:
 
 def main(argv: list[str]) -> int:
     """Check, then replace this process with argv (so signals reach gunicorn directly)."""
+    from models.device import DeviceUnavailable, require_requested_gpu
     from search.errors import IndexUnusable
 
     try:
         settings = Settings.from_env()
         check_model_baked(settings)
         check_search_index(settings)
-    except (SettingsError, VariantNotBaked, IndexUnusable) as exc:
+        if settings.device == "cuda" or settings.image_decode == "gpu":
+            require_requested_gpu(settings.device, settings.image_decode)
+    except (SettingsError, VariantNotBaked, IndexUnusable, DeviceUnavailable) as exc:
         print(f"clipserve: cannot start: {exc}", file=sys.stderr, flush=True)
         return EX_CONFIG
     if not argv:

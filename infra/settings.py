@@ -56,8 +56,13 @@ class Settings:
     precision: str = _env("PRECISION", "auto",
                           "auto = bf16 weights where the CPU computes bf16 natively (AVX512-BF16, AMX, Arm BF16; "
                           "2-3x faster, cosine to fp32 >= 0.999), else fp32; fp32 = exact to the reference models; "
-                          "int8 = the bundle's int8 ONNX graphs (opt-in; bake-time cosine to fp32 in GET /).",
-                          choices=("auto", "fp32", "bf16", "int8"))
+                          "int8 = the bundle's int8 ONNX graphs (opt-in; bake-time cosine to fp32 in GET /); "
+                          "fp16 = GPU only (auto there).",
+                          choices=("auto", "fp32", "bf16", "int8", "fp16"))
+    device: str = _env("DEVICE", "auto",
+                       "auto = a CUDA GPU when torch sees one (the CUDA image), else the CPU; cuda = a GPU or the "
+                       "boot stops; cpu. On a GPU PRECISION=auto is fp16 and the towers run on torch.",
+                       choices=("auto", "cpu", "cuda"))
     runtime: str = _env("RUNTIME", "auto",
                         "auto = torch for bf16, else ONNX Runtime where the bundle has its graphs (fp32 within 1e-5 "
                         "of torch, faster without native bf16, no torch import); torch; onnx.",
@@ -104,6 +109,11 @@ class Settings:
                                   minimum=1, maximum=64)
     allow_private_urls: bool = _env("ALLOW_PRIVATE_URLS", False,
                                     "Allow image URLs on private/loopback/link-local addresses (in-VPC use, tests).")
+    image_decode: str = _env("IMAGE_DECODE", "auto",
+                             "Where JPEGs are decoded and preprocessed: cpu (Pillow, in the decode threads); gpu "
+                             "(nvJPEG + tensor ops on the GPU, DEVICE=cuda; other formats stay on the CPU); auto = "
+                             "gpu on a GPU whose torchvision decodes JPEGs, else cpu.",
+                             choices=("auto", "cpu", "gpu"))
     exact_image_decode: bool = _env("EXACT_IMAGE_DECODE", False,
                                     "Decode JPEGs at full size. Default: decode large JPEGs at a reduced size no "
                                     "smaller than twice the model's input (3-4x cheaper on photos, embedding "
@@ -170,6 +180,8 @@ class Settings:
         if len(backends) > 1:
             raise SettingsError(f"{' and '.join(backends)} are both set: choose one search backend "
                                 "(INDEX_DIR: a built index folder; QDRANT_URL or QDRANT_PATH: a Qdrant collection)")
+        if self.image_decode == "gpu" and self.device == "cpu":
+            raise SettingsError("IMAGE_DECODE=gpu decodes on the GPU: it needs DEVICE=cuda or auto, not cpu")
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")

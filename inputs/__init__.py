@@ -15,7 +15,7 @@ from typing import Callable, Sequence, TypeVar
 
 from PIL import Image
 
-from inputs.decode import decode_image, draft_size_for
+from inputs.decode import decode_image, draft_size_for, image_header
 from inputs.errors import CODES, FETCH_TIMEOUT, INVALID_IMAGE, ImageError
 from inputs.fetch import FetchLimits, fetch_url
 from inputs.source import ImageSource, parse_image_string
@@ -86,7 +86,7 @@ def load_image(source: str | bytes, limits: ImageLimits, draft_size: int | None 
     """One IMAGE string (URL, data URI, base64) or raw uploaded bytes -> RGB image. Raises ImageError.
     ``draft_size``: see ``decode_image``."""
     data = load_bytes(source, limits)
-    return limits.decoders.run(_decode, data, limits.max_pixels, draft_size, None)
+    return limits.decoders.run(_decode, data, limits.max_pixels, draft_size, None, None)
 
 
 def load_bytes(source: str | bytes, limits: ImageLimits) -> bytes:
@@ -100,15 +100,21 @@ def load_bytes(source: str | bytes, limits: ImageLimits) -> bytes:
     return fetch_url(parsed.url, limits.fetch) if parsed.url is not None else parsed.data
 
 
+# Given an image's bytes, format and mode (its header checked), a model input made from the bytes themselves, or
+# None to have them decoded here: the GPU's JPEG decoder (models/device_jpeg.py).
+TakeEncoded = Callable[[bytes, str, str], T | None]
+
+
 def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
                 then: Callable[[Image.Image], T] | None = None,
-                timeout_s: float | None = None, draft_size: int | None = None) -> list[T | Image.Image | ImageError]:
+                timeout_s: float | None = None, draft_size: int | None = None,
+                encoded: TakeEncoded | None = None) -> list[T | Image.Image | ImageError]:
     """Load every source (URLs concurrently, at most ``limits.concurrency`` at once); one result per source.
 
     A failure is returned in place as an ImageError, so the caller keeps the indices aligned.
     The whole step is bounded (``timeout_s``, by default enough for every wave of fetches plus a
     grace period): whatever is not done by then is reported as fetch_timeout, so a worker thread
-    stuck in DNS cannot hold the request. ``draft_size``: see ``decode_image``.
+    stuck in DNS cannot hold the request. ``draft_size``: see ``decode_image``. ``encoded``: see TakeEncoded.
     """
     workers = max(1, min(limits.concurrency, len(sources)))
     if timeout_s is None:
@@ -118,7 +124,7 @@ def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
     def one(source: str | bytes) -> T | Image.Image | ImageError:
         try:
             data = load_bytes(source, limits)  # fetching is not memory-heavy: it runs outside the decode threads
-            return limits.decoders.run(_decode, data, limits.max_pixels, draft_size, then, timeout=timeout_s)
+            return limits.decoders.run(_decode, data, limits.max_pixels, draft_size, then, encoded, timeout=timeout_s)
         except ImageError as exc:
             return exc
         except TimeoutError:
@@ -136,8 +142,12 @@ def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _decode(data: bytes, max_pixels: int, draft_size: int | None,
-            then: Callable[[Image.Image], T] | None) -> T | Image.Image | ImageError:
+def _decode(data: bytes, max_pixels: int, draft_size: int | None, then: Callable[[Image.Image], T] | None,
+            encoded: TakeEncoded | None) -> T | Image.Image | ImageError:
+    if encoded is not None:
+        taken = encoded(data, *image_header(data, max_pixels=max_pixels))
+        if taken is not None:
+            return taken
     image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size)
     return image if then is None else _prepare(image, then)
 

@@ -41,9 +41,29 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
     changes the embedding by a cosine under 1e-5 and is 3-4x cheaper.
     Raises ImageError(too_large | invalid_image); nothing else escapes.
     """
-    formats = _allowed_formats()
+    image = _open_checked(data, max_pixels)
     try:
-        image = Image.open(io.BytesIO(data), formats=formats)
+        if draft_size and image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (draft_size, draft_size))
+        return _first_frame_rgb(image)
+    finally:
+        image.close()
+
+
+def image_header(data: bytes, *, max_pixels: int) -> tuple[str, str]:
+    """(format, mode) of ``data`` after the same checks as ``decode_image``, with no pixel decoded: for a
+    decoder elsewhere (the GPU's) that must refuse exactly what this module refuses. Raises ImageError."""
+    image = _open_checked(data, max_pixels)
+    try:
+        return str(image.format), str(image.mode)
+    finally:
+        image.close()
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """The lazily opened image, its header checked: format, pixel count, aspect ratio."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=_allowed_formats())
     except Image.DecompressionBombError:
         raise ImageError(TOO_LARGE, f"the image has more than {max_pixels} pixels") from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for bad bytes; all mean "not an image"
@@ -57,11 +77,10 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise ImageError(TOO_LARGE, f"the image is {width}x{height}; sides more than {MAX_ASPECT_RATIO}:1 "
                                         "apart would be scaled to an enormous size by the model's preprocessing")
-        if draft_size and image.format in ("JPEG", "MPO"):
-            image.draft("RGB", (draft_size, draft_size))
-        return _first_frame_rgb(image)
-    finally:
+    except BaseException:
         image.close()
+        raise
+    return image
 
 
 def _allowed_formats() -> list[str]:

@@ -30,6 +30,9 @@ class ModelInfo:
     precision: str = "fp32"  # what the towers compute in: "fp32" (exact), "bf16" or "int8"
     weights: str = ""  # fingerprint of the weight files (models.bundle.weights_fingerprint)
     runtime: str = "torch"  # "torch" or "onnx" (ONNX Runtime)
+    device: str = "cpu"  # "cpu" or "cuda"
+    gpu: str | None = None  # the GPU's name on cuda
+    image_decode: str = "cpu"  # where JPEGs are decoded: "cpu" (Pillow) or "gpu" (models.device_jpeg)
     # int8 only: each tower's min cosine to fp32 on bake's probe set (the fidelity it was accepted at)
     int8_cosine: dict[str, float] | None = None
 
@@ -108,8 +111,16 @@ class Encoder:
         """PIL image (any mode) -> (3, S, S) model input with this bundle's preprocessing."""
         return self._image.prepare(image)
 
+    def prepare_encoded_image(self, data: bytes, image_format: str, mode: str) -> Any | None:
+        """Encoded bytes (header already checked) -> model input made on the towers' device, or None where this
+        encoder wants Pillow's pixels (`prepare_image`): every format but JPEG, and every image on the CPU."""
+        decoder = getattr(self._image, "device_jpeg", None)
+        if decoder is None or not decoder.takes(image_format, mode, data):
+            return None
+        return decoder(data)
+
     def encode_images(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
-        """Embed tensors made by `prepare_image`."""
+        """Embed tensors made by `prepare_image` or `prepare_encoded_image`."""
         images = list(images)
         if not images:
             return self._empty()

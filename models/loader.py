@@ -25,33 +25,45 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 
 def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None,
-                 precision: str = "fp32", runtime: str = "torch") -> Encoder:
+                 precision: str = "fp32", runtime: str = "torch", device: str = "cpu",
+                 image_decode: str = "cpu") -> Encoder:
     """Load `model_dir/<variant>` and return its `Encoder`.
 
     Fails at once with `BundleError` (a `FileNotFoundError`) naming the missing file and the
     bake command, or `UnknownVariant` listing the valid names. `threads`: intra-op threads
     (default: the CPUs this container really has). `precision`: "fp32" (exact to the reference
     libraries), "bf16" (torch; weights converted once here), "int8" (ONNX; the bundle's int8 graphs)
-    or "auto" (bf16 where the CPU computes it natively, else fp32), see models.precision. `runtime`:
-    "torch", "onnx" (ONNX Runtime, the bundle's exported graphs) or "auto" (`resolve_runtime`).
+    or "auto" (bf16 where the CPU computes it natively, else fp32; fp16 on a GPU), see models.precision.
+    `runtime`: "torch", "onnx" (ONNX Runtime, the bundle's exported graphs) or "auto" (`resolve_runtime`).
+    `device`: "cpu", "cuda" (DeviceUnavailable without a GPU) or "auto" (models.device). `image_decode`: where
+    JPEGs are decoded, "cpu", "gpu" (DeviceUnavailable without a GPU) or "auto" (models.device_jpeg).
     """
+    from models.device import require_requested_gpu, resolve_device
+
+    require_requested_gpu(device, image_decode)
+    device = resolve_device(device)
     bundle_path = Path(model_dir) / variant
     if not bundle_path.exists() and variant not in registry.names():
         registry.get(variant)  # raises UnknownVariant with the list of names
     bundle_dir, manifest = check_bundle(model_dir, variant)
-    runtime, resolved = resolve_runtime(runtime, precision, manifest, bundle_dir)
+    runtime, resolved = resolve_runtime(runtime, precision, manifest, bundle_dir, device=device)
     if runtime == "onnx":
         return _load_onnx(bundle_dir, manifest, resolved, threads)
-    return _load_torch(bundle_dir, manifest, resolved, threads)
+    return _load_torch(bundle_dir, manifest, resolved, threads, device, image_decode)
 
 
 def resolve_runtime(runtime: str, precision: str, manifest: dict[str, Any], bundle_dir: Path,
-                    cpuinfo: Path = precision_mod.CPUINFO) -> tuple[str, str]:
+                    cpuinfo: Path = precision_mod.CPUINFO, device: str = "cpu") -> tuple[str, str]:
     """(runtime, precision) in force. `auto`: torch where the precision is bf16 (a CPU with native bf16, or
     asked for), ONNX Runtime otherwise when the bundle has its graphs (fp32 to within 1e-5 of torch, faster
-    on CPUs without native bf16; bench/RESULTS.md), else torch. int8 exists only as ONNX graphs."""
+    on CPUs without native bf16; bench/RESULTS.md), else torch. int8 exists only as ONNX graphs. On a GPU: torch
+    (the ONNX graphs run on ONNX Runtime's CPU provider only)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if device == "cuda":
+        if runtime == "onnx" or precision == "int8":
+            raise BundleError("on a GPU the towers run on torch: RUNTIME=onnx and PRECISION=int8 are CPU options")
+        return "torch", precision_mod.resolve(precision, cpuinfo, device)
     onnx = manifest.get("onnx")
     wanted = "int8" if precision == "int8" else precision_mod.resolve(precision, cpuinfo)
     if runtime == "auto":
@@ -72,7 +84,8 @@ def resolve_runtime(runtime: str, precision: str, manifest: dict[str, Any], bund
     return runtime, wanted
 
 
-def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threads: int | None) -> Encoder:
+def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threads: int | None,
+                device: str = "cpu", image_decode: str = "cpu") -> Encoder:
     from models.threads import configure_torch_threads
 
     clip, text = dict(manifest["clip"]), dict(manifest["text"])
@@ -88,6 +101,8 @@ def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threa
     model = openclip_tower.load_model(clip["config"], bundle_dir / clip["weights"], with_text=own_text)
     dtype = precision_mod.torch_dtype(resolved)
     model.to(dtype)  # converts fp32 weights (bundles without bf16 copies) and the buffers
+    if device == "cuda":  # copied tensor by tensor from the file's mmap: no second full copy in CPU memory
+        (model if own_text else model.visual).to(device)
     image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"])
     if own_text:
         text_tower = openclip_tower.OpenClipTextTower(model, int(manifest["context_length"]),
@@ -96,10 +111,18 @@ def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threa
         from models import mclip_tower
 
         text_tower = mclip_tower.load_tower(bundle_dir, text)
-        text_tower.model.to(dtype)
+        text_tower.model.to(device=device, dtype=dtype)
     else:
         raise BundleError(f"{bundle_dir}/manifest.json: unknown text tower type {text['type']!r}")
-    return Encoder(model_info(bundle_dir, manifest, resolved), text_tower, image_tower)
+    info = model_info(bundle_dir, manifest, resolved)
+    if device == "cuda":
+        from models.device import gpu_name
+        from models.device_jpeg import device_jpeg_for
+
+        image_tower.device_jpeg = device_jpeg_for(manifest["preprocess"], device, image_decode)
+        info = dataclasses.replace(info, device="cuda", gpu=gpu_name(),
+                                   image_decode="gpu" if image_tower.device_jpeg is not None else "cpu")
+    return Encoder(info, text_tower, image_tower)
 
 
 def _load_onnx(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threads: int | None) -> Encoder:

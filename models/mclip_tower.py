@@ -99,8 +99,10 @@ class MClipTextTower:
         with self._lock:
             batch = self.tokenizer.pad({"input_ids": [list(item.ids) for item in items]}, padding=True,
                                        return_tensors="pt")
+        device = self.model.LinearTransformation.weight.device
         with torch.inference_mode():
-            return self.model(batch["input_ids"], batch["attention_mask"]).float().numpy()
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            return self.model(ids, mask).float().cpu().numpy()
 
 
 def special_tokens_around(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -69,8 +69,10 @@ class OpenClipImageTower:
         from open_clip.transform import image_transform
 
         self.model = model
-        self.dtype = next(model.visual.parameters()).dtype  # bf16 when the loader converted the weights
+        first = next(model.visual.parameters())
+        self.dtype, self.device = first.dtype, first.device  # bf16 when the loader converted the weights
         self.image_size = int(preprocess["image_size"])
+        self.device_jpeg: Any = None  # a models.device_jpeg.DeviceJpeg when JPEGs are decoded on the GPU
         self.transform = image_transform(
             self.image_size, is_train=False, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]),
             resize_mode=preprocess["resize_mode"], interpolation=preprocess["interpolation"])
@@ -82,7 +84,7 @@ class OpenClipImageTower:
 
     def encode(self, batch: list[torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
-            return self.model.encode_image(torch.stack(batch).to(self.dtype), normalize=False).float().numpy()
+            return _to_numpy(self.model.encode_image(_stack_on(batch, self.device, self.dtype), normalize=False))
 
 
 class OpenClipTextTower:
@@ -115,8 +117,30 @@ class OpenClipTextTower:
         return result
 
     def encode(self, items: list[PreparedText]) -> np.ndarray:
+        device = self.model.token_embedding.weight.device
         with torch.inference_mode():
-            return encode_text_trimmed(self.model, self.tokens(items)).float().numpy()
+            return _to_numpy(encode_text_trimmed(self.model, _on(self.tokens(items), device)))
+
+
+def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A batch on the towers' device: on a GPU through pinned memory, copied without blocking."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def _stack_on(batch: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Model inputs made on the CPU (Pillow) and on the device (its JPEG decoder), as one batch there."""
+    on_cpu = [t for t in batch if t.device.type == "cpu"]
+    if len(on_cpu) in (0, len(batch)):
+        return _on(torch.stack(batch), device, dtype)
+    moved = iter(_on(torch.stack(on_cpu), device))  # the CPU ones in one copy
+    return torch.stack([next(moved) if t.device.type == "cpu" else t for t in batch]).to(dtype)
+
+
+def _to_numpy(features: torch.Tensor) -> np.ndarray:
+    """float32 on the CPU: one copy back per batch."""
+    return features.float().cpu().numpy()
 
 
 def run_sequence_first(transformer: nn.Module) -> None:

@@ -12,7 +12,6 @@ in a dozen lines rather than one more runtime dependency.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 

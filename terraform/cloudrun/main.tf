@@ -40,8 +40,16 @@ resource "google_cloud_run_v2_service" "service" {
   template {
     service_account                  = google_service_account.service.email
     execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
-    max_instance_request_concurrency = var.concurrency
+    max_instance_request_concurrency = local.concurrency
     timeout                          = "${var.request_timeout_s}s"
+    gpu_zonal_redundancy_disabled    = local.gpu ? !var.gpu_zonal_redundancy : null
+
+    dynamic "node_selector" {
+      for_each = local.gpu ? [var.gpu_type] : []
+      content {
+        accelerator = node_selector.value
+      }
+    }
 
     scaling {
       min_instance_count = var.min_instances
@@ -57,7 +65,7 @@ resource "google_cloud_run_v2_service" "service" {
 
       resources {
         limits            = local.resource_limits
-        cpu_idle          = !var.cpu_always_allocated
+        cpu_idle          = local.gpu ? false : !var.cpu_always_allocated # a GPU needs CPU always allocated
         startup_cpu_boost = var.startup_cpu_boost
       }
 
@@ -197,10 +205,18 @@ resource "google_cloud_run_v2_job" "batch" {
     parallelism = var.job_parallelism
 
     template {
-      service_account       = google_service_account.job.email
-      execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
-      max_retries           = var.job_max_retries
-      timeout               = "${var.job_task_timeout_s}s"
+      service_account               = google_service_account.job.email
+      execution_environment         = "EXECUTION_ENVIRONMENT_GEN2"
+      max_retries                   = var.job_max_retries
+      timeout                       = "${var.job_task_timeout_s}s"
+      gpu_zonal_redundancy_disabled = local.gpu ? !var.gpu_zonal_redundancy : null
+
+      dynamic "node_selector" {
+        for_each = local.gpu ? [var.gpu_type] : []
+        content {
+          accelerator = node_selector.value
+        }
+      }
 
       containers {
         image   = var.image

@@ -45,6 +45,10 @@ variable "cpu" {
     condition     = var.cpu == null ? true : contains([1, 2, 4, 6, 8], var.cpu)
     error_message = "cpu: 1, 2, 4, 6 or 8."
   }
+  validation {
+    condition     = var.gpu_type == null || coalesce(var.cpu, 4) >= 4
+    error_message = "a GPU instance needs at least 4 vCPU on Cloud Run (cpu)."
+  }
 }
 
 variable "memory_gib" {
@@ -60,6 +64,10 @@ variable "memory_gib" {
     condition = (coalesce(var.memory_gib, local.memory_default_gib) <= 4 * local.cpu &&
     coalesce(var.memory_gib, local.memory_default_gib) >= lookup({ 4 = 2, 6 = 4, 8 = 4 }, tostring(local.cpu), 1))
     error_message = "Cloud Run allows at most 4 GiB per vCPU and needs at least 2 GiB at 4 vCPUs and 4 GiB at 6 or 8 (a large index_size_gib may need more cpu)."
+  }
+  validation {
+    condition     = var.gpu_type == null || coalesce(var.memory_gib, local.memory_default_gib) >= 16
+    error_message = "a GPU instance needs at least 16 GiB on Cloud Run (memory_gib)."
   }
 }
 
@@ -340,4 +348,32 @@ variable "qdrant_api_key_secret" {
   description = "Secret Manager secret (id or projects/P/secrets/S) holding the Qdrant API key; passed as QDRANT_API_KEY by reference (latest version), never as a value in Terraform state. null = no key."
   type        = string
   default     = null
+}
+
+# --- GPU ------------------------------------------------------------------------------------------------
+
+variable "gpu_type" {
+  description = "null: CPU only. \"nvidia-l4\": one NVIDIA L4 per instance, for the service and the job (the CUDA image: deploy.sh cloudrun --gpu). Cloud Run then needs at least 4 vCPU and 16 GiB and CPU always allocated; DEVICE=cuda makes a GPU-less start fail loudly."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.gpu_type == null ? true : contains(["nvidia-l4"], var.gpu_type)
+    error_message = "gpu_type: null or \"nvidia-l4\" (the GPU Cloud Run offers)."
+  }
+}
+
+variable "gpu_zonal_redundancy" {
+  description = "With a GPU: reserve capacity in other zones for failover (Cloud Run's default). false is cheaper, best effort."
+  type        = bool
+  default     = true
+}
+
+variable "gpu_concurrency" {
+  description = "Requests one GPU instance receives at once (used instead of concurrency when gpu_type is set): a GPU batch is cheap, so enough requests to fill it (and to keep its CPU decode threads busy)."
+  type        = number
+  default     = 32
+  validation {
+    condition     = floor(var.gpu_concurrency) == var.gpu_concurrency && var.gpu_concurrency >= 1 && var.gpu_concurrency <= 255
+    error_message = "gpu_concurrency: a whole number from 1 to 255."
+  }
 }

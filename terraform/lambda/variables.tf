@@ -195,3 +195,13 @@ variable "qdrant_api_key_secret_arn" {
     error_message = "qdrant_api_key_secret_arn: a Secrets Manager secret ARN."
   }
 }
+
+variable "gpu_type" {
+  description = "Lambda has no GPUs: must stay null (GPU serving: terraform/cloudrun with gpu_type)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.gpu_type == null
+    error_message = "Lambda has no GPUs: leave gpu_type unset here; for a GPU deploy to Cloud Run (terraform/cloudrun gpu_type = \"nvidia-l4\", ./deploy.sh cloudrun --gpu)."
+  }
+}

@@ -300,3 +300,14 @@ def test_an_index_for_another_variant_or_no_index_is_refused_before_anything_run
     assert commands(result.stdout) == []
     result = deploy("lambda", "--index", str(tmp_path), "--dry-run")
     assert result.returncode == 2 and "no manifest.json" in result.stderr
+
+
+def test_gpu_selects_the_cuda_build_and_the_l4_on_cloud_run_only():
+    result = deploy("cloudrun", "--project", "p", "--gpu", "--tag", "v5", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert '"TORCH_INDEX=https://download.pytorch.org/whl/cu126"' in result.stdout
+    assert any(c.endswith("-var gpu_type=nvidia-l4") for c in commands(result.stdout))
+    plain = deploy("cloudrun", "--project", "p", "--tag", "v5", "--dry-run")
+    assert "TORCH_INDEX" not in plain.stdout and "gpu_type" not in plain.stdout
+    refused = deploy("lambda", "--gpu", "--dry-run")
+    assert refused.returncode == 2 and "Lambda has no GPUs" in refused.stderr and commands(refused.stdout) == []

@@ -51,7 +51,9 @@ def test_multi_stage_with_a_swappable_slim_base():
 def test_torch_comes_from_the_cpu_index_at_the_pinned_versions(tmp_path):
     deps = stage_named("deps")
     runs = " ".join(args for kind, args in deps if kind == "RUN")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs
+    assert '--index-url "${TORCH_INDEX}"' in runs
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for kind, a in stage_named("deps") if kind == "ARG"}
+    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu", "the CPU build is the default image"
     # Run the Dockerfile's own extraction against the real requirements.txt.
     extract = re.search(r"(grep -E '\^\(torch\|torchvision\)==' )/tmp/requirements.txt", runs)
     assert extract, "torch pins must be read from requirements.txt"

@@ -77,15 +77,15 @@ def test_cloud_run_scales_to_zero_with_a_cap(cloudrun):
     assert default(cloudrun, "min_instances") == 0
     assert 1 <= default(cloudrun, "max_instances") <= 10
     # request-based billing (CPU only during requests) is what makes idle instances cheap
-    assert template["containers"][0]["resources"][0]["cpu_idle"] == "${!var.cpu_always_allocated}"
+    assert template["containers"][0]["resources"][0]["cpu_idle"] == "${local.gpu ? false : !var.cpu_always_allocated}"
     assert default(cloudrun, "cpu_always_allocated") is False
 
 
 def test_cloud_run_concurrency_matches_gunicorn_threads(cloudrun):
     template = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
-    assert template["max_instance_request_concurrency"] == "${var.concurrency}"
+    assert template["max_instance_request_concurrency"] == "${local.concurrency}"
     env = cloudrun["locals"]["app_env"]
-    assert "HTTP_THREADS = tostring(var.concurrency + 1)" in env
+    assert "HTTP_THREADS = tostring(local.concurrency + 1)" in env
     assert template["containers"][0]["dynamic"][0]['"env"']["for_each"] == "${local.app_env}"
     assert 1 <= default(cloudrun, "concurrency") <= 16, "a CPU-bound model wants a small concurrency"
 
@@ -183,10 +183,11 @@ CLOUDRUN_KNOBS = ["cpu", "memory_gib", "min_instances", "max_instances", "concur
                   "startup_probe_initial_delay_s", "startup_probe_period_s", "startup_probe_failure_threshold",
                   "liveness_probe_period_s", "liveness_probe_failure_threshold", "job_tasks", "job_parallelism",
                   "job_max_retries", "job_task_timeout_s", "model_variant", "ingress", "invokers", "keep_images",
-                  "index_path", "index_size_gib", "qdrant_url"]
+                  "index_path", "index_size_gib", "qdrant_url", "gpu_type", "gpu_concurrency"]
 LAMBDA_KNOBS = ["memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency",
                 "provisioned_concurrency", "function_url_auth", "log_retention_days", "ecr_keep_images",
-                "model_variant", "architecture", "image_tag", "index_mib", "qdrant_url", "qdrant_api_key_secret_arn"]
+                "model_variant", "architecture", "image_tag", "index_mib", "qdrant_url", "qdrant_api_key_secret_arn",
+                "gpu_type"]
 
 
 @pytest.mark.parametrize("module_name,knobs", [("cloudrun", CLOUDRUN_KNOBS), ("lambda", LAMBDA_KNOBS)])
@@ -293,6 +294,26 @@ def test_cloud_run_takes_the_qdrant_key_by_secret_reference(cloudrun_vars_only, 
     assert rc != 0 and "choose one search backend" in out
 
 
+def test_cloud_run_gpu_settings(cloudrun_vars_only, cloudrun):
+    limits, env, job_env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env, local.job_env]",
+                                         gpu_type="nvidia-l4")
+    assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert env["DEVICE"] == job_env["DEVICE"] == "cuda" and env["HTTP_THREADS"] == "33"
+    assert env["DECODE_CONCURRENCY"] == job_env["DECODE_CONCURRENCY"] == "4"  # every vCPU decodes on a GPU
+    assert not {"DEVICE", "DECODE_CONCURRENCY"} & set(cloudrun_eval(cloudrun_vars_only, "local.app_env"))
+    for variables, message in (({"gpu_type": "nvidia-l4", "cpu": 2}, "at least 4 vCPU"),
+                               ({"gpu_type": "nvidia-t4"}, "nvidia-l4")):
+        rc, out = cloudrun_plan(cloudrun_vars_only, **variables)
+        assert rc != 0 and message in out, out
+    service = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
+    [selector] = _dynamic(service, "node_selector")
+    assert selector["content"][0]["accelerator"] == "${node_selector.value}" and "local.gpu" in selector["for_each"]
+    assert "local.gpu" in service["gpu_zonal_redundancy_disabled"]
+    assert "local.gpu ? false" in service["containers"][0]["resources"][0]["cpu_idle"]
+    job = resource(cloudrun, "google_cloud_run_v2_job", "batch")["template"][0]["template"][0]
+    assert _dynamic(job, "node_selector")
+
+
 def _dynamic(block: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """The `dynamic "name"` blocks of a block (python-hcl2 keeps the label's quotes)."""
     return [body for entry in block.get("dynamic", []) for label, body in entry.items() if _unquote(label) == name]
@@ -381,6 +402,13 @@ def test_lambda_plan_offline(lambda_module):
     assert not any(address.startswith("aws_lambda_permission") for address in planned), \
         "the default deploy must not add resource-policy grants"
     assert not any(address.startswith("aws_lambda_provisioned") for address in planned)
+
+
+def test_lambda_refuses_a_gpu(lambda_module):
+    module, env = lambda_module
+    plan = run_terraform(["plan", "-no-color", "-var", "offline_checks=true", "-var", "gpu_type=nvidia-l4"],
+                         cwd=module, env=env)
+    assert plan.returncode != 0 and "Lambda has no GPUs" in plan.stdout + plan.stderr
 
 
 def test_lambda_terraform_test_suite_passes(lambda_module):

@@ -126,7 +126,7 @@ def test_an_export_that_does_not_match_torch_stops_the_bundle(tmp_path, monkeypa
     assert not (tmp_path / "english").exists()
 
 
-CPU_WITH_BF16 = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n"
+CPU_WITH_BF16 = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 CPU_WITHOUT = "flags\t\t: fpu sse2 avx2 fma\n"
 
 

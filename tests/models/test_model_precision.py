@@ -54,8 +54,9 @@ def test_bf16_towers_stay_close_to_fp32_on_real_size_bundles(real_size_model_dir
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile", "bf16"),   # x86 with AVX512-BF16
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "bf16"),  # Sapphire Rapids: AMX
     ("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile", "bf16"),              # AMX
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", "bf16"),  # AMD EPYC Zen 4 (measured)
     ("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni", "fp32"),            # AVX-512 without bf16: emulated, slow
     ("Features\t: fp asimd sve bf16 i8mm", "bf16"),                       # Arm (Graviton 3, Axion)
     ("Features\t: fp asimd crc32", "fp32"),                               # older Arm

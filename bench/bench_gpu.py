@@ -1,6 +1,7 @@
 """The GPU checks and benchmark, as one prepared script for a machine with an NVIDIA GPU (at most 8 minutes).
 
-    python bench/bench_gpu.py --json bench/out/gpu.json             # on the GPU machine
+    bash bench/gpu_wheels.sh       # here, once: the ~17 MB of wheels the GPU machine lacks (bench/out/gpu-wheels)
+    bash bench/gpu_run.sh          # there: installs them offline, runs this script, writes $OUT/gpu.json
     python bench/bench_gpu.py --rehearse                             # here, on the CPU: the same code, tiny sizes
 
 It makes a real-size random english bundle (`python -m models.tiny --size real --no-onnx`), then:

@@ -50,6 +50,15 @@ def require_requested_gpu(device: str, image_decode: str = "auto") -> None:
                                 "set IMAGE_DECODE=cpu or auto, or run on a GPU instance")
 
 
+def exact_fp32_on_gpu() -> None:
+    """fp32 means fp32 on the GPU too: cuDNN convolutions (the ViT's patch embedding) default to TF32, whose
+    10-bit mantissa moves an embedding by about 1e-3; PRECISION=fp32 promises the reference's vectors."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def gpu_name() -> str | None:
     """The GPU's name, if torch has initialised CUDA (None on the CPU)."""
     import sys

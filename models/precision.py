@@ -2,8 +2,8 @@
 
 bf16 only pays where the CPU computes it natively (AVX512-BF16 or AMX on x86, BF16 on Arm); elsewhere
 torch emulates it and it is slower than fp32, so `auto` looks at the CPU's flags. AVX512-BF16 without AMX
-(AMD EPYC Zen 4/5) is a closer call, measured in bench/RESULTS.md: images 15-35% faster through the service
-than ONNX fp32, single texts 2x slower. Autocast is never used: on CPU it spends most of its time converting
+(AMD EPYC Zen 4/5) still favours bf16, measured in bench/RESULTS.md: images 40-60% faster through the service
+than exact ONNX fp32 (1.8x on multilingual), single texts a third slower. Autocast is never used: on CPU it spends most of its time converting
 tensors (measured slower than fp32).
 """
 

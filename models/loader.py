@@ -7,6 +7,7 @@ build it from its config; and the loader cannot tell a tiny random bundle from a
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 from pathlib import Path
@@ -141,9 +142,13 @@ def _load_onnx(bundle_dir: Path, manifest: dict[str, Any], resolved: str, thread
         raise BundleError(f"{bundle_dir}: the ONNX runtime's preprocessing covers resize_mode=shortest; this bundle "
                           "needs RUNTIME=torch")
     count = threads or cpu_budget()
-    image_tower = onnx_tower.OnnxImageTower(onnx_tower.session(paths["image"], count), manifest["preprocess"])
+    # Both sessions at once: creating one is mostly ONNX Runtime pre-packing the weights, one core each, outside
+    # the GIL (multilingual: 1.8 s together instead of 3.2-4.5 s one after the other, on 2 vCPUs).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="clipserve-onnx-load") as pool:
+        sessions = {name: pool.submit(onnx_tower.session, path, count) for name, path in paths.items()}
+        image_graph, graph = sessions["image"].result(), sessions["text"].result()
+    image_tower = onnx_tower.OnnxImageTower(image_graph, manifest["preprocess"])
     text = manifest["text"]
-    graph = onnx_tower.session(paths["text"], count)
     if text["type"] == "open_clip":
         text_tower: Any = onnx_tower.OnnxClipTextTower(graph, int(manifest["context_length"]),
                                                        text.get("tokenizer_kwargs"))

@@ -12,7 +12,6 @@ the JPEG decoding, so --local and --endpoint write the same rows.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,9 @@ def _decode_workers(info: Any) -> dict[str, int]:
     GPU outruns them (a ViT-B/32 image costs it well under a millisecond, a 640x480 JPEG a core 6-9 ms)."""
     if info.device != "cuda":
         return {"concurrency": 4, "decode_concurrency": 2}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 4)
+    from models.threads import cpu_budget
+
+    cores = cpu_budget()
     return {"concurrency": max(4, cores), "decode_concurrency": max(2, cores)}
 
 

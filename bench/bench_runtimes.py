@@ -31,10 +31,10 @@ from bench.bench_serving import cold_start, load  # noqa: E402
 from bench.common import DEFAULT_BUNDLES, OUT, REPO, ensure_bundles, load_average, machine, save_json, serving  # noqa: E402
 
 BARE = textwrap.dedent("""
-    import json, resource, statistics, sys, threading, time
+    import json, resource, sys, threading, time
     started = time.perf_counter()
     from models.loader import load_encoder
-    from bench.common import photo_jpeg, prompts
+    from bench.common import median_seconds, photo_jpeg, prompts
     from inputs import decode_image
     variant, bundles, runtime, precision = sys.argv[1:5]
     enc = load_encoder(variant, bundles, precision=precision, runtime=runtime)
@@ -42,18 +42,12 @@ BARE = textwrap.dedent("""
     images = [enc.prepare_image(decode_image(photo_jpeg(i), max_pixels=10**8)) for i in range(16)]
     texts = prompts(16)
     out = {"load_s": loaded, "runtime": enc.info.runtime, "precision": enc.info.precision}
-    def timed(f, repeats):
-        f()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
-        return statistics.median(times)
     def measure():
         image_vectors = enc.encode_images(images)
         text_vectors = enc.encode_text(texts).embeddings
-        out["image_b16_per_s"] = 16 / timed(lambda: enc.encode_images(images), 3)
-        out["text_b16_per_s"] = 16 / timed(lambda: enc.encode_text(texts), 5)
-        out["text_b1_ms"] = 1000 * timed(lambda: enc.encode_text(texts[:1]), 20)
+        out["image_b16_per_s"] = 16 / median_seconds(lambda: enc.encode_images(images), 3)
+        out["text_b16_per_s"] = 16 / median_seconds(lambda: enc.encode_text(texts), 5)
+        out["text_b1_ms"] = 1000 * median_seconds(lambda: enc.encode_text(texts[:1]), 20)
         out["vectors"] = {"image": image_vectors.tolist(), "text": text_vectors.tolist()}
     thread = threading.Thread(target=measure)  # the service calls the model from its inference thread
     thread.start(); thread.join()

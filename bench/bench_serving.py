@@ -41,27 +41,21 @@ CONFIGS = {"batched": {}, "naive": {"BATCHING": "false", "PRECISION": "fp32"}}
 COMMON_ENV = {"MODEL_VARIANT": "english", "METRICS_ENABLED": "true", "TEXT_CACHE_SIZE": "0"}
 
 BARE = textwrap.dedent("""
-    import json, statistics, sys, threading, time
-    from bench.common import photo_jpeg, prompts
+    import json, sys, threading
+    from bench.common import median_seconds, photo_jpeg, prompts
     from inputs import decode_image
     from models.loader import load_encoder
     out = {}
-    def timed(f, repeats):
-        f()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
-        return statistics.median(times)
     def measure():
         for precision in ("fp32", "bf16"):
             enc = load_encoder("english", sys.argv[1], precision=precision)
             images = [enc.prepare_image(decode_image(photo_jpeg(i), max_pixels=10**8)) for i in range(16)]
             texts = prompts(16)
             out[precision] = {
-                "image_b16_per_s": 16 / timed(lambda: enc.encode_images(images), 5),
-                "image_b1_ms": 1000 * timed(lambda: enc.encode_images(images[:1]), 10),
-                "text_b16_per_s": 16 / timed(lambda: enc.encode_text(texts), 10),
-                "text_b1_ms": 1000 * timed(lambda: enc.encode_text(texts[:1]), 30),
+                "image_b16_per_s": 16 / median_seconds(lambda: enc.encode_images(images), 5),
+                "image_b1_ms": 1000 * median_seconds(lambda: enc.encode_images(images[:1]), 10),
+                "text_b16_per_s": 16 / median_seconds(lambda: enc.encode_text(texts), 10),
+                "text_b1_ms": 1000 * median_seconds(lambda: enc.encode_text(texts[:1]), 30),
             }
     thread = threading.Thread(target=measure)  # the service calls the model from a worker thread too
     thread.start(); thread.join()

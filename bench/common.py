@@ -10,6 +10,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -62,6 +63,17 @@ def photo_jpeg(seed: int = 0, width: int = 640, height: int = 480) -> bytes:
 
 def photo_b64(seed: int = 0) -> str:
     return base64.b64encode(photo_jpeg(seed)).decode("ascii")
+
+
+def median_seconds(fn, repeats: int) -> float:  # noqa: ANN001 - any zero-argument callable
+    """Median wall time of `fn()` over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def prompts(count: int, start: int = 0) -> list[str]:

@@ -56,10 +56,9 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder, or a search
     service. Raises IndexUnusable when the configured index cannot be served with this model."""
     settings = settings or Settings.from_env()
-    if settings.device == "cuda" or settings.image_decode == "gpu":  # no GPU: stop the boot now, not later
-        from models.device import require_requested_gpu
+    from models.device import require_requested_gpu
 
-        require_requested_gpu(settings.device, settings.image_decode)
+    require_requested_gpu(settings.device, settings.image_decode)  # asked for a GPU, none: stop the boot now
     if engine is None:
         engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
     if search is None and any(v is not None for v in (settings.index_dir, settings.qdrant_url, settings.qdrant_path)):

@@ -66,8 +66,7 @@ def main(argv: list[str]) -> int:
         settings = Settings.from_env()
         check_model_baked(settings)
         check_search_index(settings)
-        if settings.device == "cuda" or settings.image_decode == "gpu":
-            require_requested_gpu(settings.device, settings.image_decode)
+        require_requested_gpu(settings.device, settings.image_decode)
     except (SettingsError, VariantNotBaked, IndexUnusable, DeviceUnavailable) as exc:
         print(f"clipserve: cannot start: {exc}", file=sys.stderr, flush=True)
         return EX_CONFIG

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 DEVICE_MODES = frozenset({"RGB", "L"})
 RESIZE_MODES = ("shortest", "squash")
 _EOI = b"\xff\xd9"
+_TAIL = 4096  # how far back from the end the EOI marker is looked for, past zero padding
 
 
 class DeviceJpeg:
@@ -47,7 +48,7 @@ class DeviceJpeg:
     def takes(self, image_format: str, mode: str, data: bytes) -> bool:
         """Whether this path takes the image: a baseline/progressive JPEG in RGB or grey that ends where a
         JPEG ends (a truncated file goes to Pillow, whose error the CPU path reports)."""
-        return image_format == "JPEG" and mode in DEVICE_MODES and data.rstrip(b"\x00").endswith(_EOI)
+        return image_format == "JPEG" and mode in DEVICE_MODES and data[-_TAIL:].rstrip(b"\x00").endswith(_EOI)
 
     def __call__(self, data: bytes) -> torch.Tensor | None:
         """(3, S, S) float32 on the device, or None when the decoder refuses the bytes (the CPU decides)."""
@@ -74,15 +75,14 @@ class DeviceJpeg:
         return (cropped.float() / 255.0 - self.mean) / self.std
 
 
-def device_jpeg_for(preprocess: dict[str, Any], device: str, requested: str) -> DeviceJpeg | None:
-    """The device decoder `IMAGE_DECODE` asks for, checked on a real JPEG now (not on the first request).
-
-    `requested`: "cpu" (None), "gpu" (a working decoder or ValueError), "auto" (the GPU's decoder when it
-    works, else None: the CPU path). On the CPU always None (the loader refuses "gpu" there first)."""
-    if requested == "cpu" or device != "cuda":
+def device_jpeg_for(preprocess: dict[str, Any], requested: str) -> DeviceJpeg | None:
+    """The GPU's decoder `IMAGE_DECODE` asks for, on a CUDA device, checked on a real JPEG now (not on the first
+    request). `requested`: "cpu" (None), "gpu" (a working decoder or ValueError), "auto" (the decoder when it
+    works, else None: the CPU path)."""
+    if requested == "cpu":
         return None
     try:
-        decoder = DeviceJpeg(preprocess, device)
+        decoder = DeviceJpeg(preprocess, "cuda")
         if decoder(_probe_jpeg()) is None:
             raise RuntimeError("the decoder refused a valid JPEG")
         return decoder

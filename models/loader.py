@@ -102,13 +102,16 @@ def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threa
     model = openclip_tower.load_model(clip["config"], bundle_dir / clip["weights"], with_text=own_text)
     dtype = precision_mod.torch_dtype(resolved)
     model.to(dtype)  # converts fp32 weights (bundles without bf16 copies) and the buffers
+    device_jpeg = None
     if device == "cuda":  # copied tensor by tensor from the file's mmap: no second full copy in CPU memory
         from models.device import exact_fp32_on_gpu
+        from models.device_jpeg import device_jpeg_for
 
         if resolved == "fp32":
             exact_fp32_on_gpu()
         (model if own_text else model.visual).to(device)
-    image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"])
+        device_jpeg = device_jpeg_for(manifest["preprocess"], image_decode)
+    image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"], device_jpeg)
     if own_text:
         text_tower = openclip_tower.OpenClipTextTower(model, int(manifest["context_length"]),
                                                       text.get("tokenizer_kwargs"))
@@ -122,11 +125,9 @@ def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threa
     info = model_info(bundle_dir, manifest, resolved)
     if device == "cuda":
         from models.device import gpu_name
-        from models.device_jpeg import device_jpeg_for
 
-        image_tower.device_jpeg = device_jpeg_for(manifest["preprocess"], device, image_decode)
         info = dataclasses.replace(info, device="cuda", gpu=gpu_name(),
-                                   image_decode="gpu" if image_tower.device_jpeg is not None else "cpu")
+                                   image_decode="gpu" if device_jpeg is not None else "cpu")
     return Encoder(info, text_tower, image_tower)
 
 

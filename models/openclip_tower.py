@@ -65,14 +65,14 @@ def load_model(config: dict[str, Any], weights: Path, *, with_text: bool) -> nn.
 class OpenClipImageTower:
     """open_clip preprocessing (from the manifest) + `encode_image`, in the dtype of the model's weights."""
 
-    def __init__(self, model: nn.Module, preprocess: dict[str, Any]):
+    def __init__(self, model: nn.Module, preprocess: dict[str, Any], device_jpeg: Any = None):
         from open_clip.transform import image_transform
 
         self.model = model
         first = next(model.visual.parameters())
         self.dtype, self.device = first.dtype, first.device  # bf16 when the loader converted the weights
         self.image_size = int(preprocess["image_size"])
-        self.device_jpeg: Any = None  # a models.device_jpeg.DeviceJpeg when JPEGs are decoded on the GPU
+        self.device_jpeg = device_jpeg  # a models.device_jpeg.DeviceJpeg when JPEGs are decoded on the GPU
         self.transform = image_transform(
             self.image_size, is_train=False, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]),
             resize_mode=preprocess["resize_mode"], interpolation=preprocess["interpolation"])

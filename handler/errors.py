@@ -1,17 +1,19 @@
-"""The one error path: one type per code, one status table, one JSON shape ``{"error": {"code", "message"}}``.
+"""The one error path: one type per code, one status table, and the shape each protocol writes them in.
 
 Werkzeug's own errors (404, 405, 413, ...), engine exceptions and anything unhandled are turned
-into the same shape here, so a client never sees an HTML page or a stack trace. Under ``/v1/``
-(the OpenAI-compatible routes) the same errors are written in OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}``, which OpenAI's client libraries parse.
+into an ``ApiError`` here, so a client never sees an HTML page or a stack trace. The native shape is
+``{"error": {"code", "message"}}``; a protocol with a shape of its own (OpenAI's, for its client
+libraries) registers it for its routes and path prefix (``ErrorShapes``), and every error of a
+request to those routes is written in it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
-from flask import Flask, Response, has_request_context, jsonify, request
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from engine import ClientGone, EngineStopped, ModelState, NotReady, Overloaded, RequestTimedOut
@@ -47,10 +49,6 @@ STATUS = {
     "timeout": 504,
 }
 
-# OpenAI's error "type" by status (their client libraries pick an exception class by status).
-_OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
-OPENAI_PREFIX = "/v1/"
-
 # Werkzeug's HTTP errors that can reach us, by status.
 _WERKZEUG_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                    413: "payload_too_large", 415: "unsupported_media_type"}
@@ -74,14 +72,11 @@ class ApiError(Exception):
         return STATUS[self.code]
 
     def body(self) -> dict[str, Any]:
+        """The native shape."""
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details:
             error["details"] = self.details
         return {"error": error}
-
-    def openai_body(self) -> dict[str, Any]:
-        kind = _OPENAI_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 class InvalidJson(ApiError):
@@ -229,17 +224,45 @@ def _search_error(exc: search_errors.SearchError) -> ApiError:
     return kind(exc.message, param=exc.param)
 
 
+ErrorShape = Callable[[ApiError], dict[str, Any]]
+
+
+def native_shape(error: ApiError) -> dict[str, Any]:
+    return error.body()
+
+
+@dataclass
+class ErrorShapes:
+    """Which shape a request's errors take: its route's protocol's, else that of the protocol whose path
+    prefix it falls under (an unknown path below /v1/ still gets OpenAI's), else the native one."""
+
+    by_endpoint: dict[str, ErrorShape] = field(default_factory=dict)
+    by_prefix: dict[str, ErrorShape] = field(default_factory=dict)
+
+    def for_current_request(self) -> ErrorShape:
+        shape = self.by_endpoint.get(request.endpoint or "")
+        if shape is not None:
+            return shape
+        return next((s for prefix, s in self.by_prefix.items() if request.path.startswith(prefix)), native_shape)
+
+
+_SHAPES = "clipserve.error_shapes"
+
+
 def error_response(error: ApiError) -> Response:
-    openai = has_request_context() and request.path.startswith(OPENAI_PREFIX)
-    response = jsonify(error.openai_body() if openai else error.body())
+    shapes: ErrorShapes | None = current_app.extensions.get(_SHAPES) if has_request_context() else None
+    shape = shapes.for_current_request() if shapes is not None else native_shape
+    response = jsonify(shape(error))
     response.status_code = error.status
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Route every exception through ``to_api_error``; log the unexpected ones with their traceback."""
+def register_error_handlers(app: Flask, shapes: ErrorShapes | None = None) -> None:
+    """Route every exception through ``to_api_error``, written in ``shapes``; log the unexpected ones with their
+    traceback."""
+    app.extensions[_SHAPES] = shapes or ErrorShapes()
 
     @app.errorhandler(Exception)
     def _handle(exc: Exception) -> Response:

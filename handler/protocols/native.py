@@ -1,0 +1,139 @@
+"""clipserve's own protocol: ``/embed/text``, ``/embed/image``, ``/embed/mixed``, ``/score``, and the
+service's front door (``/``, ``/health``, ``/openapi.json``, ``/docs``).
+
+Answers keep failed images in place (``null`` with an ``errors`` entry), so a batch of a hundred
+images with one bad URL still returns ninety-nine vectors.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any, Callable
+
+from flask import Response, jsonify
+
+from handler import scoring
+from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
+from handler.protocols.common import Protocol, Route
+from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
+                             TextEmbedResponse)
+from handler.service import ClipService
+
+SERVICE = "clipserve"
+COMMON_ERRORS = ("invalid_json", "invalid_request", "payload_too_large", "unsupported_media_type", "overloaded",
+                 "internal_error", "model_loading", "timeout")
+IMAGE_ERRORS = COMMON_ERRORS + ("all_images_failed",)
+
+
+def service_version() -> str:
+    try:
+        return importlib.metadata.version(SERVICE)
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class NativeApi(Protocol):
+    name = "native"
+
+    def __init__(self, service: ClipService, catalogue: Callable[[], list[RouteDoc]]) -> None:
+        """``catalogue``: every route the app serves, for GET / and /openapi.json."""
+        super().__init__(service)
+        self.catalogue = catalogue
+        self._openapi: dict[str, Any] | None = None
+
+    def routes(self) -> list[Route]:
+        models = self.service.models
+        return [
+            Route(RouteDoc("/", "GET", "Service information: model, limits, version.", InfoResponse), self.info),
+            Route(RouteDoc("/health", "GET",
+                           "200 once the model is loaded and the inference loop is working; 503 before.",
+                           HealthResponse, errors=("model_loading",)), self.health),
+            Route(RouteDoc("/embed/text", "POST", "Embed texts.", TextEmbedResponse, models.text,
+                           errors=COMMON_ERRORS), self.embed_text),
+            Route(RouteDoc("/embed/image", "POST", "Embed images (JSON, or multipart file parts named 'images').",
+                           ImageEmbedResponse, models.image, multipart=Multipart(required=("images",)),
+                           errors=IMAGE_ERRORS), self.embed_image),
+            Route(RouteDoc("/embed/mixed", "POST", "Embed texts and images in one call.", MixedEmbedResponse,
+                           models.mixed, multipart=Multipart(any_of=("texts", "images")), errors=IMAGE_ERRORS),
+                  self.embed_mixed),
+            Route(RouteDoc("/score", "POST", "Score every image against every text (or pairwise).", ScoreResponse,
+                           models.score, multipart=Multipart(required=("texts", "images")), errors=IMAGE_ERRORS),
+                  self.score),
+            Route(RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
+            Route(RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
+        ]
+
+    # the front door ------------------------------------------------------------------------------
+
+    def health(self) -> Response:
+        status, reason = self.service.health_status()
+        response = jsonify(HealthResponse(status=status, reason=reason).model_dump(exclude_none=True))
+        response.status_code = 200 if status == "ok" else 503
+        return response
+
+    def info(self) -> Response:
+        status, _ = self.service.health_status()
+        search = self.service.search
+        return jsonify(InfoResponse(
+            service=SERVICE, version=service_version(), status=status, model=self.service.model_info(),
+            limits=self.service.limits(), search=search.describe() if search is not None else None,
+            endpoints=[f"{doc.method} {doc.path}" for doc in self.catalogue()],
+        ).model_dump())
+
+    def openapi(self) -> Response:
+        if self._openapi is None:
+            self._openapi = build_openapi(self.catalogue(), title=SERVICE, version=service_version(),
+                                          description="CLIP embeddings and image-text scores over HTTP.")
+        return jsonify(self._openapi)
+
+    def docs(self) -> Response:
+        return Response(DOCS_HTML, mimetype="text/html")
+
+    # embeddings and scores -----------------------------------------------------------------------
+
+    def embed_text(self) -> Response:
+        call = self.receive(self.service.models.text)
+        req = call.body
+        result = self.service.embed_texts(req.texts, normalize=req.normalize, deadline=call.deadline,
+                                          truncate=req.truncate)
+        return jsonify({**self.service.model_fields(),
+                        "embeddings": scoring.encode_vectors(result.embeddings, req.encoding_format),
+                        "truncated": result.truncated})
+
+    def embed_image(self) -> Response:
+        call = self.receive(self.service.models.image, images="images")
+        req = call.body
+        batch = self.service.embed_images(call.images, normalize=req.normalize, deadline=call.deadline)
+        return jsonify({**self.service.model_fields(),
+                        "embeddings": batch.placed(scoring.encode_vectors(batch.vectors, req.encoding_format)),
+                        "errors": batch.errors})
+
+    def embed_mixed(self) -> Response:
+        call = self.receive(self.service.models.mixed, images="images")
+        req = call.body
+        image_embeddings: list = []
+        errors: list[dict[str, Any]] = []
+        if call.images is not None:
+            batch = self.service.embed_images(call.images, normalize=req.normalize, deadline=call.deadline,
+                                              all_fail_ok=req.texts is not None)
+            image_embeddings = batch.placed(scoring.encode_vectors(batch.vectors, req.encoding_format))
+            errors = batch.errors
+        text_embeddings: list = []
+        truncated: list[int] = []
+        if req.texts is not None:
+            result = self.service.embed_texts(req.texts, normalize=req.normalize, deadline=call.deadline,
+                                              truncate=req.truncate)
+            text_embeddings = scoring.encode_vectors(result.embeddings, req.encoding_format)
+            truncated = result.truncated
+        return jsonify({**self.service.model_fields(), "text_embeddings": text_embeddings,
+                        "image_embeddings": image_embeddings, "errors": errors, "truncated": truncated})
+
+    def score(self) -> Response:
+        call = self.receive(self.service.models.score, images="images")
+        req = call.body
+        scores = self.service.score(texts=req.texts, text_vectors=req.text_embeddings, images=call.images,
+                                    image_vectors=req.image_embeddings, pairwise=req.pairwise,
+                                    truncate=req.truncate, deadline=call.deadline)
+        return jsonify({**self.service.model_fields(), "pairwise": scores.pairwise, "clip_score": scores.clip_score,
+                        "cosine": scores.cosine, "probs": scores.probs, "errors": scores.errors,
+                        "truncated": scores.truncated})

@@ -1,0 +1,389 @@
+"""The service every protocol speaks to: embed texts and images, score them, search and write the index.
+
+One object, below every view and free of routing: the native API, the OpenAI-compatible routes,
+search and whatever protocol comes next differ only in the shapes they read and write, so what they
+ask of the model and the index (limits, deadlines, per-image errors, the batching engine, the
+backend) is decided here once. A view hands it validated values and a ``Deadline``; it hands back
+numpy arrays and plain records, and raises ``handler.errors.ApiError`` for the view's error shape.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong
+from handler import observability, scoring
+from handler.errors import AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest, Timeout
+from handler.schemas import RequestModels, build_request_models
+from infra.settings import Settings
+from inputs import ImageError, ImageLimits, draft_size_for, load_images
+from search.filters import parse_filter
+from search.query import Hit, IndexInfo, Item, Query, SearchBackend
+from search.service import SearchService, State
+
+NOT_CONFIGURED = ("this service has no search index: build one with `clipserve-batch index build --input FILE "
+                  "--output DIR --local`, then start the service with INDEX_DIR=DIR (or QDRANT_URL=... for a "
+                  "Qdrant collection); see the README's search section")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must be answered, and how to tell that its client has gone (None: cannot be told)."""
+
+    at: float
+    cancelled: Callable[[], bool] | None = None
+
+    def left(self) -> float:
+        """Seconds left; 504 when none are."""
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise Timeout("the request did not finish in time")
+        return remaining
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Images embedded with per-image failures: vectors of the good ones, their positions, the errors."""
+
+    vectors: np.ndarray
+    ok: list[int]
+    errors: list[dict[str, Any]]
+    count: int
+
+    def placed(self, rows: Sequence[Any]) -> list:
+        """``rows`` (one per good image) at their positions, None where an image failed."""
+        return scoring.place(rows, self.ok, self.count)
+
+
+@dataclass(frozen=True)
+class Scores:
+    pairwise: bool
+    clip_score: list
+    cosine: list
+    probs: list | None
+    errors: list[dict[str, Any]]
+    truncated: list[int]
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """A search request as the service needs it: the query (one of four kinds) and its options."""
+
+    kind: str                     # "text" | "image" | "vector" | "id"
+    value: Any                    # the text, the image input, the vector (list of floats) or the id
+    top_k: int
+    score_threshold: float | None = None
+    filter: dict[str, Any] | None = None
+    include_metadata: bool = True
+    include_vectors: bool = False
+
+
+class ClipService:
+    """What the views call, with the settings, engine and search backend they share."""
+
+    def __init__(self, settings: Settings, engine: EmbeddingEngine, search: SearchService | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.search = search
+        self.models: RequestModels = build_request_models(settings.max_items, settings.max_text_chars,
+                                                          settings.search_max_top_k)
+        self.image_limits = ImageLimits.from_settings(settings)
+
+    # lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading the model and opening the search index (once per process, in the background)."""
+        self.engine.start()
+        if self.search is not None:
+            self.search.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.engine.shutdown(timeout)
+
+    def deadline(self, cancelled: Callable[[], bool] | None = None) -> Deadline:
+        return Deadline(time.monotonic() + self.settings.request_timeout_s, cancelled)
+
+    # state -----------------------------------------------------------------------------------------
+
+    def health_status(self) -> tuple[str, str | None]:
+        """("ok" | "loading" | "failed" | "unhealthy", reason). A wedged or dead inference loop is unhealthy;
+        an embedded search index is part of health (it loads beside the model), a search server is not."""
+        search = self.search
+        if search is not None and search.part_of_health and search.state is not State.READY:
+            if search.state is State.FAILED:
+                return "failed", f"the search index failed to open: {search.reason}"
+            if self.engine.state is not ModelState.FAILED:
+                return "loading", None
+        state = self.engine.state
+        if state is ModelState.LOADING:
+            return "loading", None
+        if state is ModelState.FAILED:
+            return "failed", "the model failed to load; see the service logs"
+        if getattr(self.engine, "device_error", None):
+            return "unhealthy", f"the GPU failed: {self.engine.device_error}"
+        loop = self.engine.loop_health()
+        if not loop.running:
+            return "unhealthy", "the inference loop is not running"
+        if loop.stalled:
+            if loop.busy_for_s >= loop.oldest_wait_s:
+                return "unhealthy", f"a model call has been running for {loop.busy_for_s:.0f} s"
+            return "unhealthy", f"queued work has waited {loop.oldest_wait_s:.0f} s without being picked up"
+        return "ok", None
+
+    def model_info(self) -> dict[str, Any] | None:
+        """The loaded model's facts, or None while it loads."""
+        return self.engine.info.as_dict() if self.engine.state is ModelState.READY else None
+
+    def limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {"max_items": s.max_items, "max_text_chars": s.max_text_chars, "max_body_bytes": s.max_body_bytes,
+                "max_image_bytes": s.max_image_bytes, "max_image_pixels": s.max_image_pixels,
+                "fetch_timeout_s": s.fetch_timeout_s, "fetch_max_redirects": s.fetch_max_redirects,
+                "request_timeout_s": s.request_timeout_s, "search_max_top_k": s.search_max_top_k}
+
+    def model_fields(self) -> dict[str, Any]:
+        """The model a response's vectors came from, as every native answer names it."""
+        info = self.engine.info
+        return {"model": {"variant": info.variant, "architecture": info.architecture}, "dim": info.dim}
+
+    # embeddings ------------------------------------------------------------------------------------
+
+    def embed_texts(self, texts: list[str], *, normalize: bool, deadline: Deadline, truncate: bool = True,
+                    field: str = "texts") -> TextResult:
+        """Embed texts through the engine; over-long texts with ``truncate=False`` are a 400 naming them."""
+        observability.record_items(texts=len(texts))
+        try:
+            return self.engine.embed_texts(texts, normalize=normalize, timeout=deadline.left(), truncate=truncate,
+                                           cancelled=deadline.cancelled)
+        except TextsTooLong as exc:
+            names = ", ".join(f"{field}[{i}]" for i in exc.indices[:10]) + (", ..." if len(exc.indices) > 10 else "")
+            raise InvalidRequest(f"{names}: longer than the model's context of {exc.context_length} tokens "
+                                 "(send truncate=true to cut them)", param=f"{field}[{exc.indices[0]}]") from None
+
+    def embed_images(self, images: list, *, normalize: bool, deadline: Deadline,
+                     all_fail_ok: bool = False) -> ImageBatch:
+        """Load, preprocess and embed, reporting failed images by position; 422 when none could be used
+        (unless ``all_fail_ok``: a request that has texts too still has an answer)."""
+        prepared, ok, errors = self.load_images(images, deadline)
+        if not ok:
+            if not all_fail_ok:
+                raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
+            return ImageBatch(np.zeros((0, self.engine.info.dim), np.float32), ok, errors, len(images))
+        return ImageBatch(self.encode_images(prepared, normalize=normalize, deadline=deadline), ok, errors,
+                          len(images))
+
+    def embed_every_image(self, images: list, *, deadline: Deadline, label: Callable[[int], str]) -> np.ndarray:
+        """Unit vectors of all ``images``, for answers that have no room for partial results: one failed image
+        fails the request (400 image_failed), naming up to five by ``label(position)``."""
+        prepared, _, errors = self.load_images(images, deadline)
+        if errors:
+            listed = "; ".join(f"{label(e['index'])}: {e['code']}: {e['message']}" for e in errors[:5])
+            raise ImageFailed(listed + (f"; and {len(errors) - 5} more" if len(errors) > 5 else ""),
+                              param=label(errors[0]["index"]))
+        return self.encode_images(prepared, normalize=True, deadline=deadline)
+
+    def load_images(self, images: list, deadline: Deadline) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
+        """Fetch, decode and preprocess in request threads: (model inputs of the good images, their indices, errors)."""
+        info = self.engine.info  # fail with 503 before fetching anything while the model loads
+        with self.engine.preparing():
+            loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=deadline.left(),
+                                 draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode),
+                                 encoded=self.engine.prepare_encoded_image if info.image_decode == "gpu" else None)
+        ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
+        errors = [{"index": i, "code": item.code, "message": item.message}
+                  for i, item in enumerate(loaded) if isinstance(item, ImageError)]
+        observability.record_items(images=len(images))
+        observability.record_image_errors(e["code"] for e in errors)
+        return [loaded[i] for i in ok], ok, errors
+
+    def encode_images(self, prepared: list[Any], *, normalize: bool, deadline: Deadline) -> np.ndarray:
+        return self.engine.embed_images(prepared, normalize=normalize, timeout=deadline.left(),
+                                        cancelled=deadline.cancelled)
+
+    # scores ----------------------------------------------------------------------------------------
+
+    def score(self, *, texts: list[str] | None, text_vectors: list[list[float]] | None, images: list | None,
+              image_vectors: list[list[float]] | None, pairwise: bool, truncate: bool, deadline: Deadline) -> Scores:
+        """Every image against every text (or images[i] against texts[i]); either side may be given as vectors."""
+        dim = self.engine.info.dim
+        if images is not None:
+            embedded = self.embed_images(images, normalize=True, deadline=deadline)
+        else:
+            given = given_vectors(image_vectors, dim, "image_embeddings")
+            embedded = ImageBatch(given, list(range(len(given))), [], len(given))
+        truncated: list[int] = []
+        if texts is not None:
+            result = self.embed_texts(texts, normalize=True, deadline=deadline, truncate=truncate)
+            text_rows, truncated = result.embeddings, result.truncated
+        else:
+            text_rows = given_vectors(text_vectors, dim, "text_embeddings")
+        if pairwise:
+            cosine = scoring.cosine_pairwise(embedded.vectors, text_rows[embedded.ok])
+            probs = None
+        else:
+            cosine = scoring.cosine_matrix(embedded.vectors, text_rows)
+            probs = embedded.placed(scoring.zero_shot_probs(cosine, self.engine.info.logit_scale).tolist())
+        return Scores(pairwise=pairwise, clip_score=embedded.placed(scoring.clip_score(cosine).tolist()),
+                      cosine=embedded.placed(cosine.tolist()), probs=probs, errors=embedded.errors,
+                      truncated=truncated)
+
+    # search ----------------------------------------------------------------------------------------
+
+    def backend(self) -> SearchBackend:
+        """The open search backend: 404 when none is configured, 503 while it opens or cannot be reached."""
+        if self.search is None:
+            raise IndexNotConfigured(NOT_CONFIGURED)
+        return self.search.backend
+
+    def find(self, spec: QuerySpec, deadline: Deadline) -> tuple[list[Hit], IndexInfo]:
+        """The nearest items to the query, best first, and the index that answered."""
+        backend = self.backend()
+        vector, exclude = self._query_vector(spec, backend, deadline)
+        query = Query(vector=vector, top_k=spec.top_k, score_threshold=spec.score_threshold,
+                      filter=None if spec.filter is None else parse_filter(spec.filter, backend.columns()),
+                      include_metadata=spec.include_metadata, include_vectors=spec.include_vectors,
+                      exclude_id=exclude)
+        started = time.perf_counter()
+        hits = backend.search(query)
+        observability.record_search(spec.kind, time.perf_counter() - started, len(hits),
+                                    filtered=spec.filter is not None)
+        return hits, backend.info()
+
+    def _query_vector(self, spec: QuerySpec, backend: SearchBackend,
+                      deadline: Deadline) -> tuple[np.ndarray, str | None]:
+        """(unit query vector, id to leave out of the results)."""
+        if spec.kind == "text":
+            return self.embed_texts([spec.value], normalize=True, deadline=deadline, field="text").embeddings[0], None
+        if spec.kind == "image":
+            return self.embed_every_image([spec.value], deadline=deadline, label=lambda _: "image")[0], None
+        if spec.kind == "id":
+            return backend.vector_of(spec.value), spec.value
+        return unit_vector(spec.value, self.engine.info.dim, "vector"), None
+
+    # index writes ----------------------------------------------------------------------------------
+
+    def writable_backend(self) -> SearchBackend:
+        backend = self.backend()
+        backend.check_writable()  # 405 for the read-only index, before reading or embedding anything
+        return backend
+
+    def write_items(self, items: list, files: list | None, deadline: Deadline) -> tuple[list[str], list[dict]]:
+        """Embed items with the collection's modality and upsert them: (ids written, per-item errors).
+        An item that fails (its image, its vector, its metadata) is reported by position and not written."""
+        backend = self.writable_backend()
+        if files is not None:
+            if len(files) != len(items) or any(i.text or i.image or i.vector for i in items):
+                raise InvalidRequest(f"multipart: one 'images' file part per item ({len(files)} files, "
+                                     f"{len(items)} items), and items without text, image or vector")
+        vectors, errors = self._embed_items(items, files, backend.info().modality, deadline)
+        columns = backend.columns()
+        new_columns: dict[str, str] = {}
+        kept = []
+        for i, item in enumerate(items):
+            if i in errors:
+                continue
+            problem = _metadata_problem(item.metadata, columns, new_columns)
+            if problem:
+                errors[i] = ("invalid_metadata", problem)
+            else:
+                kept.append(Item(id=item.id, vector=vectors[i], metadata=item.metadata))
+        if not kept:
+            raise AllItemsFailed(f"none of the {len(items)} items could be written", details=_error_list(errors))
+        if new_columns:
+            backend.add_columns(new_columns)
+        backend.upsert(kept)
+        observability.annotate(upserted=len(kept), item_errors=len(errors))
+        return [item.id for item in kept], _error_list(errors)
+
+    def _embed_items(self, items: list, files: list | None, modality: str,
+                     deadline: Deadline) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, str]]]:
+        """Each item's unit vector, or its error (code, message): vectors as given, texts and images embedded."""
+        dim = self.engine.info.dim
+        vectors: dict[int, np.ndarray] = {}
+        errors: dict[int, tuple[str, str]] = {}
+        texts, images = [], []
+        for i, item in enumerate(items):
+            given = [k for k in ("text", "image", "vector") if getattr(item, k) is not None]
+            if files is not None:
+                images.append((i, files[i]))
+            elif len(given) != 1:
+                errors[i] = ("invalid_request", "give exactly one of text, image or vector")
+            elif given[0] == "vector":
+                try:
+                    vectors[i] = unit_vector(item.vector, dim, f"items[{i}].vector")
+                except InvalidRequest as exc:
+                    errors[i] = ("invalid_request", exc.message)
+            elif given[0] != modality:
+                errors[i] = ("wrong_modality", f"this collection holds {modality} embeddings: send "
+                                               f"{'an image' if modality == 'image' else 'a text'} or a vector")
+            else:
+                (texts if given[0] == "text" else images).append((i, getattr(item, given[0])))
+        if texts:
+            result = self.embed_texts([t for _, t in texts], normalize=True, deadline=deadline, field="items.text")
+            vectors.update(zip((i for i, _ in texts), result.embeddings))
+        if images:
+            prepared, ok, image_errors = self.load_images([img for _, img in images], deadline)
+            for e in image_errors:
+                errors[images[e["index"]][0]] = (e["code"], e["message"])
+            if prepared:
+                embedded = self.encode_images(prepared, normalize=True, deadline=deadline)
+                vectors.update(zip((images[j][0] for j in ok), embedded))
+        return vectors, errors
+
+    def delete_items(self, *, ids: list[str] | None, filter: dict[str, Any] | None) -> tuple[int | None, IndexInfo]:
+        backend = self.writable_backend()
+        if ids is not None:
+            deleted = backend.delete(ids=ids)
+        else:
+            deleted = backend.delete(filter=parse_filter(filter, backend.columns()))
+        observability.annotate(deleted=deleted)
+        return deleted, backend.info()
+
+
+def unit_vector(values: list[float], dim: int, field: str) -> np.ndarray:
+    """A client's vector, checked (length, finite, not all zero) and normalized."""
+    if len(values) != dim:
+        raise InvalidRequest(f"{field}: has {len(values)} values, the model's dimension is {dim}", param=field)
+    vector = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(vector).all() or not vector.any():
+        raise InvalidRequest(f"{field}: must be finite and not all zero", param=field)
+    return scoring.unit_rows(vector[None, :])[0].astype(np.float32)
+
+
+def given_vectors(rows: list[list[float]], dim: int, field: str) -> np.ndarray:
+    """Client-supplied embeddings, checked for the model's dimension and usable (finite, non-zero) values."""
+    for i, row in enumerate(rows):
+        if len(row) != dim:
+            raise InvalidRequest(f"{field}[{i}]: has {len(row)} values, the model's dimension is {dim}")
+    vectors = np.asarray(rows, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | ~vectors.any(axis=1))
+    if bad.size:
+        raise InvalidRequest(f"{field}[{bad[0]}]: must be finite and not all zero")
+    return vectors
+
+
+def _metadata_problem(metadata: dict[str, Any], columns: dict[str, str], new: dict[str, str]) -> str | None:
+    """Why this metadata cannot be written (None if it can); records keys the collection does not have yet."""
+    from search.items_db import fits, value_kind
+    from search.qdrant_index import ID_KEY
+
+    if ID_KEY in metadata:
+        return f"metadata.{ID_KEY}: reserved (the item's id is kept under it)"
+    for key, value in metadata.items():
+        kind = value_kind(value)
+        if kind is None:
+            continue
+        column = columns.get(key) or new.get(key)
+        if column is None:
+            new[key] = kind
+        elif not fits(kind, column):
+            return f"metadata.{key}: a {kind} value; the collection's {key!r} holds {column} values"
+    return None
+
+
+def _error_list(errors: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
+    return [{"index": i, "code": code, "message": message} for i, (code, message) in sorted(errors.items())]

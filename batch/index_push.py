@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch import index_cmd, index_input, options
+from batch import index_input, index_source, options
 from batch.progress import make_progress
 from search import qdrant_index
 from search.errors import BackendTimeout, IndexUnusable, Unavailable
@@ -33,7 +33,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     if args.push_batch_size < 1:
         raise ValueError("--push-batch-size must be at least 1")
     default_part = args.input.with_name(args.input.stem + ".embeddings.jsonl")
-    source = index_cmd.embedding_source(args, default_part)
+    source = index_source.embedding_source(args, default_part)
     if source is None:
         return 2
     columns = options.columns(args)
@@ -41,7 +41,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     client = qdrant_index.connect(url=args.qdrant_url, path=args.qdrant_path, api_key=args.qdrant_api_key,
                                   timeout_s=args.qdrant_timeout)
     try:
-        with index_cmd.collected_rows(args, source.embeddings, source.metadata, columns, source.model) as (
+        with index_source.collected_rows(args, source.embeddings, source.metadata, columns, source.model) as (
                 modality, from_csv, types, collected):
             index = _collection(client, args, where, source.model, modality, types.result())
             progress_file = _progress_path(source.embeddings, args.collection, where)

@@ -13,6 +13,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # checkov:skip=CKV_DOCKER_7:the base is ${PYTHON_IMAGE}, whose default above carries a pinned tag (checkov cannot read ARGs)
 
+# ---------------------------------------------------------------- search-index: empty unless named
+# `docker buildx build --build-context search-index=DIR` puts an index version folder here (deploy.sh --index).
+FROM scratch AS search-index
+
 # ---------------------------------------------------------------- deps: CPU torch + requirements
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -70,11 +74,11 @@ RUN groupadd --system --gid 10001 clipserve \
       --shell /usr/sbin/nologin clipserve
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=weights /models /models
-# A search index baked in (Lambda has no bucket mounts): `deploy.sh --index DIR` copies a version folder
-# into index-bake/ and sets INDEX_DIR=/index. Otherwise index-bake/ holds only its README and INDEX_DIR
-# stays empty (no search; on Cloud Run the index comes from a bucket mount instead).
+# A search index baked in (Lambda has no bucket mounts): `deploy.sh --index DIR` replaces the empty
+# search-index stage with the version folder (--build-context search-index=DIR) and sets INDEX_DIR=/index.
+# Otherwise /index stays empty and so does INDEX_DIR (no search; on Cloud Run the index comes from a bucket).
 ARG INDEX_DIR=""
-COPY index-bake/ /index/
+COPY --from=search-index / /index/
 ENV INDEX_DIR=${INDEX_DIR}
 WORKDIR /app
 COPY pyproject.toml ./

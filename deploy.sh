@@ -97,7 +97,11 @@ if [ -n "$index" ]; then
   "$skip_build" && usage_error "--index needs a build (it goes into the image); drop --skip-build"
   grep -q "\"variant\": \"$variant\"" "$index/manifest.json" \
     || usage_error "--index $index was not built with variant $variant (see its manifest.json)"
-  build_args+=(--build-arg "INDEX_DIR=/index")
+  [ "$builder" != cloudbuild ] \
+    || usage_error "--index needs --builder buildx (Cloud Build gets the repository only; on Cloud Run serve the index from a bucket: TF_VAR_index_bucket/TF_VAR_index_path)"
+  # The Dockerfile's empty search-index stage, replaced by the folder itself (a BuildKit named context): nothing
+  # is copied into the repository.
+  build_args+=(--build-arg "INDEX_DIR=/index" --build-context "search-index=$index")
   index_mib=$(( ($(du -sb "$index" | cut -f1) + 1048575) / 1048576 ))
   index_var=(-var "$([ "$target" = lambda ] && echo index_mib || echo baked_index_mib)=$index_mib")
 fi
@@ -157,15 +161,6 @@ smoke() { # smoke URL [auth args...]
     || fail "$EXIT_SMOKE" "the smoke test failed against $url (the deployment is live; see above)"
 }
 
-# stage_index: copy --index DIR into the build context (index-bake/), emptied again on exit.
-stage_index() {
-  [ -n "$index" ] || return 0
-  show cp -R "$index/." "$ROOT/index-bake/"
-  "$dry_run" && return 0
-  trap 'find "$ROOT/index-bake" -mindepth 1 ! -name README.md -delete' EXIT
-  cp -R "$index/." "$ROOT/index-bake/"
-}
-
 # ---------------------------------------------------------------- Cloud Run
 deploy_cloudrun() {
   local tf="$ROOT/terraform/cloudrun" tools=(gcloud terraform curl)
@@ -198,7 +193,6 @@ deploy_cloudrun() {
   terraform_in "$tf" apply -input=false -auto-approve -target=google_artifact_registry_repository.images "${tfvars[@]}"
 
   if ! "$skip_build"; then
-    stage_index
     if [ "$builder" = cloudbuild ]; then
       local config
       config=$(cloudbuild_config "$image")
@@ -286,7 +280,6 @@ deploy_lambda() {
       aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry" \
         || fail "$EXIT_CREDENTIALS" "could not log in to ECR $registry"
     fi
-    stage_index
     # --provenance=false: Lambda accepts a single-platform image manifest, not an index with attestations.
     run "$EXIT_BUILD" docker buildx build "$ROOT" --platform linux/amd64 --provenance=false \
       "${build_args[@]}" --tag "$image" --push

@@ -286,11 +286,18 @@ def test_lambda_index_is_baked_into_the_image_and_counted_in_memory(tmp_path):
     result = deploy("lambda", "--index", str(folder), "--tag", "v9", "--dry-run")
     assert result.returncode == 0, result.stderr
     steps = commands(result.stdout)
-    copy = steps.index(f"cp -R {folder}/. {REPO}/index-bake/")
-    build = next(i for i, c in enumerate(steps) if c.startswith("docker buildx build"))
-    assert copy < build and "--build-arg INDEX_DIR=/index" in steps[build]
+    build = next(c for c in steps if c.startswith("docker buildx build"))
+    assert "--build-arg INDEX_DIR=/index" in build and f"--build-context search-index={folder}" in build
     assert any(c.endswith("-var index_mib=3") for c in steps if " apply " in c and "image_tag=v9" in c)
-    assert sorted(p.name for p in (REPO / "index-bake").iterdir()) == ["README.md"]  # a dry run copies nothing
+    assert not any(c.startswith("cp ") for c in steps)  # nothing is copied into the repository
+
+
+def test_an_index_on_cloud_build_is_refused_for_the_bucket_way(tmp_path):
+    folder = _index_folder(tmp_path, "english")
+    result = deploy("cloudrun", "--project", "p", "--index", str(folder), "--dry-run")
+    assert result.returncode == 2 and "--builder buildx" in result.stderr and "index_bucket" in result.stderr
+    result = deploy("cloudrun", "--project", "p", "--builder", "buildx", "--index", str(folder), "--dry-run")
+    assert result.returncode == 0 and f"--build-context search-index={folder}" in result.stdout
 
 
 def test_an_index_for_another_variant_or_no_index_is_refused_before_anything_runs(tmp_path):

@@ -36,7 +36,7 @@ def _env(name: str, default: Any, doc: str, *, minimum: float | None = None,
     """A dataclass field bound to an env var, with its bounds and a one-line description.
 
     ``secret`` keeps the value out of ``repr`` (so printing or logging the settings leaks no key).
-    ``shown``: how the README shows the default, where the value itself would mislead (None = "auto").
+    ``shown``: how docs/configuration.md shows the default, where the value itself would mislead (None = "auto").
     """
     meta = {"env": name, "doc": doc, "min": minimum, "max": maximum, "choices": choices, "shown": shown}
     return field(default=default, metadata=meta, repr=not secret)
@@ -202,13 +202,13 @@ class Settings:
 
     @classmethod
     def documented(cls) -> list[dict[str, Any]]:
-        """(env var, default, description) for every setting: the source of the README table."""
+        """(env var, default, description) for every setting: the source of docs/configuration.md's table."""
         return [{"env": f.metadata["env"], "default": f.default, "doc": f.metadata["doc"],
                  "shown": f.metadata["shown"] or _show(f.default)} for f in dataclasses.fields(cls)]
 
     @classmethod
     def markdown_table(cls) -> str:
-        """The README's configuration table (``python -m infra.settings`` prints it)."""
+        """docs/configuration.md's table (``python -m infra.settings`` prints it)."""
         rows = [f"| `{d['env']}` | `{d['shown']}` | {d['doc']} |" for d in cls.documented()]
         return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
 

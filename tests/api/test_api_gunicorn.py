@@ -20,7 +20,7 @@ from api_helpers import b64, free_port, image_bytes, serve_images
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120
-# The command from the README's HTTP API section.
+# The command from the README's quick start.
 COMMAND = ["gunicorn", "-c", "infra/gunicorn.conf.py", "handler.wsgi:app"]
 
 

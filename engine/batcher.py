@@ -2,7 +2,10 @@
 
 Why this shape: several torch calls at once from different request threads oversubscribe the cores,
 and batching across requests is worth about 1.8x (bench notes). So request threads only enqueue
-and wait; a single thread runs the model. Three failure rules keep a bad batch from hurting others:
+and wait; a single thread runs the model. Batches are shared fairly: each submitter's items form a
+group, and while several groups wait, none takes more than its share of a batch, so a request of two
+thousand texts cannot make one-text requests wait behind all of it. Three failure rules keep a bad
+batch from hurting others:
 - a full queue refuses the whole request at once (``Overloaded``, mapped to 429), never half of it;
 - when ``run_batch`` raises, every future of that batch gets an exception: nobody waits forever;
 - the loop records its progress, so a model call that hangs shows up in ``health()``.
@@ -71,6 +74,7 @@ class _Item:
     payload: Any
     future: ItemFuture
     enqueued_at: float
+    group: object  # the request the item belongs to: batches are shared fairly between groups
 
 
 class Batcher:
@@ -134,12 +138,14 @@ class Batcher:
 
     # request side ----------------------------------------------------------------------------
 
-    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any]) -> list[Future]:
-        """Queue every payload or none: raises Overloaded when they do not all fit."""
+    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None) -> list[Future]:
+        """Queue every payload or none: raises Overloaded when they do not all fit. ``group``: the request the
+        payloads belong to (a request that submits in several parts passes the same one); None = its own."""
         if self._stop.is_set() or self._thread is None or self._pid != os.getpid():
             raise EngineStopped("the inference loop is not running")
         now = time.monotonic()
-        items = [_Item((kind, options), p, ItemFuture(), now) for p in payloads]
+        group = object() if group is None else group
+        items = [_Item((kind, options), p, ItemFuture(), now, group) for p in payloads]
         with self._cond:
             if len(self._pending) + len(items) > self._capacity:
                 raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
@@ -185,23 +191,36 @@ class Batcher:
             if not self._pending or self._stop.is_set():
                 return []
             key = self._pending[0].key
-            batch = self._take_matching(key, self._max_batch)
+            batch = self._take_matching(key, [])
             deadline = time.monotonic() + self._max_wait
             while len(batch) < self._max_batch and not self._stop.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self._more_coming is not None and not self._more_coming()):
                     break
                 self._cond.wait(remaining)
-                batch += self._take_matching(key, self._max_batch - len(batch))
+                batch += self._take_matching(key, batch)
         # Skip items whose request already gave up (timed out and cancelled its futures).
         return [i for i in batch if i.future.set_running_or_notify_cancel()]
 
-    def _take_matching(self, key: tuple[str, Hashable], limit: int) -> list[_Item]:
+    def _take_matching(self, key: tuple[str, Hashable], batch: list[_Item]) -> list[_Item]:
+        """Queued items with ``key`` to add to ``batch``, oldest first, each group up to its fair share.
+
+        The share is the batch size over the number of groups in the batch or waiting for it: one request
+        alone fills whole batches; with others waiting, a large request adds only its share, so the batch
+        stays short and the others' items run in it rather than after the large request's."""
+        per_group = collections.Counter(item.group for item in batch)
+        groups = set(per_group) | {item.group for item in self._pending if item.key == key}
+        share = -(-self._max_batch // max(1, len(groups)))
+        room = self._max_batch - len(batch)
         taken: list[_Item] = []
         kept: collections.deque[_Item] = collections.deque()
         while self._pending:
             item = self._pending.popleft()
-            (taken if item.key == key and len(taken) < limit else kept).append(item)
+            if item.key == key and len(taken) < room and per_group[item.group] < share:
+                per_group[item.group] += 1
+                taken.append(item)
+            else:
+                kept.append(item)
         self._pending = kept
         return taken
 
@@ -278,7 +297,7 @@ class Unbatched:
     def poke(self) -> None:
         pass  # nothing ever waits for more items here
 
-    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any]) -> list[Future]:
+    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None) -> list[Future]:
         """Run the model on ``payloads`` now, in the calling thread; the futures come back done."""
         if self._stopped:
             raise EngineStopped("the service is shutting down")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.batcher import Batcher, LoopHealth, Unbatched
+from engine.batcher import Batcher, LoopHealth, Overloaded, Unbatched
 from engine.cache import CachedText, TextCache, text_key
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def is_fatal_device_error(exc: BaseException) -> bool:
 
 # How often a waiting request checks whether its client is still there.
 _CANCEL_POLL_S = 0.1
+# How soon a request whose next window met a full queue tries again.
+_FULL_QUEUE_RETRY_S = 0.01
 
 
 class EmbeddingEngine:
@@ -99,6 +101,7 @@ class EmbeddingEngine:
         self._request_observer: Callable[[str, list[tuple[int, float]], int], None] | None = None
         self._cache = TextCache(text_cache_size)
         self._preparing = 0  # requests between starting their input work and queueing its result
+        self._window = max_batch_size  # a request's items queued or running at once (_Flow)
         self.device_error: str | None = None  # a CUDA error that left the context unusable
         self._batcher: Batcher | Unbatched
         if batching:
@@ -223,9 +226,9 @@ class EmbeddingEngine:
                 if too_long:
                     raise TextsTooLong(too_long, encoder.info.context_length)
             todo = {t: e for t, e in entries.items() if not isinstance(e, CachedText)}
-            futures = self._batcher.submit(TEXT, normalize, list(todo.values())) if todo else []
-        if todo:
-            vectors = self._wait(TEXT, futures, timeout, cancelled, cache_hits=hits)
+            flow = self._flow(TEXT, normalize, list(todo.values())) if todo else None
+        if flow is not None:
+            vectors = self._wait(flow, timeout, cancelled, cache_hits=hits)
             for (text, prepared), vector in zip(todo.items(), vectors, strict=True):
                 entries[text] = CachedText(vector, prepared.truncated, prepared.tokens)
                 self._cache.put(text_key(text, normalize), vector, prepared.truncated, prepared.tokens)
@@ -252,32 +255,37 @@ class EmbeddingEngine:
                      cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         self._require_encoder()
         with self.preparing():
-            futures = self._batcher.submit(IMAGE, normalize, list(tensors))
-        return _stack(self._wait(IMAGE, futures, timeout, cancelled))
+            flow = self._flow(IMAGE, normalize, list(tensors))
+        return _stack(self._wait(flow, timeout, cancelled))
 
     def _require_encoder(self) -> Any:
         if self._state is not ModelState.READY:
             raise NotReady(self._state)
         return self._encoder
 
-    def _wait(self, kind: str, futures: list[concurrent.futures.Future], timeout: float,
-              cancelled: Callable[[], bool] | None, cache_hits: int = 0) -> list[Any]:
+    def _flow(self, kind: str, normalize: bool, payloads: list[Any]) -> "_Flow":
+        """Start a request's model work: its first window of items goes to the queue now (429 if it is full)."""
+        flow = _Flow(self._batcher, kind, normalize, payloads, window=self._window)
+        flow.submit_more()
+        return flow
+
+    def _wait(self, flow: "_Flow", timeout: float, cancelled: Callable[[], bool] | None,
+              cache_hits: int = 0) -> list[Any]:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             step = remaining if cancelled is None else min(remaining, _CANCEL_POLL_S)
-            _, not_done = concurrent.futures.wait(futures, timeout=max(0.0, step))
-            if not not_done:
+            if flow.wait_some(max(0.0, step)):
                 break
             if time.monotonic() >= deadline:
-                _withdraw(not_done)
-                raise RequestTimedOut(f"{len(not_done)} of {len(futures)} items not encoded within {timeout:.1f} s")
+                left = flow.withdraw()
+                raise RequestTimedOut(f"{left} of {flow.size} items not encoded within {timeout:.1f} s")
             if cancelled is not None and cancelled():
-                _withdraw(not_done)
-                raise ClientGone(f"the client left with {len(not_done)} of {len(futures)} items not encoded")
-        results = [f.result() for f in futures]
-        self._observe(kind, [(getattr(f, "batch_size", 0), getattr(f, "queue_wait_s", 0.0)) for f in futures],
-                      cache_hits)
+                left = flow.withdraw()
+                raise ClientGone(f"the client left with {left} of {flow.size} items not encoded")
+        results = [f.result() for f in flow.futures]
+        self._observe(flow.kind, [(getattr(f, "batch_size", 0), getattr(f, "queue_wait_s", 0.0))
+                                  for f in flow.futures], cache_hits)
         return results
 
     def _observe(self, kind: str, served: list[tuple[int, float]], cache_hits: int) -> None:
@@ -302,9 +310,62 @@ class EmbeddingEngine:
         raise ValueError(f"unknown kind {kind!r}")
 
 
-def _withdraw(futures: Any) -> None:
-    for f in futures:
-        f.cancel()  # a queued item is dropped; one already in a batch just finishes unread
+class _Flow:
+    """One request's items fed to the batcher a window at a time.
+
+    A request never has more than ``window`` items (one batch) queued or running: a request of two
+    thousand texts then fits the bounded queue, and the batcher's fair share lets other requests' items
+    into every batch instead of behind all of it. The first window is refused whole when the queue is
+    full (429); later ones wait for room, within the request's deadline."""
+
+    def __init__(self, batcher: Any, kind: str, normalize: bool, payloads: list[Any], window: int) -> None:
+        self._batcher = batcher
+        self.kind = kind
+        self._normalize = normalize
+        self._payloads = payloads
+        self._window = window
+        self._group = object()
+        self.futures: list[concurrent.futures.Future] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._payloads)
+
+    def submit_more(self) -> None:
+        """Queue the next items, up to a window in flight; on a full queue after the first, try again later."""
+        in_flight = sum(not f.done() for f in self.futures)
+        start = len(self.futures)
+        part = self._payloads[start:start + self._window - in_flight]
+        if not part:
+            return
+        try:
+            self.futures += self._batcher.submit(self.kind, self._normalize, part, group=self._group)
+        except Overloaded:
+            if not self.futures:
+                raise
+
+    def wait_some(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for progress, queueing more as items finish; True once every item is done."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.submit_more()
+            not_done = [f for f in self.futures if not f.done()]
+            if not not_done and len(self.futures) == self.size:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if not_done:
+                concurrent.futures.wait(not_done, timeout=remaining, return_when=concurrent.futures.FIRST_COMPLETED)
+            else:  # nothing in flight and the queue was full: give it a moment
+                time.sleep(min(remaining, _FULL_QUEUE_RETRY_S))
+
+    def withdraw(self) -> int:
+        """Drop what is still queued (an item already in a batch just finishes unread); returns how many were
+        not encoded, the never-submitted ones included."""
+        for f in self.futures:
+            f.cancel()
+        return self.size - sum(f.done() and not f.cancelled() for f in self.futures)
 
 
 def _stack(rows: list[np.ndarray]) -> np.ndarray:

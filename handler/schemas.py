@@ -243,7 +243,15 @@ def _json_in_form(value: Any) -> Any:
     return value
 
 
-def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1000) -> RequestModels:
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+TokenIds = Annotated[list[int], Field(min_length=1, description="Token ids of tiktoken's cl100k_base.")]
+
+
+def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1000,
+                         max_inputs: int = 2048) -> RequestModels:
     """Request models whose limits are the configured ones (and so show in /openapi.json)."""
     Text = Annotated[str, StringConstraints(max_length=max_text_chars)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items,
@@ -317,10 +325,12 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
     class OpenAIEmbeddingRequest(_Strict):
         """OpenAI's embeddings request; images as infinity does it (``modality: image``, URLs or data URIs)."""
 
-        input: Union[str, Annotated[list[str], Field(min_length=1, max_length=max_items)]] = Field(
-            description=f"A text or a list of 1 to {max_items} texts (at most {max_text_chars} characters each); "
-                        f"with modality=image, IMAGEs. {IMAGE_DOC}")
-        model: str = Field(description="The served variant (see GET /v1/models) or its architecture name.")
+        input: Union[str, list[str], TokenIds, list[TokenIds]] = Field(
+            description=f"A text or a list of up to {max_inputs} texts (at most {max_text_chars} characters each), or "
+                        "token arrays of tiktoken's cl100k_base (what LangChain sends by default), decoded to their "
+                        f"text; with modality=image, 1 to {max_items} IMAGEs. {IMAGE_DOC}")
+        model: str = Field(description="The served variant (see GET /v1/models), its architecture name, or an alias "
+                                       "(MODEL_ALIASES).")
         encoding_format: EncodingFormat = Field("float", description=VECTOR_DOC)
         dimensions: Optional[Annotated[int, Field(ge=1)]] = Field(
             None, description="Must equal the model's dimension if given: CLIP vectors cannot be shortened.")
@@ -329,18 +339,39 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
 
         @field_validator("input", mode="before")
         @classmethod
-        def _no_token_arrays(cls, value: Any) -> Any:
-            if isinstance(value, list) and any(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
-                raise ValueError("token arrays are not supported (CLIP has its own tokenizers); send strings")
+        def _counted(cls, value: Any) -> Any:
+            """Clear messages for what OpenAI's clients get wrong (a union's messages name its branches)."""
+            if isinstance(value, str) or not isinstance(value, list):
+                return value
+            if not value:
+                raise ValueError("send at least one input")
+            if all(_is_token(v) for v in value):
+                return value  # one token array
+            if len(value) > max_inputs:
+                raise ValueError(f"at most {max_inputs} inputs per request, got {len(value)} (OPENAI_MAX_INPUTS)")
+            arrays = isinstance(value[0], list)
+            for i, item in enumerate(value):
+                if arrays != isinstance(item, list) or not (isinstance(item, str) or arrays):
+                    raise ValueError(f"item {i} does not match item 0: every input must be a string, or every "
+                                     "input a token array")
+                if arrays and not (item and all(_is_token(t) for t in item)):
+                    raise ValueError(f"item {i}: a token array is a non-empty list of integer token ids")
             return value
 
         @property
-        def inputs(self) -> list[str]:
-            return [self.input] if isinstance(self.input, str) else list(self.input)
+        def inputs(self) -> list[Any]:
+            """The inputs as a list: strings, or token arrays (lists of ids)."""
+            if isinstance(self.input, str) or (self.input and isinstance(self.input[0], int)):
+                return [self.input]
+            return list(self.input)
+
+        @property
+        def token_arrays(self) -> bool:
+            return not isinstance(self.inputs[0], str)
 
         @model_validator(mode="after")
         def _texts_fit(self) -> "OpenAIEmbeddingRequest":
-            if self.modality == "text":
+            if self.modality == "text" and not self.token_arrays:
                 for i, text in enumerate(self.inputs):
                     if len(text) > max_text_chars:
                         where = "input" if isinstance(self.input, str) else f"input[{i}]"

@@ -90,7 +90,7 @@ class ClipService:
         self.engine = engine
         self.search = search
         self.models: RequestModels = build_request_models(settings.max_items, settings.max_text_chars,
-                                                          settings.search_max_top_k)
+                                                          settings.search_max_top_k, settings.openai_max_inputs)
         self.image_limits = ImageLimits.from_settings(settings)
 
     # lifecycle -------------------------------------------------------------------------------------

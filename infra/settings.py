@@ -134,6 +134,18 @@ class Settings:
     stall_timeout_s: float = _env("STALL_TIMEOUT_S", 120.0,
                                   "A model call running longer than this makes /health report unhealthy.",
                                   minimum=1, maximum=3600)
+    # other protocols: OpenAI's, Weaviate's
+    openai_max_inputs: int = _env("OPENAI_MAX_INPUTS", 2048,
+                                  "Most texts (or token arrays) in one POST /v1/embeddings: OpenAI's own limit, "
+                                  "which LangChain and other clients size their batches by; images there stay at "
+                                  "MAX_ITEMS.", minimum=1, maximum=100_000)
+    model_aliases: str | None = _env("MODEL_ALIASES", None,
+                                     "More names /v1/embeddings accepts as `model`, for clients that cannot change "
+                                     "it: comma-separated alias=variant, e.g. text-embedding-3-small=english.")
+    weaviate_routes_open: bool = _env("WEAVIATE_ROUTES_OPEN", False,
+                                      "Serve Weaviate's inference routes (POST /vectorize, GET /meta) without an API "
+                                      "key when API_KEYS is set (Weaviate's CLIP module sends none): only where "
+                                      "nothing but Weaviate can reach the service.")
     # search
     index_dir: Path | None = _env("INDEX_DIR", None,
                                   "Index version folder to serve POST /search from (built by `clipserve-batch "
@@ -182,9 +194,21 @@ class Settings:
                                 "(INDEX_DIR: a built index folder; QDRANT_URL or QDRANT_PATH: a Qdrant collection)")
         if self.image_decode == "gpu" and self.device == "cpu":
             raise SettingsError("IMAGE_DECODE=gpu decodes on the GPU: it needs DEVICE=cuda or auto, not cpu")
+        self.aliases()  # a malformed MODEL_ALIASES stops the boot
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")
+
+    def aliases(self) -> dict[str, str]:
+        """MODEL_ALIASES as {alias: variant}."""
+        out: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in (self.model_aliases or "").split(","))):
+            alias, sep, variant = (part.strip() for part in pair.partition("="))
+            if not sep or not alias or variant not in registry.names():
+                raise SettingsError(f"MODEL_ALIASES: {pair!r} is not alias=variant with a variant of "
+                                    f"{', '.join(registry.names())}")
+            out[alias] = variant
+        return out
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

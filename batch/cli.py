@@ -2,11 +2,13 @@
 
     clipserve-batch embed --input items.csv --output emb.jsonl --endpoint https://SERVICE
     clipserve-batch score --input pairs.csv --output scores.csv --local --model-dir /models
+    clipserve-batch score --input pairs.csv --output scores.csv --endpoint URL --compare   # one per request vs batches
     clipserve-batch merge --input items.csv --output emb.npy   # after sharded runs
     clipserve-batch index build --input items.csv --output indexes/items/v1 --local   # see batch/index_cmd.py
 
 Re-running the same command resumes. Exit status: 0 done, 1 bad arguments or input,
-2 the target failed for good (re-run to resume), 3 merge found rows missing.
+2 the target failed for good (re-run to resume), 3 merge found rows missing, 4 score --compare found
+different scores.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch import index_cmd, options
+from batch import compare, index_cmd, options
 from batch.export import MergeError, merge, output_format
 from batch.reader import InputError, iter_records
 from batch.retry import RetryTally
@@ -47,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(embed, "embed")
     score = commands.add_parser("score", help="CLIP score of every row's image against its text")
     _add_job_args(score, "score")
+    score.add_argument("--compare", action="store_true",
+                       help="also score the rows one per request, check both give the same scores, and write "
+                            "OUTPUT-stem_comparison.csv with both timings and the speedup")
+    score.add_argument("--compare-tolerance", type=float, default=compare.DEFAULT_TOLERANCE,
+                       help=f"largest clip_score difference counted as the same (default {compare.DEFAULT_TOLERANCE})")
     merge_parser = commands.add_parser("merge", help="join the shards' part files in input order")
     merge_parser.add_argument("--input", required=True, type=Path, help="the input the shards read (gives the order)")
     merge_parser.add_argument("--output", required=True, type=Path, help=".jsonl, .csv (score) or .npy (embed)")
@@ -77,6 +84,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         args.concurrency = 2 if args.local else 4
     if args.concurrency < 1:
         raise ValueError("--concurrency must be at least 1")
+    if getattr(args, "compare", False):
+        return compare.cmd_compare(args, args.output if fmt == ".jsonl" else work_path(args.output))
     shard = options.shard(args)
     sharded = shard.count > 1
     part = part_path(args.output, shard) if sharded else (args.output if fmt == ".jsonl" else work_path(args.output))

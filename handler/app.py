@@ -21,6 +21,7 @@ from handler.protocols.common import Protocol
 from handler.protocols.native import NativeApi
 from handler.protocols.openai import OpenAIApi
 from handler.protocols.search import SearchApi
+from handler.protocols.weaviate import WeaviateApi
 from handler.service import ClipService
 from infra.settings import Settings
 from search.configure import search_service
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     shapes = ErrorShapes()
     register_error_handlers(app, shapes)
     observability.init_app(app, settings, engine)  # first: a request refused by auth still gets an id and a log line
-    auth.init_app(app, settings)
+    auth.init_app(app, settings, exempt=frozenset().union(*(p.open_paths() for p in protocols)))
     app.before_request(service.start)
     for protocol in protocols:
         docs.extend(register(app, protocol, shapes))
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
 
 def protocols_for(service: ClipService, catalogue: Any) -> list[Protocol]:
     """The protocols the service speaks, in the order their routes are listed (GET /, /openapi.json)."""
-    return [NativeApi(service, catalogue), SearchApi(service), OpenAIApi(service)]
+    return [NativeApi(service, catalogue), SearchApi(service), OpenAIApi(service), WeaviateApi(service)]
 
 
 def register(app: Flask, protocol: Protocol, shapes: ErrorShapes) -> list[RouteDoc]:

@@ -2,7 +2,8 @@
 
 Platform IAM (Cloud Run invoker, Lambda function URL with AWS_IAM) stays the default protection;
 keys are for clients that cannot sign platform requests. With no key configured this module
-does nothing. ``/health`` is always exempt so platform probes work without a key.
+does nothing. Probe routes (``/health``, and the ones a protocol names) are exempt so platform probes
+work without a key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flask import Flask, Response, request
 from handler.errors import Unauthorized, error_response
 from infra.settings import SettingsError
 
-EXEMPT_PATHS = frozenset({"/health"})
+EXEMPT_PATHS = frozenset({"/health"})  # when the app names none
 _MESSAGE = "missing or invalid API key"
 
 
@@ -53,14 +54,14 @@ def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
     return matched
 
 
-def init_app(app: Flask, settings: Any) -> None:
-    """Require a valid bearer key on every route but ``/health`` when keys are configured."""
+def init_app(app: Flask, settings: Any, exempt: frozenset[str] = EXEMPT_PATHS) -> None:
+    """Require a valid bearer key on every route but the ``exempt`` paths when keys are configured."""
     keys = load_api_keys(settings)
     if not keys:
         return
 
     def require_key() -> Response | None:
-        if request.path in EXEMPT_PATHS:
+        if request.path in exempt:
             return None
         if key_matches(_bearer_token(request.headers.get("Authorization", "")), keys):
             return None

@@ -205,6 +205,25 @@ class OpenAIErrorResponse(BaseModel):
     error: OpenAIErrorBody
 
 
+# --- Weaviate's CLIP inference protocol (multi2vec-clip) ----------------------------------------------
+
+
+class WeaviateVectors(BaseModel):
+    textVectors: list[list[float]] = Field(description="Unit vectors of `texts`, in order (as /embed/text).")
+    imageVectors: list[list[float]] = Field(description="Unit vectors of `images`, in order (as /embed/image).")
+
+
+class WeaviateMeta(BaseModel):
+    service: str
+    version: str
+    model: ModelInfoOut
+
+
+class WeaviateError(BaseModel):
+    error: str = Field(description="What went wrong; Weaviate shows it as 'fail with status N: <error>'.")
+    code: str
+
+
 # --- requests -------------------------------------------------------------------------------------
 
 
@@ -218,6 +237,7 @@ class RequestModels:
     search: type[BaseModel]
     index_write: type[BaseModel]
     index_delete: type[BaseModel]
+    weaviate_vectorize: type[BaseModel]
 
 
 TRUNCATE_DOC = ("Cut texts longer than the model's context (77 or 512 tokens, see GET /) to it and list them in "
@@ -445,6 +465,14 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
                 raise ValueError("give exactly one of `ids` or `filter`")
             return self
 
+    class WeaviateVectorizeRequest(BaseModel):
+        """What Weaviate's multi2vec-clip module sends: an object's texts and its images (bare base64). Other
+        fields a newer Weaviate may add are ignored."""
+
+        texts: Annotated[list[Text], Field(max_length=max_items)] = Field(default_factory=list)
+        images: Annotated[list[str], Field(max_length=max_items)] = Field(
+            default_factory=list, description=f"Base64 of the image files (also URLs or data URIs). {IMAGE_DOC}")
+
     return RequestModels(text=TextEmbedRequest, image=ImageEmbedRequest, mixed=MixedEmbedRequest, score=ScoreRequest,
                          openai_embeddings=OpenAIEmbeddingRequest, search=SearchRequest, index_write=IndexWriteRequest,
-                         index_delete=IndexDeleteRequest)
+                         index_delete=IndexDeleteRequest, weaviate_vectorize=WeaviateVectorizeRequest)

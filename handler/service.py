@@ -9,6 +9,7 @@ numpy arrays and plain records, and raises ``handler.errors.ApiError`` for the v
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -25,9 +26,17 @@ from search.filters import parse_filter
 from search.query import Hit, IndexInfo, Item, Query, SearchBackend
 from search.service import SearchService, State
 
+SERVICE = "clipserve"
 NOT_CONFIGURED = ("this service has no search index: build one with `clipserve-batch index build --input FILE "
                   "--output DIR --local`, then start the service with INDEX_DIR=DIR (or QDRANT_URL=... for a "
                   "Qdrant collection); see the README's search section")
+
+
+def service_version() -> str:
+    try:
+        return importlib.metadata.version(SERVICE)
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 @dataclass(frozen=True)

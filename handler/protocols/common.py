@@ -54,6 +54,10 @@ class Protocol(ABC):
     def routes(self) -> list[Route]:
         """The protocol's routes, in the order /openapi.json and GET / list them."""
 
+    def open_paths(self) -> set[str]:
+        """Paths served without an API key even when keys are on (platform probes)."""
+        return set()
+
     def receive(self, model: type[M], *, images: str | None = None) -> Call[M]:
         """Read and validate the body as ``model`` (JSON; with ``images``, also multipart whose file parts
         named so are the images) and start the request's deadline."""

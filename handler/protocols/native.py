@@ -7,7 +7,6 @@ images with one bad URL still returns ninety-nine vectors.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any, Callable
 
 from flask import Response, jsonify
@@ -17,19 +16,11 @@ from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
 from handler.protocols.common import Protocol, Route
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
                              TextEmbedResponse)
-from handler.service import ClipService
+from handler.service import SERVICE, ClipService, service_version
 
-SERVICE = "clipserve"
 COMMON_ERRORS = ("invalid_json", "invalid_request", "payload_too_large", "unsupported_media_type", "overloaded",
                  "internal_error", "model_loading", "timeout")
 IMAGE_ERRORS = COMMON_ERRORS + ("all_images_failed",)
-
-
-def service_version() -> str:
-    try:
-        return importlib.metadata.version(SERVICE)
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class NativeApi(Protocol):
@@ -62,6 +53,9 @@ class NativeApi(Protocol):
             Route(RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
             Route(RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
         ]
+
+    def open_paths(self) -> set[str]:
+        return {"/health"}
 
     # the front door ------------------------------------------------------------------------------
 

@@ -130,8 +130,9 @@ resource "aws_lambda_function" "service" {
     variables = merge(
       # Lambda refuses synchronous payloads over 6 MB before the handler runs; say so in our own 413.
       # One request per instance at a time: a batch can never gain items from other requests, so
-      # the batcher should not wait for them.
-      { MAX_BODY_BYTES = "6291456", BATCH_MAX_WAIT_MS = "0" },
+      # the batcher should not wait for them. Responses are capped at 6 MB too: 512 vectors of 640
+      # floats fit as JSON numbers, 2048 (OpenAI's limit) do not.
+      { MAX_BODY_BYTES = "6291456", BATCH_MAX_WAIT_MS = "0", OPENAI_MAX_INPUTS = "512" },
       var.extra_env,
       { MODEL_VARIANT = var.model_variant },
       var.qdrant_url == null ? {} : { QDRANT_URL = var.qdrant_url, QDRANT_COLLECTION = var.qdrant_collection },

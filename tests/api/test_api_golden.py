@@ -206,6 +206,15 @@ def native_cases() -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", "/v1/models", {}),
         ("GET", "/v1/nothing", {}),
         ("POST", "/search", {"json": {"text": "a cat"}}),
+        ("GET", "/.well-known/live", {}),
+        ("GET", "/.well-known/ready", {}),
+        ("GET", "/meta", {}),
+        ("POST", "/vectorize", {"json": {"texts": ["a cat", "a dog"], "images": [b64(RED)]}}),
+        ("POST", "/vectorize", {"json": {"images": [b64(GREEN), b64(BLUE)]}}),
+        ("POST", "/vectorize", {"json": {}}),
+        ("POST", "/vectorize", {"json": {"texts": ["a"], "images": [b64(RED), "bm90IGFuIGltYWdl"]}}),
+        ("POST", "/vectorize", {"json": {"texts": ["a"] * 9}}),
+        ("POST", "/vectorize", {"json": {"texts": "a"}}),
     ]
 
 
@@ -265,6 +274,8 @@ def keyed_cases() -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", "/embed/text", {"json": {"texts": ["a"]}, "headers": good}),
         ("POST", "/v1/embeddings", {"json": {"model": "english", "input": "a"}}),
         ("GET", "/v1/models", {"headers": good}),
+        ("GET", "/.well-known/ready", {}),
+        ("POST", "/vectorize", {"json": {"texts": ["a"]}}),
     ]
 
 

@@ -373,3 +373,44 @@ def test_local_multilingual_equals_the_encoder(tiny_model_dir, multilingual_enco
     np.testing.assert_allclose(vector(de, "image_embedding"), expected, **TOL)
     assert abs(np.linalg.norm(expected) - 1.0) > 1e-3  # really unnormalized, so the option was applied
     assert ja["image_embedding"] is None and ja["error"] is None
+
+
+def _jpeg(seed: int) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("where", ["endpoint", "local"])
+def test_score_compare_scores_one_per_request_and_batched_alike(where, service_url, tiny_model_dir, tmp_path, capsys):
+    import csv
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(24):
+        (tmp_path / "img" / f"{i}.jpg").write_bytes(_jpeg(i))
+        rows.append({"id": f"p{i}", "caption": f"a picture number {i}", "url": f"img/{i}.jpg", "owner": f"o{i % 3}"})
+    rows.append({"id": "broken", "caption": "nothing", "url": "img/missing.jpg", "owner": "o0"})
+    src = write_csv(tmp_path / "pairs.csv", rows)
+    out = tmp_path / "scores.csv"
+    target = ["--endpoint", service_url] if where == "endpoint" else ["--local", "--model-dir", tiny_model_dir]
+    status, summary = run_cli(capsys, "score", "--input", src, "--output", out, *target, "--batch-size", "8",
+                              "--compare")
+    assert status == 0, summary
+    assert summary["same"] and summary["rows"] == 25 and summary["max_clip_score_difference"] <= 0.1
+    assert [m["mode"] for m in summary["modes"]] == ["one per request", "batched"]
+    assert all(m["images_per_s"] > 0 and m["errors"] == 1 for m in summary["modes"])
+    with (tmp_path / "scores_comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["mode"], r["batch_size"]) for r in table] == [("one per request", "1"), ("batched", "8")]
+    assert float(table[1]["speedup"]) == pytest.approx(float(table[1]["images_per_s"]) / float(table[0]["images_per_s"]),
+                                                        rel=0.01)
+    with out.open() as f:
+        scored = list(csv.DictReader(f))
+    assert [r["id"] for r in scored] == [r["id"] for r in rows]  # the user's rows come back, in order
+    assert scored[0]["owner"] == "o0" and float(scored[0]["clip_score"]) >= 0 and scored[-1]["error"] == "file_not_found"
+    again = run_cli(capsys, "score", "--input", src, "--output", out, *target, "--compare")
+    assert again[0] == 1  # the timings need a fresh output

@@ -171,7 +171,7 @@ def test_lambda_module_applies_against_moto(moto_endpoint, tmp_path):
         "WorkingDirectory": "/app",
     }
     assert config["Environment"]["Variables"] == {"MODEL_VARIANT": "multilingual", "MAX_BODY_BYTES": "6291456",
-                                                  "BATCH_MAX_WAIT_MS": "0"}
+                                                  "BATCH_MAX_WAIT_MS": "0", "OPENAI_MAX_INPUTS": "512"}
     assert config["Role"].endswith(":role/clipserve-lambda")
     repository_url = outputs["ecr_repository_url"]
     assert function["Code"]["ImageUri"] == outputs["image_uri"] == f"{repository_url}:moto-1"

@@ -78,9 +78,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="window of each with/without measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=OUT / "bench_clients.json")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the server")
     args = parser.parse_args()
     ensure_bundles(args.bundles, ["english"])
-    env = {"MODEL_DIR": str(args.bundles), "MODEL_VARIANT": "english", "TEXT_CACHE_SIZE": "0"}
+    env = {"MODEL_DIR": str(args.bundles), "MODEL_VARIANT": "english", "TEXT_CACHE_SIZE": "0",
+           **dict(pair.split("=", 1) for pair in args.env)}
     results: dict = {"machine": machine(), "command": " ".join(sys.argv), "rounds": []}
     with serving(env, OUT / "bench_clients.log") as server:
         info = requests.get(f"{server.url}/", timeout=10).json()["model"]

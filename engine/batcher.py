@@ -4,7 +4,9 @@ Why this shape: several torch calls at once from different request threads overs
 and batching across requests is worth about 1.8x (bench notes). So request threads only enqueue
 and wait; a single thread runs the model. Batches are shared fairly: each submitter's items form a
 group, and while several groups wait, none takes more than its share of a batch, so a request of two
-thousand texts cannot make one-text requests wait behind all of it. Three failure rules keep a bad
+thousand texts cannot make one-text requests wait behind all of it. Bulk work (a request larger than a
+batch) also yields the model to interactive requests while they keep coming: its items ride along in
+the batches they start rather than keeping the cores busy between them. Three failure rules keep a bad
 batch from hurting others:
 - a full queue refuses the whole request at once (``Overloaded``, mapped to 429), never half of it;
 - when ``run_batch`` raises, every future of that batch gets an exception: nobody waits forever;
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # run_batch(kind, options, payloads) -> one result per payload, in order.
 RunBatch = Callable[[str, Hashable, list[Any]], Sequence[Any]]
+# Interactive requests seen this recently make bulk-only batches wait (up to _BULK_YIELD_S) for one of theirs.
+_INTERACTIVE_RECENT_S = 0.1
+_BULK_YIELD_S = 0.02
+# Bulk items a batch with interactive ones may carry at least (see _take_matching).
+_BULK_FLOOR = 2
 
 
 class Overloaded(RuntimeError):
@@ -75,6 +82,7 @@ class _Item:
     future: ItemFuture
     enqueued_at: float
     group: object  # the request the item belongs to: batches are shared fairly between groups
+    bulk: bool = False  # part of a request larger than a batch: yields to interactive requests
 
 
 class Batcher:
@@ -104,6 +112,7 @@ class Batcher:
         self._batches_done = 0
         self._batches_failed = 0
         self._on_batch: Callable[[str, int, float], None] | None = None
+        self._interactive_at = -1e9  # when the last interactive (not bulk) item was queued
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -138,17 +147,21 @@ class Batcher:
 
     # request side ----------------------------------------------------------------------------
 
-    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None) -> list[Future]:
+    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None,
+               bulk: bool = False) -> list[Future]:
         """Queue every payload or none: raises Overloaded when they do not all fit. ``group``: the request the
-        payloads belong to (a request that submits in several parts passes the same one); None = its own."""
+        payloads belong to (a request that submits in several parts passes the same one); None = its own.
+        ``bulk``: part of a request larger than a batch, which yields to interactive ones."""
         if self._stop.is_set() or self._thread is None or self._pid != os.getpid():
             raise EngineStopped("the inference loop is not running")
         now = time.monotonic()
         group = object() if group is None else group
-        items = [_Item((kind, options), p, ItemFuture(), now, group) for p in payloads]
+        items = [_Item((kind, options), p, ItemFuture(), now, group, bulk) for p in payloads]
         with self._cond:
             if len(self._pending) + len(items) > self._capacity:
                 raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
+            if not bulk:
+                self._interactive_at = now
             self._pending.extend(items)
             self._cond.notify()
         return [i.future for i in items]
@@ -190,6 +203,7 @@ class Batcher:
                 self._cond.wait(self._idle_poll)
             if not self._pending or self._stop.is_set():
                 return []
+            self._yield_to_interactive()
             key = self._pending[0].key
             batch = self._take_matching(key, [])
             deadline = time.monotonic() + self._max_wait
@@ -202,26 +216,48 @@ class Batcher:
         # Skip items whose request already gave up (timed out and cancelled its futures).
         return [i for i in batch if i.future.set_running_or_notify_cancel()]
 
+    def _yield_to_interactive(self) -> None:
+        """With only bulk items queued while interactive requests keep coming, wait a little for one of them:
+        the bulk items then ride along in its batch instead of taking the cores between interactive batches
+        (on a small instance the model and the request threads share the same cores)."""
+        deadline = time.monotonic() + _BULK_YIELD_S
+        while (all(item.bulk for item in self._pending) and not self._stop.is_set()
+               and time.monotonic() - self._interactive_at < _INTERACTIVE_RECENT_S):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
     def _take_matching(self, key: tuple[str, Hashable], batch: list[_Item]) -> list[_Item]:
         """Queued items with ``key`` to add to ``batch``, oldest first, each group up to its fair share.
 
         The share is the batch size over the number of groups in the batch or waiting for it: one request
         alone fills whole batches; with others waiting, a large request adds only its share, so the batch
-        stays short and the others' items run in it rather than after the large request's."""
+        stays short and the others' items run in it rather than after the large request's. Bulk items ride
+        along in a batch that has interactive ones only up to half their number (at least _BULK_FLOOR): on a
+        model-bound instance a batch's time grows with its items, and that time is the interactive
+        requests' latency."""
+        matching = [item for item in self._pending if item.key == key]
         per_group = collections.Counter(item.group for item in batch)
-        groups = set(per_group) | {item.group for item in self._pending if item.key == key}
-        share = -(-self._max_batch // max(1, len(groups)))
+        share = -(-self._max_batch // max(1, len(set(per_group) | {item.group for item in matching})))
         room = self._max_batch - len(batch)
         taken: list[_Item] = []
-        kept: collections.deque[_Item] = collections.deque()
-        while self._pending:
-            item = self._pending.popleft()
-            if item.key == key and len(taken) < room and per_group[item.group] < share:
-                per_group[item.group] += 1
-                taken.append(item)
-            else:
-                kept.append(item)
-        self._pending = kept
+
+        def take(items: list[_Item], limit: int) -> None:
+            for item in items:
+                if len(taken) >= room or limit <= 0:
+                    return
+                if per_group[item.group] < share:
+                    per_group[item.group] += 1
+                    taken.append(item)
+                    limit -= 1
+
+        take([item for item in matching if not item.bulk], room)
+        interactive = sum(not item.bulk for item in (*batch, *taken))
+        bulk_limit = room if not interactive else max(_BULK_FLOOR, interactive // 2) - sum(i.bulk for i in batch)
+        take([item for item in matching if item.bulk], bulk_limit)
+        chosen = set(map(id, taken))
+        self._pending = collections.deque(item for item in self._pending if id(item) not in chosen)
         return taken
 
     def _run(self, batch: list[_Item]) -> None:
@@ -297,7 +333,8 @@ class Unbatched:
     def poke(self) -> None:
         pass  # nothing ever waits for more items here
 
-    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None) -> list[Future]:
+    def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None,
+               bulk: bool = False) -> list[Future]:
         """Run the model on ``payloads`` now, in the calling thread; the futures come back done."""
         if self._stopped:
             raise EngineStopped("the service is shutting down")

@@ -220,16 +220,20 @@ class EmbeddingEngine:
         """
         encoder = self._require_encoder()
         with self.preparing():
-            entries, hits = self._look_up_or_prepare(encoder, texts, normalize)
+            entries, hits = self._look_up(texts, normalize)
+            todo = [t for t, e in entries.items() if e is None]
+            # A request larger than a batch is tokenized a window at a time, as its windows go to the model, so
+            # a thousand texts do not hold the GIL in one piece; truncate=False must see every text first.
+            lazily = truncate and len(todo) > self._window
+            payloads = todo if lazily else [encoder.prepare_text(t) for t in todo]
             if not truncate:
-                too_long = [i for i, t in enumerate(texts) if entries[t].truncated]
+                too_long = [i for i, t in enumerate(texts) if (entries[t] or payloads[todo.index(t)]).truncated]
                 if too_long:
                     raise TextsTooLong(too_long, encoder.info.context_length)
-            todo = {t: e for t, e in entries.items() if not isinstance(e, CachedText)}
-            flow = self._flow(TEXT, normalize, list(todo.values())) if todo else None
+            flow = self._flow(TEXT, normalize, payloads, encoder.prepare_text if lazily else None) if todo else None
         if flow is not None:
             vectors = self._wait(flow, timeout, cancelled, cache_hits=hits)
-            for (text, prepared), vector in zip(todo.items(), vectors, strict=True):
+            for text, prepared, vector in zip(todo, flow.payloads, vectors, strict=True):
                 entries[text] = CachedText(vector, prepared.truncated, prepared.tokens)
                 self._cache.put(text_key(text, normalize), vector, prepared.truncated, prepared.tokens)
         else:
@@ -239,17 +243,13 @@ class EmbeddingEngine:
                           truncated=[i for i, r in enumerate(rows) if r.truncated],
                           tokens=[r.tokens for r in rows], cache_hits=hits)
 
-    def _look_up_or_prepare(self, encoder: Any, texts: Sequence[str], normalize: bool) -> tuple[dict[str, Any], int]:
-        """text -> CachedText (a cache hit) or the encoder's prepared text (tokenized in this thread).
-        Each distinct text once; returns the number of hits."""
-        entries: dict[str, Any] = {}
-        hits = 0
+    def _look_up(self, texts: Sequence[str], normalize: bool) -> tuple[dict[str, CachedText | None], int]:
+        """text -> CachedText (a cache hit) or None, each distinct text once; and the number of hits."""
+        entries: dict[str, CachedText | None] = {}
         for text in texts:
             if text not in entries:
-                cached = self._cache.get(text_key(text, normalize))
-                hits += cached is not None
-                entries[text] = cached if cached is not None else encoder.prepare_text(text)
-        return entries, hits
+                entries[text] = self._cache.get(text_key(text, normalize))
+        return entries, sum(e is not None for e in entries.values())
 
     def embed_images(self, tensors: Sequence[Any], *, normalize: bool, timeout: float,
                      cancelled: Callable[[], bool] | None = None) -> np.ndarray:
@@ -263,9 +263,10 @@ class EmbeddingEngine:
             raise NotReady(self._state)
         return self._encoder
 
-    def _flow(self, kind: str, normalize: bool, payloads: list[Any]) -> "_Flow":
+    def _flow(self, kind: str, normalize: bool, payloads: list[Any],
+              prepare: Callable[[Any], Any] | None = None) -> "_Flow":
         """Start a request's model work: its first window of items goes to the queue now (429 if it is full)."""
-        flow = _Flow(self._batcher, kind, normalize, payloads, window=self._window)
+        flow = _Flow(self._batcher, kind, normalize, payloads, window=self._window, prepare=prepare)
         flow.submit_more()
         return flow
 
@@ -318,28 +319,39 @@ class _Flow:
     into every batch instead of behind all of it. The first window is refused whole when the queue is
     full (429); later ones wait for room, within the request's deadline."""
 
-    def __init__(self, batcher: Any, kind: str, normalize: bool, payloads: list[Any], window: int) -> None:
+    def __init__(self, batcher: Any, kind: str, normalize: bool, payloads: list[Any], window: int,
+                 prepare: Callable[[Any], Any] | None = None) -> None:
+        """``prepare``: applied to each payload just before it is queued (None: payloads are ready)."""
         self._batcher = batcher
         self.kind = kind
         self._normalize = normalize
-        self._payloads = payloads
+        self.payloads = list(payloads)  # prepared in place as they are queued
+        self._prepare = prepare
+        self._prepared_upto = 0 if prepare is not None else len(payloads)
         self._window = window
         self._group = object()
         self.futures: list[concurrent.futures.Future] = []
 
     @property
     def size(self) -> int:
-        return len(self._payloads)
+        return len(self.payloads)
 
     def submit_more(self) -> None:
         """Queue the next items, up to a window in flight; on a full queue after the first, try again later."""
         in_flight = sum(not f.done() for f in self.futures)
         start = len(self.futures)
-        part = self._payloads[start:start + self._window - in_flight]
+        part = self.payloads[start:start + self._window - in_flight]
         if not part:
             return
+        end = start + len(part)
+        if self._prepared_upto < end:
+            for k in range(self._prepared_upto, end):
+                self.payloads[k] = self._prepare(self.payloads[k])
+            self._prepared_upto = end
+            part = self.payloads[start:end]
         try:
-            self.futures += self._batcher.submit(self.kind, self._normalize, part, group=self._group)
+            self.futures += self._batcher.submit(self.kind, self._normalize, part, group=self._group,
+                                                 bulk=self.size > self._window)
         except Overloaded:
             if not self.futures:
                 raise

@@ -505,3 +505,27 @@ def test_one_text_requests_are_not_queued_behind_a_large_one():
         assert sum(len(c) for c in calls) == 601
     finally:
         engine.shutdown()
+
+
+def test_bulk_items_ride_along_with_interactive_ones_at_most_half_their_number(make_batcher, recorder):
+    batcher = make_batcher(max_batch_size=32)
+    first = blocked(batcher, recorder)
+    bulk = batcher.submit("text", True, [f"bulk{i}" for i in range(32)], bulk=True)
+    small = [batcher.submit("text", True, [f"s{i}"]) for i in range(6)]
+    recorder.gate.set()
+    results(first + bulk + [f for fs in small for f in fs])
+    batch = recorder.batches[1][2]
+    assert sorted(p for p in batch if p.startswith("s")) == [f"s{i}" for i in range(6)]
+    assert sum(p.startswith("bulk") for p in batch) == 3  # half of the 6 interactive items
+
+
+def test_a_large_request_is_tokenized_a_window_at_a_time(counting_engine):
+    engine, encoder = counting_engine(max_batch_size=4)
+    events: list[str] = []
+    prepare, encode = encoder.prepare_text, encoder.encode_prepared_texts
+    encoder.prepare_text = lambda text: events.append("prepare") or prepare(text)
+    encoder.encode_prepared_texts = lambda items, normalize=True: events.append("encode") or encode(items, normalize)
+    texts = [f"t{i}" for i in range(12)]
+    assert engine.embed_texts(texts, normalize=True, timeout=WAIT).embeddings[:, 0].tolist() == [2] * 10 + [3] * 2
+    assert events.index("encode") < events.index("prepare") + 5  # the model started before all 12 were tokenized
+    assert events.count("prepare") == 12

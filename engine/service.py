@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import enum
+import hashlib
 import logging
 import os
 import threading
@@ -22,12 +23,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from engine.batcher import Batcher, LoopHealth, Overloaded, Unbatched
-from engine.cache import CachedText, TextCache, text_key
+from engine.cache import (IMAGE, TEXT, CacheStats, CachedText, NoSharedCache, SharedCache, TextCache,
+                          VectorCache, text_digest, text_key)
 
 log = logging.getLogger(__name__)
 
-TEXT = "text"
-IMAGE = "image"
 
 
 class ModelState(str, enum.Enum):
@@ -89,7 +89,9 @@ class EmbeddingEngine:
 
     def __init__(self, load: Callable[[], Any], *, max_batch_size: int = 32, max_wait_s: float = 0.005,
                  queue_size: int = 256, stall_timeout_s: float = 120.0, batching: bool = True,
-                 text_cache_size: int = 0) -> None:
+                 text_cache_size: int = 0, shared_cache: SharedCache | None = None, cache_ttl_s: int = 86400) -> None:
+        """``shared_cache``: the level-2 cache every instance shares (texts behind the in-process LRU, and images);
+        None = none."""
         self._load = load
         self._encoder: Any = None
         self._state = ModelState.LOADING
@@ -100,6 +102,8 @@ class EmbeddingEngine:
         self._lock = threading.Lock()
         self._request_observer: Callable[[str, list[tuple[int, float]], int], None] | None = None
         self._cache = TextCache(text_cache_size)
+        self.cache_stats = CacheStats()
+        self.vectors = VectorCache(shared_cache or NoSharedCache(), cache_ttl_s, self.cache_stats)
         self._preparing = 0  # requests between starting their input work and queueing its result
         self._window = max_batch_size  # a request's items queued or running at once (_Flow)
         self.device_error: str | None = None  # a CUDA error that left the context unusable
@@ -112,10 +116,12 @@ class EmbeddingEngine:
             self._batcher = Unbatched(self._run_batch, stall_timeout_s=stall_timeout_s)
 
     @classmethod
-    def from_settings(cls, settings: Any, load: Callable[[], Any]) -> "EmbeddingEngine":
+    def from_settings(cls, settings: Any, load: Callable[[], Any],
+                      shared_cache: SharedCache | None = None) -> "EmbeddingEngine":
         return cls(load, max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
                    queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s,
-                   batching=settings.batching, text_cache_size=settings.text_cache_size)
+                   batching=settings.batching, text_cache_size=settings.text_cache_size, shared_cache=shared_cache,
+                   cache_ttl_s=settings.cache_ttl_s)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -152,6 +158,8 @@ class EmbeddingEngine:
             self._state = ModelState.FAILED
         else:
             self._encoder = encoder
+            if self.vectors.enabled:
+                self.vectors.bind(encoder.info)
             self._batcher.start()
             self._state = ModelState.READY
             log.info("model loaded in %.1f s", time.monotonic() - started)
@@ -220,7 +228,7 @@ class EmbeddingEngine:
         """
         encoder = self._require_encoder()
         with self.preparing():
-            entries, hits = self._look_up(texts, normalize)
+            entries, hits = self._look_up(texts, normalize, encoder.info.dim)
             todo = [t for t, e in entries.items() if e is None]
             # A request larger than a batch is tokenized a window at a time, as its windows go to the model, so
             # a thousand texts do not hold the GIL in one piece; truncate=False must see every text first.
@@ -236,6 +244,8 @@ class EmbeddingEngine:
             for text, prepared, vector in zip(todo, flow.payloads, vectors, strict=True):
                 entries[text] = CachedText(vector, prepared.truncated, prepared.tokens)
                 self._cache.put(text_key(text, normalize), vector, prepared.truncated, prepared.tokens)
+            if self.vectors.enabled:
+                self.vectors.put_texts([self._text_l2_key(t, normalize) for t in todo], [entries[t] for t in todo])
         else:
             self._observe(TEXT, [], hits)
         rows = [entries[t] for t in texts]
@@ -243,13 +253,37 @@ class EmbeddingEngine:
                           truncated=[i for i, r in enumerate(rows) if r.truncated],
                           tokens=[r.tokens for r in rows], cache_hits=hits)
 
-    def _look_up(self, texts: Sequence[str], normalize: bool) -> tuple[dict[str, CachedText | None], int]:
-        """text -> CachedText (a cache hit) or None, each distinct text once; and the number of hits."""
+    def _look_up(self, texts: Sequence[str], normalize: bool, dim: int) -> tuple[dict[str, CachedText | None], int]:
+        """text -> CachedText (a hit in this process's LRU, else in the shared cache: one round trip for all) or
+        None, each distinct text once; and the number of hits."""
         entries: dict[str, CachedText | None] = {}
         for text in texts:
             if text not in entries:
                 entries[text] = self._cache.get(text_key(text, normalize))
+        missed = [t for t, e in entries.items() if e is None]
+        self.cache_stats.add("l1", TEXT, len(entries) - len(missed), len(missed))
+        if missed and self.vectors.enabled:
+            found = self.vectors.get_texts([self._text_l2_key(t, normalize) for t in missed], dim)
+            for text, entry in zip(missed, found):
+                if entry is not None:
+                    entries[text] = entry
+                    self._cache.put(text_key(text, normalize), entry.vector, entry.truncated, entry.tokens)
         return entries, sum(e is not None for e in entries.values())
+
+    def _text_l2_key(self, text: str, normalize: bool) -> bytes:
+        return self.vectors.key(TEXT, normalize, text_digest(text))
+
+    # images in the shared cache, keyed by their encoded bytes (the service loads them) ------------------
+
+    def cached_images(self, datas: Sequence[bytes], normalize: bool) -> tuple[list[bytes], list[np.ndarray | None]]:
+        """(keys, the shared cache's vectors or None) for images given as their bytes: one round trip for all.
+        The same picture sent by URL, base64 or upload has the same bytes, so the same key."""
+        self._require_encoder()
+        keys = [self.vectors.key(IMAGE, normalize, hashlib.sha256(d).digest()) for d in datas]
+        return keys, self.vectors.get_vectors(IMAGE, keys, self.info.dim)
+
+    def store_images(self, keys: Sequence[bytes], vectors: Sequence[np.ndarray]) -> None:
+        self.vectors.put_vectors(keys, vectors)
 
     def embed_images(self, tensors: Sequence[Any], *, normalize: bool, timeout: float,
                      cancelled: Callable[[], bool] | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 
 from engine import EmbeddingEngine
-from handler import auth, observability
+from handler import auth, observability, ratelimit
 from handler.errors import ErrorShapes, register_error_handlers
 from handler.jsonio import OrjsonProvider
 from handler.openapi import RouteDoc
@@ -23,6 +23,7 @@ from handler.protocols.openai import OpenAIApi
 from handler.protocols.search import SearchApi
 from handler.protocols.weaviate import WeaviateApi
 from handler.service import ClipService
+from infra.redis_cache import RedisCache
 from infra.settings import Settings
 from search.configure import search_service
 from search.service import SearchService
@@ -48,7 +49,8 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
 
     require_requested_gpu(settings.device, settings.image_decode)  # asked for a GPU, none: stop the boot now
     if engine is None:
-        engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings))
+        shared = RedisCache.from_settings(settings) if settings.redis_url is not None else None
+        engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings), shared)
     if search is None and any(v is not None for v in (settings.index_dir, settings.qdrant_url, settings.qdrant_path)):
         from models.bundle import model_identity  # the bundle's manifest only: no torch
 
@@ -63,7 +65,9 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     shapes = ErrorShapes()
     register_error_handlers(app, shapes)
     observability.init_app(app, settings, engine)  # first: a request refused by auth still gets an id and a log line
-    auth.init_app(app, settings, exempt=frozenset().union(*(p.open_paths() for p in protocols)))
+    open_paths = frozenset().union(*(p.open_paths() for p in protocols))
+    auth.init_app(app, settings, exempt=open_paths)
+    ratelimit.init_app(app, settings, keyed=bool(auth.load_api_keys(settings)), exempt=open_paths | {"/metrics"})
     app.before_request(service.start)
     for protocol in protocols:
         docs.extend(register(app, protocol, shapes))

@@ -63,7 +63,7 @@ def init_app(app: Flask, settings: Any, exempt: frozenset[str] = EXEMPT_PATHS) -
     def require_key() -> Response | None:
         if request.path in exempt:
             return None
-        if key_matches(_bearer_token(request.headers.get("Authorization", "")), keys):
+        if key_matches(bearer_token(request.headers.get("Authorization", "")), keys):
             return None
         response = error_response(Unauthorized(_MESSAGE))
         response.headers["WWW-Authenticate"] = 'Bearer realm="clipserve"'
@@ -72,7 +72,8 @@ def init_app(app: Flask, settings: Any, exempt: frozenset[str] = EXEMPT_PATHS) -
     app.before_request(require_key)
 
 
-def _bearer_token(header: str) -> bytes:
+def bearer_token(header: str) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header (empty for any other scheme)."""
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return b""

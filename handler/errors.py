@@ -39,6 +39,7 @@ STATUS = {
     "all_images_failed": 422,
     "all_items_failed": 422,
     "overloaded": 429,
+    "rate_limited": 429,
     "client_disconnected": 499,  # nginx's code: nobody reads it, but the log line says what happened
     "internal_error": 500,
     "model_loading": 503,
@@ -51,7 +52,7 @@ STATUS = {
 
 # Werkzeug's HTTP errors that can reach us, by status.
 _WERKZEUG_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                   413: "payload_too_large", 415: "unsupported_media_type"}
+                   413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
 
 
 class ApiError(Exception):
@@ -149,6 +150,12 @@ class ServiceOverloaded(ApiError):
     code = "overloaded"
 
 
+class RateLimited(ApiError):
+    """RATE_LIMIT reached for this client (flask-limiter adds Retry-After)."""
+
+    code = "rate_limited"
+
+
 class ClientDisconnected(ApiError):
     code = "client_disconnected"
 
@@ -185,6 +192,9 @@ def to_api_error(exc: BaseException) -> ApiError:
         code = _WERKZEUG_CODES.get(exc.code or 500)
         if code == "payload_too_large":
             return PayloadTooLarge("the request body is larger than the limit (see GET / for limits)")
+        if code == "rate_limited":
+            return RateLimited(f"too many requests from this client: the limit is {exc.description}; retry after "
+                               "the Retry-After header's seconds")
         if code is not None:
             error = next(t for t in ERROR_TYPES if t.code == code)(_plain(exc.description or exc.name))
             if exc.code == 405 and exc.response is None and getattr(exc, "valid_methods", None):

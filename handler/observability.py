@@ -12,8 +12,10 @@ gathered here. ``/metrics`` exists only when ``METRICS_ENABLED`` is on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import threading
 import time
 import uuid
 from collections import Counter as Tally
@@ -89,6 +91,8 @@ class Metrics:
         if engine is not None:
             self.queue_depth.set_function(lambda: _loop_health_value(engine, "queue_depth"))
             self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
+            if hasattr(engine, "cache_stats"):
+                r.register(_CacheCollector(engine))
 
     def observe_batch(self, kind: str, batch_size: int, queue_wait_s: float) -> None:
         """Batch observer for the engine (runs on the inference thread)."""
@@ -97,6 +101,30 @@ class Metrics:
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class _CacheCollector:
+    """The engine's cache counts (the same numbers /stats shows) and the shared cache's breaker, read at scrape."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        lookups = CounterMetricFamily("clipserve_cache_requests", "Cache lookups by level (l1 in-process, l2 shared), "
+                                      "kind (text, image, search) and result (hit, miss).",
+                                      labels=["level", "kind", "result"])
+        for (level, kind, result), count in sorted(self.engine.cache_stats.snapshot().items()):
+            lookups.add_metric([level, kind, result], count)
+        yield lookups
+        breaker = GaugeMetricFamily("clipserve_cache_breaker_open", "1 while the shared cache (Redis) is skipped "
+                                    "after a failure; 0 while it answers or when none is configured.")
+        breaker.add_metric([], 1.0 if self.engine.vectors.shared.state == "open" else 0.0)
+        yield breaker
 
 
 def _gpu_memory() -> float:
@@ -197,9 +225,50 @@ def _metrics() -> Metrics | None:
 
 
 @dataclass
+class Totals:
+    """Requests by route and status, and model calls by kind, since start: what GET /stats shows (kept whether or
+    not /metrics is on)."""
+
+    started: float = field(default_factory=time.time)
+    requests: dict[str, Tally] = field(default_factory=dict)  # route -> Counter of statuses
+    batches: dict[str, list[float]] = field(default_factory=dict)  # kind -> [calls, items, max size, wait s]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def request(self, route: str, status: int) -> None:
+        with self.lock:
+            self.requests.setdefault(route, Tally())[str(status)] += 1
+
+    def batch(self, kind: str, size: int, wait_s: float) -> None:
+        with self.lock:
+            entry = self.batches.setdefault(kind, [0, 0, 0, 0.0])
+            entry[0] += 1
+            entry[1] += size
+            entry[2] = max(entry[2], size)
+            entry[3] += max(0.0, wait_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
+        routes = {route: {"requests": sum(c.values()), "errors": sum(n for s, n in c.items() if int(s) >= 400),
+                          "statuses": dict(c)} for route, c in sorted(self.requests.items())}
+        batches = {kind: {"model_calls": int(n), "items": int(items), "mean_batch_size": round(items / n, 2),
+                          "max_batch_size": int(top), "mean_queue_wait_ms": round(1000 * wait / n, 2)}
+                   for kind, (n, items, top, wait) in sorted(self.batches.items()) if n}
+        return {"uptime_s": round(time.time() - self.started, 1), "routes": routes, "batches": batches}
+
+
+@dataclass
 class _State:
     project: str | None
     metrics: Metrics | None
+    totals: Totals = field(default_factory=Totals)
+
+
+def stats() -> dict[str, Any]:
+    """This app's request and batch tallies (for GET /stats)."""
+    return current_app.extensions[_EXTENSION].totals.snapshot()
 
 
 def init_app(app: Flask, settings: Any, engine: Any = None) -> None:
@@ -216,10 +285,17 @@ def init_app(app: Flask, settings: Any, engine: Any = None) -> None:
     app.after_request(_finish)
     if engine is not None and hasattr(engine, "set_request_observer"):
         engine.set_request_observer(_on_engine_items)
+    if engine is not None and hasattr(engine, "set_batch_observer"):
+        engine.set_batch_observer(functools.partial(_observe_batch, state))
     if metrics is not None:
-        if engine is not None and hasattr(engine, "set_batch_observer"):
-            engine.set_batch_observer(metrics.observe_batch)
         app.add_url_rule("/metrics", "metrics", metrics.render, methods=["GET"])
+
+
+def _observe_batch(state: _State, kind: str, batch_size: int, queue_wait_s: float) -> None:
+    """The engine's batch observer (inference thread): the /stats tally, and the histograms when metrics are on."""
+    state.totals.batch(kind, batch_size, queue_wait_s)
+    if state.metrics is not None:
+        state.metrics.observe_batch(kind, batch_size, queue_wait_s)
 
 
 def _begin() -> None:
@@ -250,6 +326,7 @@ def _emit(record: RequestRecord, response: Response) -> None:
     latency = time.perf_counter() - record.started
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     status = response.status_code
+    state.totals.request(route, status)
     if state.metrics is not None:
         if g.pop("_clipserve_in_flight", False):
             state.metrics.in_flight.dec()

@@ -151,6 +151,23 @@ class InfoResponse(BaseModel):
     endpoints: list[str]
 
 
+class StatsResponse(BaseModel):
+    service: str
+    version: str
+    model: Optional[ModelInfoOut]
+    uptime_s: float
+    routes: dict[str, dict[str, Any]] = Field(description="Per route pattern: requests, errors (4xx/5xx), statuses.")
+    batches: dict[str, dict[str, Any]] = Field(description="Per kind: model calls, items, mean and max batch size, "
+                                                           "mean queue wait.")
+    cache: dict[str, dict[str, dict[str, Any]]] = Field(
+        description="Per level (l1: in-process, l2: shared) and kind (text, image, search): hits, misses, hit_ratio.")
+    redis: dict[str, Any] = Field(description="The shared cache: state ok, open (skipped after a failure) or "
+                                              "unconfigured.")
+    index: Optional[dict[str, Any]] = Field(description="The search index or collection: state, name, version, "
+                                                        "count; null when none.")
+    queue: Optional[dict[str, Any]] = Field(description="The model queue now; null while the model loads.")
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

@@ -9,19 +9,22 @@ numpy arrays and plain records, and raises ``handler.errors.ApiError`` for the v
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import orjson
 
 from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong
 from handler import observability, scoring
 from handler.errors import AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest, Timeout
 from handler.schemas import RequestModels, build_request_models
 from infra.settings import Settings
-from inputs import ImageError, ImageLimits, draft_size_for, load_images
+from inputs import ImageError, ImageLimits, draft_size_for, fetch_images, load_images
 from search.filters import parse_filter
 from search.query import Hit, IndexInfo, Item, Query, SearchBackend
 from search.service import SearchService, State
@@ -154,6 +157,27 @@ class ClipService:
                 "fetch_timeout_s": s.fetch_timeout_s, "fetch_max_redirects": s.fetch_max_redirects,
                 "request_timeout_s": s.request_timeout_s, "search_max_top_k": s.search_max_top_k}
 
+    def stats(self) -> dict[str, Any]:
+        """The cache, queue and index parts of GET /stats."""
+        counts = self.engine.cache_stats.snapshot()
+        cache: dict[str, Any] = {}
+        for level, kind in sorted({(lv, k) for lv, k, _ in counts}):
+            hits, misses = counts.get((level, kind, "hit"), 0), counts.get((level, kind, "miss"), 0)
+            cache.setdefault(level, {})[kind] = {"hits": hits, "misses": misses,
+                                                 "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None}
+        shared = self.engine.vectors.shared
+        redis = {"state": shared.state, **({"failures": shared.failures, "last_error": shared.last_error}
+                                           if hasattr(shared, "failures") else {})}
+        index = None
+        if self.search is not None:
+            described = self.search.describe()
+            index = {"state": described["state"], **described.get("index", {}),
+                     **({"backend": described["backend"]} if "backend" in described else {})}
+        loop = self.engine.loop_health() if self.engine.state is ModelState.READY else None
+        queue = None if loop is None else {"depth": loop.queue_depth, "oldest_wait_s": round(loop.oldest_wait_s, 3),
+                                           "model_calls": loop.batches_done, "failed_calls": loop.batches_failed}
+        return {"cache": cache, "redis": redis, "index": index, "queue": queue}
+
     def model_fields(self) -> dict[str, Any]:
         """The model a response's vectors came from, as every native answer names it."""
         info = self.engine.info
@@ -177,41 +201,75 @@ class ClipService:
                      all_fail_ok: bool = False) -> ImageBatch:
         """Load, preprocess and embed, reporting failed images by position; 422 when none could be used
         (unless ``all_fail_ok``: a request that has texts too still has an answer)."""
-        prepared, ok, errors = self.load_images(images, deadline)
-        if not ok:
-            if not all_fail_ok:
-                raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
-            return ImageBatch(np.zeros((0, self.engine.info.dim), np.float32), ok, errors, len(images))
-        return ImageBatch(self.encode_images(prepared, normalize=normalize, deadline=deadline), ok, errors,
-                          len(images))
+        vectors, ok, errors = self.image_vectors(images, normalize=normalize, deadline=deadline)
+        if not ok and not all_fail_ok:
+            raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
+        return ImageBatch(vectors, ok, errors, len(images))
 
     def embed_every_image(self, images: list, *, deadline: Deadline, label: Callable[[int], str]) -> np.ndarray:
         """Unit vectors of all ``images``, for answers that have no room for partial results: one failed image
         fails the request (400 image_failed), naming up to five by ``label(position)``."""
-        prepared, _, errors = self.load_images(images, deadline)
+        vectors, _, errors = self.image_vectors(images, normalize=True, deadline=deadline)
         if errors:
             listed = "; ".join(f"{label(e['index'])}: {e['code']}: {e['message']}" for e in errors[:5])
             raise ImageFailed(listed + (f"; and {len(errors) - 5} more" if len(errors) > 5 else ""),
                               param=label(errors[0]["index"]))
-        return self.encode_images(prepared, normalize=True, deadline=deadline)
+        return vectors
 
-    def load_images(self, images: list, deadline: Deadline) -> tuple[list[Any], list[int], list[dict[str, Any]]]:
-        """Fetch, decode and preprocess in request threads: (model inputs of the good images, their indices, errors)."""
-        info = self.engine.info  # fail with 503 before fetching anything while the model loads
-        with self.engine.preparing():
-            loaded = load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=deadline.left(),
-                                 draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode),
-                                 encoded=self.engine.prepare_encoded_image if info.image_decode == "gpu" else None)
+    def image_vectors(self, images: list, *, normalize: bool,
+                      deadline: Deadline) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
+        """(vectors of the images that could be used, their positions, per-image errors). Fetched, decoded and
+        preprocessed in request threads; with a shared cache, images whose bytes it holds skip all but fetching."""
+        dim = self.engine.info.dim  # fail with 503 before fetching anything while the model loads
+        vectors: dict[int, np.ndarray] = {}
+        keys: dict[int, bytes] = {}
+        if self.engine.vectors.enabled:
+            loaded = self._load_uncached(images, normalize, deadline, vectors, keys)
+        else:
+            loaded = self._load(images, deadline)
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]
         observability.record_items(images=len(images))
         observability.record_image_errors(e["code"] for e in errors)
-        return [loaded[i] for i in ok], ok, errors
+        todo = [i for i in ok if i not in vectors]
+        if todo:
+            encoded = self.engine.embed_images([loaded[i] for i in todo], normalize=normalize, timeout=deadline.left(),
+                                               cancelled=deadline.cancelled)
+            vectors.update(zip(todo, encoded))
+            if keys:
+                self.engine.store_images([keys[i] for i in todo], encoded)
+        return (np.stack([vectors[i] for i in ok]).astype(np.float32, copy=False) if ok
+                else np.zeros((0, dim), np.float32)), ok, errors
 
-    def encode_images(self, prepared: list[Any], *, normalize: bool, deadline: Deadline) -> np.ndarray:
-        return self.engine.embed_images(prepared, normalize=normalize, timeout=deadline.left(),
-                                        cancelled=deadline.cancelled)
+    def _load(self, images: list, deadline: Deadline) -> list[Any]:
+        """Model inputs (or ImageError) for ``images``: fetched, decoded and preprocessed in request threads."""
+        info = self.engine.info
+        with self.engine.preparing():
+            return load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=deadline.left(),
+                               draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode),
+                               encoded=self.engine.prepare_encoded_image if info.image_decode == "gpu" else None)
+
+    def _load_uncached(self, images: list, normalize: bool, deadline: Deadline, vectors: dict[int, np.ndarray],
+                       keys: dict[int, bytes]) -> list[Any]:
+        """The bytes of every image first, one shared-cache lookup for all of them, then decoding only what it did
+        not hold: fills ``vectors`` with the hits and ``keys`` with the misses' keys; returns per position an
+        ImageError, a model input, or None for a hit."""
+        with self.engine.preparing():
+            loaded: list[Any] = fetch_images(images, self.image_limits, timeout_s=deadline.left())
+        present = [i for i, data in enumerate(loaded) if not isinstance(data, ImageError)]
+        found_keys, found = self.engine.cached_images([loaded[i] for i in present], normalize)
+        for i, key, vector in zip(present, found_keys, found):
+            if vector is None:
+                keys[i] = key
+            else:
+                vectors[i] = vector
+        misses = sorted(keys)
+        for i, item in zip(misses, self._load([loaded[i] for i in misses], deadline) if misses else []):
+            loaded[i] = item
+        for i in vectors:
+            loaded[i] = None
+        return loaded
 
     # scores ----------------------------------------------------------------------------------------
 
@@ -248,9 +306,22 @@ class ClipService:
             raise IndexNotConfigured(NOT_CONFIGURED)
         return self.search.backend
 
-    def find(self, spec: QuerySpec, deadline: Deadline) -> tuple[list[Hit], IndexInfo]:
-        """The nearest items to the query, best first, and the index that answered."""
+    def find(self, spec: QuerySpec, deadline: Deadline) -> tuple[list[Hit], dict[str, Any]]:
+        """The nearest items to the query, best first, and the index that answered (its public description).
+        With a shared cache the answer is kept for SEARCH_CACHE_TTL_S under a key of the query's content, the
+        options, the model and the index (and a Qdrant collection's write generation)."""
         backend = self.backend()
+        if spec.kind == "image":  # the bytes once: the cache key is their digest, and a miss embeds them
+            fetched = fetch_images([spec.value], self.image_limits, timeout_s=deadline.left())[0]
+            if not isinstance(fetched, ImageError):
+                spec = dataclasses.replace(spec, value=fetched)
+        key = self._search_key(spec, backend)
+        cached = self.engine.vectors.get_answer(key) if key is not None else None
+        if cached is not None:
+            hits = [Hit(h["id"], h["score"], h.get("metadata"), None if h.get("vector") is None
+                        else np.asarray(h["vector"], np.float32)) for h in cached["hits"]]
+            observability.annotate(search_cache="hit")
+            return hits, cached["index"]
         vector, exclude = self._query_vector(spec, backend, deadline)
         query = Query(vector=vector, top_k=spec.top_k, score_threshold=spec.score_threshold,
                       filter=None if spec.filter is None else parse_filter(spec.filter, backend.columns()),
@@ -260,7 +331,46 @@ class ClipService:
         hits = backend.search(query)
         observability.record_search(spec.kind, time.perf_counter() - started, len(hits),
                                     filtered=spec.filter is not None)
-        return hits, backend.info()
+        index = backend.info().public()
+        if key is not None:
+            self.engine.vectors.put_answer(key, {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata,
+                                                           "vector": h.vector} for h in hits], "index": index},
+                                           self.settings.search_cache_ttl_s)
+        return hits, index
+
+    def _search_key(self, spec: QuerySpec, backend: SearchBackend) -> bytes | None:
+        """The answer's cache key, or None when answers are not cached (no shared cache, TTL 0, an image that could
+        not be fetched, or a Qdrant collection whose write generation cannot be read)."""
+        if (not self.engine.vectors.enabled or not self.settings.search_cache_ttl_s
+                or (spec.kind == "image" and not isinstance(spec.value, bytes))):
+            return None
+        info = backend.info()
+        index = "|".join(map(str, (info.backend, info.name, info.version, info.details.get("where", ""),
+                                   info.details.get("created", ""))))
+        generation = 0
+        if backend.writable:
+            generation = self.engine.vectors.shared.generation(_generation_name(index))
+            if generation is None:
+                return None
+        if spec.kind == "vector":
+            value = np.asarray(spec.value, dtype=np.float64).tobytes()
+        elif spec.kind == "image":
+            value = spec.value
+        else:
+            value = str(spec.value).encode("utf-8", "surrogatepass")
+        query = orjson.dumps({"index": index, "generation": generation, "kind": spec.kind, "top_k": spec.top_k,
+                              "score_threshold": spec.score_threshold, "filter": spec.filter,
+                              "metadata": spec.include_metadata, "vectors": spec.include_vectors},
+                             option=orjson.OPT_SORT_KEYS)
+        return self.engine.vectors.key("search", True, hashlib.sha256(query + b"\0" + value).digest())
+
+    def _invalidate_answers(self, backend: SearchBackend) -> None:
+        """A write to a collection: its cached answers are never read again (the generation in their key moves)."""
+        if self.engine.vectors.enabled:
+            info = backend.info()
+            index = "|".join(map(str, (info.backend, info.name, info.version, info.details.get("where", ""),
+                                       info.details.get("created", ""))))
+            self.engine.vectors.shared.bump(_generation_name(index))
 
     def _query_vector(self, spec: QuerySpec, backend: SearchBackend,
                       deadline: Deadline) -> tuple[np.ndarray, str | None]:
@@ -305,6 +415,7 @@ class ClipService:
         if new_columns:
             backend.add_columns(new_columns)
         backend.upsert(kept)
+        self._invalidate_answers(backend)
         observability.annotate(upserted=len(kept), item_errors=len(errors))
         return [item.id for item in kept], _error_list(errors)
 
@@ -335,12 +446,11 @@ class ClipService:
             result = self.embed_texts([t for _, t in texts], normalize=True, deadline=deadline, field="items.text")
             vectors.update(zip((i for i, _ in texts), result.embeddings))
         if images:
-            prepared, ok, image_errors = self.load_images([img for _, img in images], deadline)
+            embedded, ok, image_errors = self.image_vectors([img for _, img in images], normalize=True,
+                                                            deadline=deadline)
             for e in image_errors:
                 errors[images[e["index"]][0]] = (e["code"], e["message"])
-            if prepared:
-                embedded = self.encode_images(prepared, normalize=True, deadline=deadline)
-                vectors.update(zip((images[j][0] for j in ok), embedded))
+            vectors.update(zip((images[j][0] for j in ok), embedded))
         return vectors, errors
 
     def delete_items(self, *, ids: list[str] | None, filter: dict[str, Any] | None) -> tuple[int | None, IndexInfo]:
@@ -349,8 +459,13 @@ class ClipService:
             deleted = backend.delete(ids=ids)
         else:
             deleted = backend.delete(filter=parse_filter(filter, backend.columns()))
+        self._invalidate_answers(backend)
         observability.annotate(deleted=deleted)
         return deleted, backend.info()
+
+
+def _generation_name(index: str) -> bytes:
+    return b"clipserve:v1:generation:" + hashlib.sha256(index.encode()).hexdigest().encode()
 
 
 def unit_vector(values: list[float], dim: int, field: str) -> np.ndarray:

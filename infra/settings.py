@@ -146,6 +146,34 @@ class Settings:
                                       "Serve Weaviate's inference routes (POST /vectorize, GET /meta) without an API "
                                       "key when API_KEYS is set (Weaviate's CLIP module sends none): only where "
                                       "nothing but Weaviate can reach the service.")
+    # shared cache (Redis / Memorystore) and rate limits
+    redis_url: str | None = _env("REDIS_URL", None,
+                                 "A Redis shared by every instance for text and image embeddings and search results "
+                                 "(redis://HOST:6379/0 or rediss:// for TLS; password in the URL or REDIS_PASSWORD); "
+                                 "unset = in-process caches only. Optional: a Redis that is down only costs speed.",
+                                 secret=True)
+    redis_password: str | None = _env("REDIS_PASSWORD", None, "Redis AUTH password (Memorystore's AUTH string).",
+                                      secret=True)
+    redis_ca_file: Path | None = _env("REDIS_CA_FILE", None,
+                                      "PEM file of the CA that signed the Redis server's certificate, for rediss:// "
+                                      "(Memorystore's server CA); unset = the system's CAs.")
+    redis_timeout_ms: float = _env("REDIS_TIMEOUT_MS", 50.0,
+                                   "Connect and reply timeout per Redis call; a call that takes longer is a miss.",
+                                   minimum=1, maximum=10_000)
+    redis_retry_s: float = _env("REDIS_RETRY_S", 5.0,
+                                "After a Redis failure the cache is skipped (requests go to the model) for this "
+                                "long, then tried again.", minimum=0.1, maximum=3600)
+    cache_ttl_s: int = _env("CACHE_TTL_S", 7 * 24 * 3600,
+                            "How long a text or image embedding stays in Redis (Redis' maxmemory policy evicts "
+                            "earlier when full).", minimum=1, maximum=365 * 24 * 3600)
+    search_cache_ttl_s: int = _env("SEARCH_CACHE_TTL_S", 60,
+                                   "How long a /search answer stays in Redis (a write to a Qdrant collection "
+                                   "invalidates its answers at once); 0 = search answers are not cached.",
+                                   minimum=0, maximum=24 * 3600)
+    rate_limit: str | None = _env("RATE_LIMIT", None,
+                                  "Requests per client, e.g. 100/minute or 10/second;1000/hour (flask-limiter's "
+                                  "syntax), per API key when keys are on, else per client IP; counted in Redis when "
+                                  "REDIS_URL is set (shared by every instance), else per instance. Unset = none.")
     # search
     index_dir: Path | None = _env("INDEX_DIR", None,
                                   "Index version folder to serve POST /search from (built by `clipserve-batch "
@@ -195,6 +223,16 @@ class Settings:
         if self.image_decode == "gpu" and self.device == "cpu":
             raise SettingsError("IMAGE_DECODE=gpu decodes on the GPU: it needs DEVICE=cuda or auto, not cpu")
         self.aliases()  # a malformed MODEL_ALIASES stops the boot
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise SettingsError("REDIS_URL: must start with redis:// or rediss:// (TLS)")
+        if self.rate_limit is not None:
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise SettingsError(f"RATE_LIMIT={self.rate_limit!r}: expected e.g. 100/minute or "
+                                    "10/second;1000/hour") from None
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")

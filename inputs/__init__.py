@@ -20,7 +20,8 @@ from inputs.errors import CODES, FETCH_TIMEOUT, INVALID_IMAGE, ImageError
 from inputs.fetch import FetchLimits, fetch_url
 from inputs.source import ImageSource, parse_image_string
 
-__all__ = ["CODES", "ImageError", "ImageLimits", "FetchLimits", "load_image", "load_images", "decode_image",
+__all__ = ["CODES", "ImageError", "ImageLimits", "FetchLimits", "load_image", "load_images", "fetch_images",
+           "decode_image",
            "draft_size_for", "fetch_url", "parse_image_string", "ImageSource"]
 
 log = logging.getLogger(__name__)
@@ -116,15 +117,36 @@ def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
     grace period): whatever is not done by then is reported as fetch_timeout, so a worker thread
     stuck in DNS cannot hold the request. ``draft_size``: see ``decode_image``. ``encoded``: see TakeEncoded.
     """
-    workers = max(1, min(limits.concurrency, len(sources)))
-    if timeout_s is None:
-        waves = -(-len(sources) // workers)
-        timeout_s = waves * limits.fetch.total_timeout_s + _DECODE_GRACE_S
+    timeout_s = _bounded(sources, limits, timeout_s)
 
     def one(source: str | bytes) -> T | Image.Image | ImageError:
+        data = load_bytes(source, limits)  # fetching is not memory-heavy: it runs outside the decode threads
+        return limits.decoders.run(_decode, data, limits.max_pixels, draft_size, then, encoded, timeout=timeout_s)
+
+    return _each(sources, one, limits, timeout_s)
+
+
+def fetch_images(sources: Sequence[str | bytes], limits: ImageLimits,
+                 timeout_s: float | None = None) -> list[bytes | ImageError]:
+    """The encoded bytes of every source (uploads as they are, base64 decoded, URLs fetched concurrently), not
+    decoded: what a cache keyed by the image's content looks up before any decoding."""
+    return _each(sources, lambda source: load_bytes(source, limits), limits, _bounded(sources, limits, timeout_s))
+
+
+def _bounded(sources: Sequence[str | bytes], limits: ImageLimits, timeout_s: float | None) -> float:
+    if timeout_s is not None:
+        return timeout_s
+    workers = max(1, min(limits.concurrency, len(sources)))
+    return -(-len(sources) // workers) * limits.fetch.total_timeout_s + _DECODE_GRACE_S
+
+
+def _each(sources: Sequence[str | bytes], fn: Callable[[str | bytes], T], limits: ImageLimits,
+          timeout_s: float) -> list[T | ImageError]:
+    """``fn`` on every source, on up to ``limits.concurrency`` threads when any is a URL, within ``timeout_s``."""
+
+    def one(source: str | bytes) -> T | ImageError:
         try:
-            data = load_bytes(source, limits)  # fetching is not memory-heavy: it runs outside the decode threads
-            return limits.decoders.run(_decode, data, limits.max_pixels, draft_size, then, encoded, timeout=timeout_s)
+            return fn(source)
         except ImageError as exc:
             return exc
         except TimeoutError:
@@ -132,7 +154,8 @@ def load_images(sources: Sequence[str | bytes], limits: ImageLimits,
 
     if len(sources) <= 1 and not any(isinstance(s, str) and "://" in s[:16] for s in sources):
         return [one(s) for s in sources]
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipserve-fetch")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(limits.concurrency, len(sources))),
+                                                 thread_name_prefix="clipserve-fetch")
     try:
         futures = [pool.submit(one, s) for s in sources]
         concurrent.futures.wait(futures, timeout=timeout_s)

@@ -95,3 +95,59 @@ def gunicorn(model_dir: Path, log_path: Path, **env: str) -> Iterator[GunicornSe
         yield server
     finally:
         server.stop()
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, no disk writes; one per test session (tests/conftest.py).
+    Tests may stop it, kill it and start it again on the same port."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.folder)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.cli("PING") == "PONG":
+                return
+            time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        return result.stdout.strip()
+
+    def reset(self) -> None:
+        """Empty, with the defaults tests change (memory limits) restored."""
+        if self.proc is None or self.proc.poll() is not None or self.cli("PING") != "PONG":
+            self.resume()
+            if self.proc is None or self.proc.poll() is not None:
+                self.start()
+        self.cli("CONFIG", "SET", "maxmemory", "0")
+        self.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        self.cli("FLUSHALL")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait(10)

@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 from flask import Response, jsonify
 
-from handler import scoring
+from handler import observability, scoring
 from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
 from handler.protocols.common import Protocol, Route
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
-                             TextEmbedResponse)
+                             StatsResponse, TextEmbedResponse)
 from handler.service import SERVICE, ClipService, service_version
 
 COMMON_ERRORS = ("invalid_json", "invalid_request", "payload_too_large", "unsupported_media_type", "overloaded",
@@ -50,6 +50,9 @@ class NativeApi(Protocol):
             Route(RouteDoc("/score", "POST", "Score every image against every text (or pairwise).", ScoreResponse,
                            models.score, multipart=Multipart(required=("texts", "images")), errors=IMAGE_ERRORS),
                   self.score),
+            Route(RouteDoc("/stats", "GET", "Counters since start: requests and errors by route, cache hit ratios, "
+                           "the shared cache's state, the index, batch sizes and the queue.", StatsResponse),
+                  self.stats),
             Route(RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
             Route(RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
         ]
@@ -73,6 +76,10 @@ class NativeApi(Protocol):
             limits=self.service.limits(), search=search.describe() if search is not None else None,
             endpoints=[f"{doc.method} {doc.path}" for doc in self.catalogue()],
         ).model_dump())
+
+    def stats(self) -> Response:
+        return jsonify({"service": SERVICE, "version": service_version(), "model": self.service.model_info(),
+                        **observability.stats(), **self.service.stats()})
 
     def openapi(self) -> Response:
         if self._openapi is None:

@@ -51,8 +51,7 @@ class SearchApi(Protocol):
                          filter=req.filter, include_metadata=req.include_metadata,
                          include_vectors=req.include_vectors)
         hits, index = self.service.find(spec, call.deadline)
-        return jsonify({**self.service.model_fields(), "results": [_hit(h, spec) for h in hits],
-                        "index": index.public()})
+        return jsonify({**self.service.model_fields(), "results": [_hit(h, spec) for h in hits], "index": index})
 
     def write(self) -> Response:
         self.service.writable_backend()  # 404 / 405 / 503 before reading or embedding anything

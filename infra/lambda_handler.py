@@ -64,17 +64,23 @@ def build_handler(settings: Settings | None = None, app: Flask | None = None) ->
     return make_lambda_handler(app, binary_support=True)
 
 
-def resolve_secrets(environ: MutableMapping[str, str] = os.environ) -> None:
-    """QDRANT_API_KEY from Secrets Manager when QDRANT_API_KEY_SECRET_ARN names it (Lambda has no secret
-    references in its environment, and the key must not sit in Terraform's state): read once, at init."""
-    arn = environ.get("QDRANT_API_KEY_SECRET_ARN")
-    if not arn or environ.get("QDRANT_API_KEY"):
-        return
-    import botocore.session
+# variable the service reads <- variable naming the Secrets Manager secret that holds it
+SECRETS = {"QDRANT_API_KEY": "QDRANT_API_KEY_SECRET_ARN", "REDIS_PASSWORD": "REDIS_PASSWORD_SECRET_ARN"}
 
-    region = arn.split(":")[3] if arn.count(":") >= 6 else None
-    client = botocore.session.get_session().create_client("secretsmanager", region_name=region)
-    environ["QDRANT_API_KEY"] = client.get_secret_value(SecretId=arn)["SecretString"]
+
+def resolve_secrets(environ: MutableMapping[str, str] = os.environ) -> None:
+    """QDRANT_API_KEY and REDIS_PASSWORD from Secrets Manager when their *_SECRET_ARN names one (Lambda has no
+    secret references in its environment, and a secret must not sit in Terraform's state): read once, at init.
+    A value set directly wins."""
+    for name, arn_name in SECRETS.items():
+        arn = environ.get(arn_name)
+        if not arn or environ.get(name):
+            continue
+        import botocore.session
+
+        region = arn.split(":")[3] if arn.count(":") >= 6 else None
+        client = botocore.session.get_session().create_client("secretsmanager", region_name=region)
+        environ[name] = client.get_secret_value(SecretId=arn)["SecretString"]
 
 
 def __getattr__(name: str) -> Any:

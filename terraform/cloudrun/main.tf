@@ -90,6 +90,27 @@ resource "google_cloud_run_v2_service" "service" {
         }
       }
 
+      dynamic "env" {
+        for_each = local.redis_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      dynamic "env" {
+        for_each = var.redis_enabled ? [google_secret_manager_secret.redis_auth[0].secret_id] : []
+        content {
+          name = "REDIS_PASSWORD"
+          value_source {
+            secret_key_ref {
+              secret  = env.value
+              version = "latest"
+            }
+          }
+        }
+      }
+
       # /health answers 503 while the model loads and 200 once it serves.
       startup_probe {
         initial_delay_seconds = var.startup_probe_initial_delay_s
@@ -117,6 +138,41 @@ resource "google_cloud_run_v2_service" "service" {
         content {
           name       = "index"
           mount_path = "/index"
+        }
+      }
+
+      dynamic "volume_mounts" {
+        for_each = var.redis_enabled ? [1] : []
+        content {
+          name       = "redis-ca"
+          mount_path = "/secrets/redis-ca"
+        }
+      }
+    }
+
+    # Memorystore is reached over Direct VPC egress; only private ranges go through the VPC, so image URLs on
+    # the internet are still fetched directly.
+    dynamic "vpc_access" {
+      for_each = var.redis_enabled ? [1] : []
+      content {
+        egress = "PRIVATE_RANGES_ONLY"
+        network_interfaces {
+          network    = var.vpc_network
+          subnetwork = var.vpc_subnetwork
+        }
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = var.redis_enabled ? [google_secret_manager_secret.redis_ca[0].secret_id] : []
+      content {
+        name = "redis-ca"
+        secret {
+          secret = volumes.value
+          items {
+            version = "latest"
+            path    = "ca.pem"
+          }
         }
       }
     }
@@ -248,6 +304,35 @@ resource "google_cloud_run_v2_job" "batch" {
           }
         }
 
+        dynamic "env" {
+          for_each = local.redis_env
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+
+        dynamic "env" {
+          for_each = var.redis_enabled ? [google_secret_manager_secret.redis_auth[0].secret_id] : []
+          content {
+            name = "REDIS_PASSWORD"
+            value_source {
+              secret_key_ref {
+                secret  = env.value
+                version = "latest"
+              }
+            }
+          }
+        }
+
+        dynamic "volume_mounts" {
+          for_each = var.redis_enabled ? [1] : []
+          content {
+            name       = "redis-ca"
+            mount_path = "/secrets/redis-ca"
+          }
+        }
+
         dynamic "volume_mounts" {
           for_each = var.job_bucket == null ? [] : [1]
           content {
@@ -262,6 +347,31 @@ resource "google_cloud_run_v2_job" "batch" {
           content {
             name       = "index"
             mount_path = "/index"
+          }
+        }
+      }
+
+      dynamic "vpc_access" {
+        for_each = var.redis_enabled ? [1] : []
+        content {
+          egress = "PRIVATE_RANGES_ONLY"
+          network_interfaces {
+            network    = var.vpc_network
+            subnetwork = var.vpc_subnetwork
+          }
+        }
+      }
+
+      dynamic "volumes" {
+        for_each = var.redis_enabled ? [google_secret_manager_secret.redis_ca[0].secret_id] : []
+        content {
+          name = "redis-ca"
+          secret {
+            secret = volumes.value
+            items {
+              version = "latest"
+              path    = "ca.pem"
+            }
           }
         }
       }

@@ -377,3 +377,41 @@ variable "gpu_concurrency" {
     error_message = "gpu_concurrency: a whole number from 1 to 255."
   }
 }
+
+variable "redis_enabled" {
+  description = "Create a Memorystore for Redis instance (AUTH and in-transit encryption on, maxmemory-policy allkeys-lru) in the region and connect the service and the job to it through Direct VPC egress (private ranges only): the shared embedding and search cache (REDIS_URL)."
+  type        = bool
+  default     = false
+}
+
+variable "redis_tier" {
+  description = "Memorystore tier: BASIC (one node; a failure empties the cache, which only costs speed) or STANDARD_HA (a replica)."
+  type        = string
+  default     = "BASIC"
+  validation {
+    condition     = contains(["BASIC", "STANDARD_HA"], var.redis_tier)
+    error_message = "redis_tier: BASIC or STANDARD_HA."
+  }
+}
+
+variable "redis_memory_size_gib" {
+  description = "Memorystore capacity in GiB. A 512-d vector entry is about 2.2 KB with its key: 1 GiB holds about 450,000 text or image embeddings; allkeys-lru evicts the least used beyond that."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.redis_memory_size_gib >= 1 && var.redis_memory_size_gib <= 300
+    error_message = "redis_memory_size_gib: 1 to 300."
+  }
+}
+
+variable "vpc_network" {
+  description = "The VPC network Memorystore is reachable in and the service and job egress to (redis_enabled)."
+  type        = string
+  default     = "default"
+}
+
+variable "vpc_subnetwork" {
+  description = "The subnetwork of vpc_network in the region that Direct VPC egress takes addresses from (redis_enabled)."
+  type        = string
+  default     = "default"
+}

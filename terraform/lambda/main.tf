@@ -79,21 +79,26 @@ resource "aws_iam_role_policy" "write_own_logs" {
   policy = data.aws_iam_policy_document.write_own_logs.json
 }
 
-# The Qdrant API key: read once at init from Secrets Manager (Lambda has no secret references in its
+# The Qdrant API key and the Redis password: read once at init from Secrets Manager (Lambda has no secret references in its
 # environment), so the value never enters the Terraform state or the function's configuration.
-data "aws_iam_policy_document" "read_qdrant_key" {
-  count = var.qdrant_api_key_secret_arn == null ? 0 : 1
+data "aws_iam_policy_document" "read_secrets" {
+  count = length(local.secret_arns) == 0 ? 0 : 1
   statement {
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.qdrant_api_key_secret_arn]
+    resources = local.secret_arns
   }
 }
 
-resource "aws_iam_role_policy" "read_qdrant_key" {
-  count  = var.qdrant_api_key_secret_arn == null ? 0 : 1
-  name   = "read-qdrant-key"
+locals {
+  # The secrets the function reads at init (the Qdrant key, the Redis password): the role may read these only.
+  secret_arns = compact([var.qdrant_api_key_secret_arn, var.redis_password_secret_arn])
+}
+
+resource "aws_iam_role_policy" "read_secrets" {
+  count  = length(local.secret_arns) == 0 ? 0 : 1
+  name   = "read-init-secrets"
   role   = aws_iam_role.function.id
-  policy = data.aws_iam_policy_document.read_qdrant_key[0].json
+  policy = data.aws_iam_policy_document.read_secrets[0].json
 }
 
 resource "aws_lambda_function" "service" {
@@ -137,6 +142,8 @@ resource "aws_lambda_function" "service" {
       { MODEL_VARIANT = var.model_variant },
       var.qdrant_url == null ? {} : { QDRANT_URL = var.qdrant_url, QDRANT_COLLECTION = var.qdrant_collection },
       var.qdrant_api_key_secret_arn == null ? {} : { QDRANT_API_KEY_SECRET_ARN = var.qdrant_api_key_secret_arn },
+      var.redis_url == null ? {} : { REDIS_URL = var.redis_url },
+      var.redis_password_secret_arn == null ? {} : { REDIS_PASSWORD_SECRET_ARN = var.redis_password_secret_arn },
     )
   }
 

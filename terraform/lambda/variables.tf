@@ -205,3 +205,23 @@ variable "gpu_type" {
     error_message = "Lambda has no GPUs: leave gpu_type unset here; for a GPU deploy to Cloud Run (terraform/cloudrun gpu_type = \"nvidia-l4\", ./deploy.sh cloudrun --gpu)."
   }
 }
+
+variable "redis_url" {
+  description = "The shared cache (REDIS_URL, without a password: rediss://HOST:PORT/0). This module creates no ElastiCache and no VPC attachment: a function in a VPC reaches the internet (image URLs) only through a NAT gateway, so point it at a Redis it can reach as it is (e.g. a managed Redis with TLS and AUTH), or add vpc_config, the NAT and an ElastiCache yourself. null = none."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.redis_url == null ? true : can(regex("^rediss?://[^@]+$", var.redis_url))
+    error_message = "redis_url: redis:// or rediss:// without a password in it (use redis_password_secret_arn)."
+  }
+}
+
+variable "redis_password_secret_arn" {
+  description = "ARN of a Secrets Manager secret holding the Redis AUTH password; read once at init as REDIS_PASSWORD, the role may read that secret only. null = no password."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.redis_password_secret_arn == null ? true : can(regex("^arn:aws[a-z-]*:secretsmanager:", var.redis_password_secret_arn))
+    error_message = "redis_password_secret_arn: a Secrets Manager secret ARN."
+  }
+}

@@ -181,6 +181,11 @@ def test_the_qdrant_key_comes_from_secrets_manager_at_init(monkeypatch):
         environ = {"QDRANT_API_KEY_SECRET_ARN": arn}
         resolve_secrets(environ)
         assert environ["QDRANT_API_KEY"] == "q-secret-123"
+        redis_arn = boto3.client("secretsmanager", region_name="eu-west-1").create_secret(
+            Name="redis-auth", SecretString="r-secret-456")["ARN"]
+        both = {"REDIS_PASSWORD_SECRET_ARN": redis_arn}
+        resolve_secrets(both)
+        assert both["REDIS_PASSWORD"] == "r-secret-456"
         kept = {"QDRANT_API_KEY_SECRET_ARN": arn, "QDRANT_API_KEY": "given"}
         resolve_secrets(kept)  # an explicit key wins
         assert kept["QDRANT_API_KEY"] == "given"

@@ -131,9 +131,10 @@ def test_cloud_run_runs_as_a_service_account_with_no_roles_but_reading_its_index
 
 def test_cloud_run_mounts_the_index_bucket_read_only_for_the_service_and_writable_for_the_job(cloudrun):
     service = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
-    [volume] = _dynamic(service, "volumes")
+    [volume] = [v for v in _dynamic(service, "volumes") if _unquote(v["content"][0]["name"]) == "index"]
     assert volume["content"][0]["gcs"][0]["read_only"] is True and "local.serves_index" in volume["for_each"]
-    [mount] = _dynamic(service["containers"][0], "volume_mounts")
+    [mount] = [m for m in _dynamic(service["containers"][0], "volume_mounts")
+               if _unquote(m["content"][0]["name"]) == "index"]
     assert _unquote(mount["content"][0]["mount_path"]) == "/index"
     job = resource(cloudrun, "google_cloud_run_v2_job", "batch")["template"][0]["template"][0]
     job_volumes = _dynamic(job, "volumes")
@@ -418,3 +419,31 @@ def test_lambda_terraform_test_suite_passes(lambda_module):
     assert result.returncode == 0, result.stdout + result.stderr
     passed = re.search(r"(\d+) passed, 0 failed", result.stdout)
     assert passed and int(passed.group(1)) >= 10, result.stdout
+
+
+def test_cloud_run_memorystore_is_optional_private_and_bounded(cloudrun):
+    """redis_enabled: Memorystore with AUTH, TLS and allkeys-lru; the service and the job reach it over Direct VPC
+    egress (private ranges only, so image URLs still go straight out) and get REDIS_URL, REDIS_CA_FILE and, by secret
+    reference, REDIS_PASSWORD."""
+    assert default(cloudrun, "redis_enabled") is False
+    instance = resource(cloudrun, "google_redis_instance", "cache")
+    assert instance["count"] == "${var.redis_enabled ? 1 : 0}"
+    assert instance["auth_enabled"] is True and _unquote(instance["transit_encryption_mode"]) == "SERVER_AUTHENTICATION"
+    assert _unquote(instance["redis_configs"]["maxmemory-policy"]) == "allkeys-lru"
+    assert "auth_string" in resource(cloudrun, "google_secret_manager_secret_version", "redis_auth")["secret_data"]
+    service = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
+    job = resource(cloudrun, "google_cloud_run_v2_job", "batch")["template"][0]["template"][0]
+    for template in (service, job):
+        [vpc] = _dynamic(template, "vpc_access")
+        content = vpc["content"][0]
+        assert _unquote(content["egress"]) == "PRIVATE_RANGES_ONLY"
+        assert content["network_interfaces"][0]["subnetwork"] == "${var.vpc_subnetwork}"
+        container = template["containers"][0]
+        envs = _dynamic(container, "env")
+        assert any(e["for_each"] == "${local.redis_env}" for e in envs)
+        [password] = [e for e in envs if "redis_auth" in str(e["for_each"])]
+        assert _unquote(password["content"][0]["name"]) == "REDIS_PASSWORD"
+        assert "secret_key_ref" in password["content"][0]["value_source"][0]
+        assert any("/secrets/redis-ca" in str(m["content"]) for m in _dynamic(container, "volume_mounts"))
+    redis_env = cloudrun["locals"]["redis_env"]
+    assert "rediss://" in redis_env and "REDIS_CA_FILE" in redis_env and "password" not in redis_env.lower()

@@ -113,6 +113,8 @@ class Server:
     """A gunicorn serving `app` (default: the service) on a free loopback port, started in its own process;
     `cpus`: the cores it may run on (an instance's vCPUs), the load generators keeping the others."""
 
+    live: set["Server"] = set()  # started and not yet stopped: no bare-encoder sample while any is
+
     def __init__(self, env: dict[str, str], log_path: Path, app: str = "handler.wsgi:app",
                  cpus: set[int] | None = None) -> None:
         self.port = free_port()
@@ -125,6 +127,7 @@ class Server:
         pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen([*GUNICORN, app], cwd=REPO, env=environ, stdout=self._log,
                                      stderr=subprocess.STDOUT, preexec_fn=pin)
+        Server.live.add(self)
 
     def wait_ready(self, timeout: float = 300) -> None:
         import requests
@@ -155,6 +158,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        Server.live.discard(self)
         self._log.close()
 
 

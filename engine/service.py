@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from engine import stages
 from engine.batcher import Batcher, LoopHealth, Overloaded, Unbatched
 from engine.cache import (IMAGE, TEXT, CacheStats, CachedText, NoSharedCache, SharedCache, TextCache,
                           VectorCache, text_digest, text_key)
@@ -227,7 +228,7 @@ class EmbeddingEngine:
         ``cancelled`` (polled while waiting) tells that the client went away: its items are withdrawn.
         """
         encoder = self._require_encoder()
-        with self.preparing():
+        with self.preparing(), stages.clock.timing("tokenize"):
             entries, hits = self._look_up(texts, normalize, encoder.info.dim)
             todo = [t for t, e in entries.items() if e is None]
             # A request larger than a batch is tokenized a window at a time, as its windows go to the model, so

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from flask.json.provider import JSONProvider
 
+from engine import stages
+
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
@@ -27,7 +29,8 @@ def _default(value: Any) -> Any:
 
 
 def dumps_bytes(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_default, option=OPTIONS)
+    with stages.clock.timing("serialize"):
+        return orjson.dumps(obj, default=_default, option=OPTIONS)
 
 
 def loads(data: bytes | str) -> Any:

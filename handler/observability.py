@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from flask import Flask, Response, current_app, g, has_request_context, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from engine import stages
 from infra.logs import TraceContext, add_context_provider, parse_trace_headers
 
 log = logging.getLogger("clipserve.request")
@@ -51,6 +52,7 @@ class RequestRecord:
     trace: TraceContext | None
     fields: dict[str, Any] = field(default_factory=dict)
     image_errors: Tally = field(default_factory=Tally)
+    cpu_started: float = 0.0   # the request thread's CPU clock at the start (stage "request")
     batch_size: int = 0        # largest model call that served items of this request
     queue_wait_s: float = 0.0  # longest time one of its items waited for the model
 
@@ -93,6 +95,7 @@ class Metrics:
             self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
             if hasattr(engine, "cache_stats"):
                 r.register(_CacheCollector(engine))
+        r.register(_StageCollector())
 
     def observe_batch(self, kind: str, batch_size: int, queue_wait_s: float) -> None:
         """Batch observer for the engine (runs on the inference thread)."""
@@ -125,6 +128,23 @@ class _CacheCollector:
                                     "after a failure; 0 while it answers or when none is configured.")
         breaker.add_metric([], 1.0 if self.engine.vectors.shared.state == "open" else 0.0)
         yield breaker
+
+
+class _StageCollector:
+    """CPU seconds per serving stage (engine.stages), read at scrape."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("clipserve_stage_cpu_seconds", "CPU seconds of the threads doing each serving "
+                                     "stage (request: a request thread's whole time; parse, tokenize, images, "
+                                     "serialize: parts of it); the model's CPU is not a stage.", labels=["stage"])
+        for stage, seconds in stages.clock.snapshot().items():
+            family.add_metric([stage], seconds)
+        yield family
 
 
 def _gpu_memory() -> float:
@@ -302,7 +322,7 @@ def _begin() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
     g._clipserve_request = RequestRecord(request_id=rid, started=time.perf_counter(),
-                                         trace=parse_trace_headers(request.headers))
+                                         trace=parse_trace_headers(request.headers), cpu_started=time.thread_time())
     state: _State = current_app.extensions[_EXTENSION]
     if state.metrics is not None:
         state.metrics.in_flight.inc()
@@ -314,6 +334,7 @@ def _finish(response: Response) -> Response:
     if record is None:  # _begin did not run (an earlier before_request hook failed)
         return response
     response.headers[REQUEST_ID_HEADER] = record.request_id
+    stages.clock.add("request", time.thread_time() - record.cpu_started)
     try:
         _emit(record, response)
     except Exception:  # noqa: BLE001 - observability must never turn a response into an error

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import orjson
 
-from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong
+from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong, stages
 from handler import observability, scoring
 from handler.errors import AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest, Timeout
 from handler.schemas import RequestModels, build_request_models
@@ -104,6 +104,7 @@ class ClipService:
         self.models: RequestModels = build_request_models(settings.max_items, settings.max_text_chars,
                                                           settings.search_max_top_k, settings.openai_max_inputs)
         self.image_limits = ImageLimits.from_settings(settings)
+        stages.clock.count_elsewhere("images", lambda: self.image_limits.decoders.cpu_seconds)
 
     # lifecycle -------------------------------------------------------------------------------------
 

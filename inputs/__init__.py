@@ -10,6 +10,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
@@ -70,10 +71,21 @@ class DecodeWorkers:
     def __init__(self, size: int) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix="clipserve-decode",
                                                            initializer=_lowest_cpu_priority)
+        self._cpu_lock = threading.Lock()
+        self.cpu_seconds = 0.0  # CPU the decode threads spent (the benchmark's per-image accounting)
 
     def run(self, fn: Callable[..., T], *args: object, timeout: float | None = None) -> T:
         """``fn(*args)`` on a decode thread; raises TimeoutError if it has not finished in ``timeout`` seconds."""
-        return self._pool.submit(fn, *args).result(timeout)
+        return self._pool.submit(self._timed, fn, *args).result(timeout)
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            spent = time.thread_time() - started
+            with self._cpu_lock:
+                self.cpu_seconds += spent
 
 
 def _lowest_cpu_priority() -> None:

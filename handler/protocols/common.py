@@ -10,6 +10,7 @@ from typing import Callable, Generic, TypeVar
 from flask import Response
 from pydantic import BaseModel
 
+from engine import stages
 from handler.client import disconnect_check
 from handler.errors import ErrorShape, native_shape
 from handler.openapi import RouteDoc
@@ -61,9 +62,10 @@ class Protocol(ABC):
     def receive(self, model: type[M], *, images: str | None = None) -> Call[M]:
         """Read and validate the body as ``model`` (JSON; with ``images``, also multipart whose file parts
         named so are the images) and start the request's deadline."""
-        if images is None:
-            body, files = read_json(model), None
-        else:
-            body, files = read_with_images(model, self.service.settings.max_image_bytes, file_field=images)
+        with stages.clock.timing("parse"):
+            if images is None:
+                body, files = read_json(model), None
+            else:
+                body, files = read_with_images(model, self.service.settings.max_image_bytes, file_field=images)
         return Call(body, files, self.service.deadline(disconnect_check()))
 

@@ -91,3 +91,20 @@ def test_texts_are_counted_even_when_the_request_fails(app):
         [line] = cap.request_lines()
         assert line["texts"] == 2 and line["error_code"] == "invalid_request"
     assert _samples(client)[key] - before.get(key, 0) == 2
+
+
+def test_stage_cpu_is_counted_per_stage(app):
+    """The benchmark splits the serving overhead with these counters: every stage a text request passes grows,
+    and the parts never exceed the request thread's whole."""
+    client = app.test_client()
+    before = _samples(client)
+    for i in range(20):
+        assert client.post("/embed/text", json={"texts": [f"stage text {i} " * 20]}, headers=AUTH).status_code == 200
+    after = _samples(client)
+
+    def grew(stage: str) -> float:
+        key = ("clipserve_stage_cpu_seconds_total", (("stage", stage),))
+        return after[key] - before.get(key, 0.0)
+
+    assert all(grew(stage) > 0 for stage in ("request", "parse", "tokenize", "serialize"))
+    assert grew("parse") + grew("tokenize") + grew("serialize") <= grew("request") + 0.005

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 
 from engine import EmbeddingEngine
-from handler import auth, observability, ratelimit
+from handler import auth, cors, observability, ratelimit
 from handler.errors import ErrorShapes, register_error_handlers
 from handler.jsonio import OrjsonProvider
 from handler.openapi import RouteDoc
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     register_error_handlers(app, shapes)
     observability.init_app(app, settings, engine)  # first: a request refused by auth still gets an id and a log line
     open_paths = frozenset().union(*(p.open_paths() for p in protocols))
+    cors.init_app(app, settings)
     auth.init_app(app, settings, exempt=open_paths)
     ratelimit.init_app(app, settings, keyed=bool(auth.load_api_keys(settings)), exempt=open_paths | {"/metrics"})
     app.before_request(service.start)

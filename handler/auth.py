@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from handler.cors import is_preflight
 from handler.errors import Unauthorized, error_response
 from infra.settings import SettingsError
 
@@ -61,7 +62,7 @@ def init_app(app: Flask, settings: Any, exempt: frozenset[str] = EXEMPT_PATHS) -
         return
 
     def require_key() -> Response | None:
-        if request.path in exempt:
+        if request.path in exempt or is_preflight():
             return None
         if key_matches(bearer_token(request.headers.get("Authorization", "")), keys):
             return None

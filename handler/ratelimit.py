@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask, request
 
 from handler.auth import bearer_token
+from handler.cors import is_preflight
 
 _PREFIX = "clipserve:v1:ratelimit"
 
@@ -42,7 +43,7 @@ def init_app(app: Flask, settings: Any, *, keyed: bool, exempt: frozenset[str]) 
                       storage_uri=storage, storage_options=options, headers_enabled=True, swallow_errors=True,
                       in_memory_fallback_enabled=settings.redis_url is not None, key_prefix=_PREFIX,
                       strategy="fixed-window")
-    limiter.request_filter(lambda: request.path in exempt)
+    limiter.request_filter(lambda: request.path in exempt or is_preflight())
     return limiter
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ CLOUD_RUN_BODY_LIMIT = 32 * MiB
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
 class SettingsError(ValueError):
@@ -143,6 +147,10 @@ class Settings:
     model_aliases: str | None = _env("MODEL_ALIASES", None,
                                      "More names /v1/embeddings accepts as `model`, for clients that cannot change "
                                      "it: comma-separated alias=variant, e.g. text-embedding-3-small=english.")
+    cors: str | None = _env("CORS_ORIGINS", None,
+                            "Browser origins allowed to call the API from another site: comma-separated exact "
+                            "origins (https://app.example.com) or * (then without credentials); empty = no CORS "
+                            "headers, browsers on other origins are refused.")
     weaviate_routes_open: bool = _env("WEAVIATE_ROUTES_OPEN", False,
                                       "Serve Weaviate's inference routes (POST /vectorize, GET /meta) without an API "
                                       "key when API_KEYS is set (Weaviate's CLIP module sends none): only where "
@@ -224,6 +232,7 @@ class Settings:
         if self.image_decode == "gpu" and self.device == "cpu":
             raise SettingsError("IMAGE_DECODE=gpu decodes on the GPU: it needs DEVICE=cuda or auto, not cpu")
         self.aliases()  # a malformed MODEL_ALIASES stops the boot
+        _ = self.cors_origins  # so does a malformed CORS_ORIGINS
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://")):
             raise SettingsError("REDIS_URL: must start with redis:// or rediss:// (TLS)")
         if self.rate_limit is not None:
@@ -237,6 +246,17 @@ class Settings:
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """CORS_ORIGINS as a tuple of origins, ("*",), or () when unset."""
+        origins = tuple(filter(None, (o.strip().rstrip("/") for o in (self.cors or "").split(","))))
+        if "*" in origins and len(origins) > 1:
+            raise SettingsError("CORS_ORIGINS: * allows every origin; do not list others beside it")
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
+        return origins
 
     def aliases(self) -> dict[str, str]:
         """MODEL_ALIASES as {alias: variant}."""

@@ -540,3 +540,19 @@ def test_small_and_non_jpeg_images_are_decoded_exactly_either_way(apps):
 def test_info_reports_the_precision_in_force(apps):
     assert apps("english").test_client().get("/").json["model"]["precision"] == "fp32"
     assert apps("english", precision="bf16").test_client().get("/").json["model"]["precision"] == "bf16"
+
+
+def test_cors_through_the_service_with_keys_on(apps):
+    """The factory wires CORS before auth: a browser on the allowed origin can preflight every API route without
+    a key, its calls carry the headers, and the other origins get none."""
+    client = apps(cors="https://app.example.com", api_keys="page-key").test_client()
+    for path in ("/embed/text", "/embed/image", "/score", "/v1/embeddings", "/vectorize"):
+        r = client.options(path, headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                                          "Access-Control-Request-Headers": "authorization,content-type"})
+        assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example.com", path
+    ok = client.post("/embed/text", json={"texts": ["a cat"]},
+                     headers={"Origin": "https://app.example.com", "Authorization": "Bearer page-key"})
+    assert ok.status_code == 200 and ok.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    other = client.post("/embed/text", json={"texts": ["a cat"]},
+                        headers={"Origin": "https://other.example", "Authorization": "Bearer page-key"})
+    assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from flask import Flask, request
 
-from handler import auth, observability
+from handler import auth, cors, observability
 from handler.errors import AllImagesFailed, register_error_handlers
 from infra.logs import configure_logging
 from infra.settings import Settings
@@ -22,6 +22,7 @@ def minimal_app(settings: Settings, engine: Any = None) -> Flask:
     app = Flask("ops_test")
     register_error_handlers(app)
     observability.init_app(app, settings, engine)
+    cors.init_app(app, settings)
     auth.init_app(app, settings)
     inner = logging.getLogger("ops_test.view")
 

@@ -3,7 +3,10 @@
 #
 #   ./serve.sh [--variant english|multilingual] [--port N]   bake the real weights (needs network) and serve them
 #   ./serve.sh --demo [--variant ...] [--port N]              serve a tiny RANDOM bundle offline (meaningless vectors)
+#                                                             and a demo index of generated pictures
+#   ./serve.sh [--demo] --images DIR                          ...and search your own folder of images instead
 #
+# The playground opens at http://127.0.0.1:PORT/ui.
 # Real weights are baked once into $MODEL_DIR (default ./model_bundles); demo bundles go to a separate
 # folder (./model_bundles-demo) so that a demo bundle can never be mistaken for real weights.
 set -euo pipefail
@@ -12,12 +15,14 @@ cd "$(dirname "$0")"
 variant=${MODEL_VARIANT:-english}
 port=${PORT:-8080}
 demo=0
+images=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --variant) variant=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --demo) demo=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --images) images=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "serve.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +53,27 @@ else
   fi
 fi
 
+# An index to search in the playground: the folder given, or (demo) generated pictures. Built once per folder
+# and model into ./indexes-local (versions are immutable: a changed folder needs rm -r of its index).
+if [ -z "${INDEX_DIR:-}" ] && { [ -n "$images" ] || [ "$demo" = 1 ]; }; then
+  if [ -z "$images" ]; then
+    images=./indexes-local/demo-pictures
+    [ -f "$images/items.csv" ] || python -m batch.demo_images --output "$images" >/dev/null
+    rows=$images/items.csv
+  else
+    rows=$images
+  fi
+  weights=$(python -c "import sys; from models.bundle import model_identity as m
+print(m(sys.argv[1], sys.argv[2])['weights'].split(':')[-1][:12])" "$model_dir" "$variant")
+  INDEX_DIR=./indexes-local/$(basename "$(realpath "$images")")-$variant-$weights/v1
+  if [ ! -f "$INDEX_DIR/manifest.json" ]; then
+    echo "serve.sh: indexing $rows into $INDEX_DIR (with thumbnails)..." >&2
+    python -m batch index build --input "$rows" --output "$INDEX_DIR" --local --model-dir "$model_dir" \
+      --variant "$variant" --thumbnails >/dev/null
+  fi
+  export INDEX_DIR
+fi
+
 export MODEL_DIR=$model_dir MODEL_VARIANT=$variant PORT=$port
-echo "serve.sh: serving $variant from $model_dir on http://127.0.0.1:$port" >&2
+echo "serve.sh: serving $variant from $model_dir on http://127.0.0.1:$port (playground: /ui)" >&2
 exec gunicorn -c infra/gunicorn.conf.py handler.wsgi:app

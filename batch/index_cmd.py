@@ -18,10 +18,12 @@ import json
 import logging
 import os
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from batch import index_input, index_push, index_source, options, output
+from batch import index_input, index_push, index_source, options, output, thumbnails
 from batch.reader import Columns
 from search import build as index_build
 from search import index_format
@@ -50,6 +52,10 @@ def add_parser(commands: Any) -> None:
                        help=f"hnsw: build breadth (default {index_build.EF_CONSTRUCTION})")
     build.add_argument("--ef-search", type=int, default=index_build.EF_SEARCH,
                        help=f"hnsw: query breadth the service uses (default {index_build.EF_SEARCH})")
+    build.add_argument("--thumbnails", nargs="?", const=thumbnails.DEFAULT_SIZE, type=_thumbnail_size,
+                       metavar="SIZE", help="store a JPEG thumbnail per item, SIZE px on the long side (default "
+                                            f"{thumbnails.DEFAULT_SIZE}), served at GET /items/ID/thumbnail; from "
+                                            "local files, data URIs and base64 (image URLs are shown as they are)")
     index_source.add_source_args(build, "OUTPUT.embeddings.jsonl")
     verify = sub.add_parser("verify", help="check a version folder: manifest, sizes and every file's sha256")
     verify.add_argument("directory", type=Path)
@@ -68,6 +74,13 @@ def add_parser(commands: Any) -> None:
     push.add_argument("--modality", choices=index_input.MODALITIES,
                       help="which embedding to push (default: image when the rows have images, else text)")
     index_source.add_source_args(push, "INPUT.embeddings.jsonl beside it")
+
+
+def _thumbnail_size(value: str) -> int:
+    try:
+        return thumbnails.parse_size(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,14 +127,30 @@ def _write(args: argparse.Namespace, final: Path, embeddings_path: Path, metadat
            model: dict[str, Any]) -> dict[str, Any]:
     with index_source.collected_rows(args, embeddings_path, metadata, columns, model) as (modality, from_csv, types, collected):
         index_options = index_build.IndexOptions(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search)
+        no_thumbnail: Counter = Counter()
         path = index_build.write_index(
             final, collected.vectors, index_input.metadata_of_kept(metadata, columns, collected),
             columns=types.result(), from_csv=from_csv, model=model, modality=modality,
             name=args.name or final.resolve().parent.name, options=index_options,
             build={"input": str(args.input), "metadata": str(metadata) if metadata else None,
-                   "skipped": dict(collected.skipped), "tool": "clipserve-batch index build"})
+                   "skipped": dict(collected.skipped), "tool": "clipserve-batch index build"},
+            thumbnails=_thumbnails(args, metadata, columns, collected, no_thumbnail), thumbnail_size=args.thumbnails)
     manifest = index_format.read_manifest(path)
     return {"command": "index build", "output": str(path), "name": manifest["name"], "version": manifest["version"],
             "count": manifest["count"], "modality": modality, "index": manifest["index"],
             "columns": manifest["metadata"]["columns"], "skipped": dict(collected.skipped), "model": model,
-            "embeddings": str(embeddings_path)}
+            "embeddings": str(embeddings_path),
+            **({"thumbnails": {**manifest["thumbnails"], "without": dict(no_thumbnail)}} if args.thumbnails else {})}
+
+
+def _thumbnails(args: argparse.Namespace, metadata: Path | None, columns: Columns, collected: Any,
+                skipped: Counter) -> Iterator[bytes | None] | None:
+    """A thumbnail (or None) per kept row, from the image cells of the rows file; None without --thumbnails."""
+    if not args.thumbnails:
+        return None
+    if metadata is None:
+        raise ValueError("--thumbnails needs the rows that name the images: build from the rows file, or pass "
+                         "--metadata FILE with an embed output")
+    cells = (row.image for row in index_input.rows_of_kept(metadata, columns, collected))
+    search_dirs = options.image_dirs(metadata) + options.image_dirs(args.input)
+    return thumbnails.thumbnails_of(cells, args.thumbnails, search_dirs, skipped)

@@ -153,14 +153,18 @@ def _unit(vector: np.ndarray, dim: int, item_id: str) -> np.ndarray | None:
     return vector / norm
 
 
-def metadata_of_kept(path: Path | None, columns: Columns, collected: Collected) -> Iterator[tuple[str, dict]]:
-    """(id, record) of every kept row, in row order (a second, cheap pass over the metadata file)."""
-    if path is None:
-        yield from ((item_id, {}) for item_id in collected.kept_ids)
-        return
+def rows_of_kept(path: Path, columns: Columns, collected: Collected) -> Iterator[Row]:
+    """The metadata file's row of every kept item, in row order (a second, cheap pass over the file)."""
     wanted = iter(collected.kept_positions)
     next_position = next(wanted, None)
     for row in metadata_rows(path, columns):
         if row.position == next_position:
-            yield row.id, row.fields
+            yield row
             next_position = next(wanted, None)
+
+
+def metadata_of_kept(path: Path | None, columns: Columns, collected: Collected) -> Iterator[tuple[str, dict]]:
+    """(id, record) of every kept row, in row order."""
+    if path is None:
+        return ((item_id, {}) for item_id in collected.kept_ids)
+    return ((row.id, row.fields) for row in rows_of_kept(path, columns, collected))

@@ -148,8 +148,13 @@ def request_signer(args: argparse.Namespace) -> Any:
     return None
 
 
+def image_dirs(rows: Path) -> list[Path]:
+    """Where a row's relative image path is looked for: beside the rows file, or in the folder of images."""
+    return [rows.resolve()] if rows.is_dir() else [rows.resolve().parent]
+
+
 def make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
-    search_dirs = [args.input.resolve().parent]
+    search_dirs = image_dirs(args.input)
     if args.local:
         from batch.local_target import LocalTarget
 

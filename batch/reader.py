@@ -41,14 +41,19 @@ class Row:
     fields: dict[str, Any] = field(default_factory=dict, compare=False)  # the row as read
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+
+
 def input_format(path: Path) -> str:
-    """'csv' or 'jsonl', from the file name."""
+    """'csv' or 'jsonl' from the file name, or 'folder' for a folder of images."""
+    if path.is_dir():
+        return "folder"
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    raise InputError(f"{path}: unknown input format {suffix!r}; use .csv, .tsv or .jsonl")
+    raise InputError(f"{path}: unknown input format {suffix!r}; use .csv, .tsv or .jsonl, or a folder of images")
 
 
 def _iter_csv(path: Path) -> Iterator[dict[str, Any]]:
@@ -75,9 +80,20 @@ def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def _iter_folder(path: Path) -> Iterator[dict[str, Any]]:
+    """A folder of images as rows: id and image are the file's path inside the folder (sub-folders too), in
+    sorted order, so the same folder gives the same rows. Images resolve against the folder (search_dirs)."""
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    for name in files:
+        yield {"id": name, "image": name}
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The raw records (dicts) of a CSV or JSONL file."""
+    """The raw records (dicts) of a CSV or JSONL file, or of a folder of images."""
     fmt = input_format(path)
+    if fmt == "folder":
+        return _iter_folder(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if fmt == "csv":

@@ -20,6 +20,7 @@ from handler.openapi import RouteDoc
 from handler.protocols.common import Protocol
 from handler.protocols.native import NativeApi
 from handler.protocols.openai import OpenAIApi
+from handler.protocols.page import PageApi
 from handler.protocols.search import SearchApi
 from handler.protocols.weaviate import WeaviateApi
 from handler.service import ClipService
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
 
 def protocols_for(service: ClipService, catalogue: Any) -> list[Protocol]:
     """The protocols the service speaks, in the order their routes are listed (GET /, /openapi.json)."""
-    return [NativeApi(service, catalogue), SearchApi(service), OpenAIApi(service), WeaviateApi(service)]
+    return [NativeApi(service, catalogue), SearchApi(service), OpenAIApi(service), WeaviateApi(service),
+            PageApi(service)]
 
 
 def register(app: Flask, protocol: Protocol, shapes: ErrorShapes) -> list[RouteDoc]:

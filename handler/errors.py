@@ -32,6 +32,7 @@ STATUS = {
     "model_not_found": 404,
     "index_not_configured": 404,
     "item_not_found": 404,
+    "thumbnail_not_found": 404,
     "method_not_allowed": 405,
     "index_read_only": 405,
     "payload_too_large": 413,
@@ -112,6 +113,10 @@ class IndexNotConfigured(ApiError):
 
 class ItemNotFound(ApiError):
     code = "item_not_found"
+
+
+class ThumbnailNotFound(ApiError):
+    code = "thumbnail_not_found"
 
 
 class IndexReadOnly(ApiError):

@@ -370,7 +370,9 @@ def _emit(record: RequestRecord, response: Response) -> None:
     if record.batch_size:
         fields["batch_size"] = record.batch_size
         fields["queue_wait_ms"] = round(record.queue_wait_s * 1000, 2)
-    http_request = {"requestMethod": request.method, "requestUrl": request.path, "status": status,
+    # A rule with a variable (/items/<path:item_id>/thumbnail) is logged as the rule: ids stay out of logs.
+    url = route if "<" in route else request.path
+    http_request = {"requestMethod": request.method, "requestUrl": url, "status": status,
                     "latency": f"{latency:.6f}s", "protocol": request.environ.get("SERVER_PROTOCOL", ""),
                     "requestSize": str(request.content_length or 0),
                     "responseSize": str(response.calculate_content_length() or 0)}

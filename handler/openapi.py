@@ -1,7 +1,8 @@
-"""/openapi.json generated from the pydantic models that validate requests, and the /docs page."""
+"""/openapi.json generated from the pydantic models that validate requests."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from handler.errors import STATUS
 from handler.schemas import ErrorResponse
 
 _REF = "#/components/schemas/{model}"
+_PATH_PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,13 @@ class RouteDoc:
     errors: tuple[str, ...] = field(default=())
     ok_status: int = 200
     error_model: type[BaseModel] = ErrorResponse   # the shape of this route's error bodies
+    listed: bool = True                    # False: served, but not an API route (a page's asset files)
 
 
 def build_openapi(routes: list[RouteDoc], *, title: str, version: str, description: str) -> dict[str, Any]:
     """An OpenAPI 3.1 document: request and response bodies are the models' own JSON schemas."""
     wanted: list[tuple[type[BaseModel], str]] = [(ErrorResponse, "serialization")]
+    routes = [route for route in routes if route.listed]
     for route in routes:
         wanted.append((route.error_model, "serialization"))
         if route.response is not None:
@@ -52,13 +56,17 @@ def build_openapi(routes: list[RouteDoc], *, title: str, version: str, descripti
     for route in routes:
         op: dict[str, Any] = {"summary": route.summary, "operationId": _operation_id(route),
                               "responses": _responses(route, refs)}
+        params = _PATH_PARAM.findall(route.path)
+        if params:
+            op["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                for name in params]
         if route.request is not None:
             content = {"application/json": {"schema": refs[(route.request, "validation")]}}
             if route.multipart is not None:
                 name = refs[(route.request, "validation")]["$ref"].rsplit("/", 1)[-1]
                 content["multipart/form-data"] = {"schema": _multipart_schema(route, schema["$defs"][name])}
             op["requestBody"] = {"required": True, "content": content}
-        paths.setdefault(route.path, {})[route.method.lower()] = op
+        paths.setdefault(openapi_path(route.path), {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
@@ -67,8 +75,13 @@ def build_openapi(routes: list[RouteDoc], *, title: str, version: str, descripti
     }
 
 
+def openapi_path(flask_path: str) -> str:
+    """A Flask rule as OpenAPI writes it: ``/items/<path:item_id>`` -> ``/items/{item_id}``."""
+    return _PATH_PARAM.sub(r"{\1}", flask_path)
+
+
 def _operation_id(route: RouteDoc) -> str:
-    name = route.path.strip("/").replace("/", "_").replace(".", "_") or "root"
+    name = _PATH_PARAM.sub(r"\1", route.path).strip("/").replace("/", "_").replace(".", "_") or "root"
     return f"{route.method.lower()}_{name}"
 
 
@@ -104,14 +117,3 @@ def _multipart_schema(route: RouteDoc, json_schema: dict[str, Any]) -> dict[str,
     if form.any_of:
         schema["anyOf"] = [{"required": [name]} for name in form.any_of]
     return schema
-
-
-DOCS_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>clipserve API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>window.onload = () => SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"});</script>
-<noscript>The machine-readable API description is at <a href="openapi.json">openapi.json</a>.</noscript>
-</body></html>
-"""

@@ -149,6 +149,8 @@ class InfoResponse(BaseModel):
     search: Optional[dict[str, Any]] = Field(description="The search backend and its index; null when none is "
                                                          "configured.")
     endpoints: list[str]
+    links: dict[str, str] = Field(description="Pages for people: the playground (when UI_ENABLED), the API docs, "
+                                              "the OpenAPI document.")
 
 
 class StatsResponse(BaseModel):

@@ -21,7 +21,8 @@ import orjson
 
 from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong, stages
 from handler import observability, scoring
-from handler.errors import AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest, Timeout
+from handler.errors import (AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest,
+                            ThumbnailNotFound, Timeout)
 from handler.schemas import RequestModels, build_request_models
 from infra.settings import Settings
 from inputs import ImageError, ImageLimits, draft_size_for, fetch_images, load_images
@@ -306,6 +307,18 @@ class ClipService:
         if self.search is None:
             raise IndexNotConfigured(NOT_CONFIGURED)
         return self.search.backend
+
+    def thumbnail(self, item_id: str) -> tuple[bytes, str]:
+        """An item's stored thumbnail (JPEG) and the version of the index it comes from."""
+        backend = self.backend()
+        data = backend.thumbnail(item_id)  # ItemNotFound for an unknown id
+        info = backend.info()
+        if data is None:
+            raise ThumbnailNotFound(
+                "this item has no thumbnail (its image was a URL, or could not be read at build time)" if
+                info.thumbnails else f"index {info.name} {info.version} has no thumbnails: build it with "
+                "`clipserve-batch index build --thumbnails`", param="id")
+        return data, info.version
 
     def find(self, spec: QuerySpec, deadline: Deadline) -> tuple[list[Hit], dict[str, Any]]:
         """The nearest items to the query, best first, and the index that answered (its public description).

@@ -151,6 +151,9 @@ class Settings:
                             "Browser origins allowed to call the API from another site: comma-separated exact "
                             "origins (https://app.example.com) or * (then without credentials); empty = no CORS "
                             "headers, browsers on other origins are refused.")
+    ui_enabled: bool = _env("UI_ENABLED", True,
+                            "Serve the playground page at GET /ui (search, zero-shot, embed in a browser). Its "
+                            "files need no key; every call it makes does, when API_KEYS is set.")
     weaviate_routes_open: bool = _env("WEAVIATE_ROUTES_OPEN", False,
                                       "Serve Weaviate's inference routes (POST /vectorize, GET /meta) without an API "
                                       "key when API_KEYS is set (Weaviate's CLIP module sends none): only where "

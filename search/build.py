@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from search import index_format
+from search import thumbnails as thumbnail_files
 from search.items_db import ItemsWriter
 
 FLAT_MAX = 50_000
@@ -86,8 +87,10 @@ def _add_in_chunks(index: Any, vectors: np.ndarray, chunk: int = 65_536) -> None
 
 def write_index(final: Path, vectors: np.ndarray, items: Iterable[tuple[str, Mapping[str, Any]]], *,
                 columns: Mapping[str, str], from_csv: bool, model: Mapping[str, Any], modality: str, name: str,
-                options: IndexOptions = IndexOptions(), build: Mapping[str, Any] | None = None) -> Path:
-    """Publish `final` holding `vectors` (N x dim, unit rows) and `items` ((id, metadata) per row, same order)."""
+                options: IndexOptions = IndexOptions(), build: Mapping[str, Any] | None = None,
+                thumbnails: Iterable[bytes | None] | None = None, thumbnail_size: int | None = None) -> Path:
+    """Publish `final` holding `vectors` (N x dim, unit rows) and `items` ((id, metadata) per row, same order),
+    and with `thumbnails` a JPEG (or None) per row, `thumbnail_size` px on the long side."""
     import faiss
 
     if modality not in index_format.MODALITIES:
@@ -108,11 +111,14 @@ def write_index(final: Path, vectors: np.ndarray, items: Iterable[tuple[str, Map
             raise BuildError(f"{writer.rows} items for {len(vectors)} vectors")
         writer.close()
         faiss.write_index(build_faiss(vectors, params), str(staging / index_format.VECTORS))
-        manifest = {
+        manifest: dict[str, Any] = {
             "name": name, "version": final.name, "created": _now(), "modality": modality,
             "count": len(vectors), "model": dict(model), "index": params,
             "metadata": {"columns": dict(columns)}, "build": dict(build or {}),
         }
+        if thumbnails is not None:
+            manifest["thumbnails"] = thumbnail_files.write(staging, thumbnails, count=len(vectors),
+                                                           size=thumbnail_size or 0)
         return index_format.publish(final, manifest)
 
 

@@ -24,6 +24,7 @@ from search.errors import IndexUnusable, ItemNotFound, ReadOnly
 from search.filters import Filter
 from search.items_db import ItemsDb
 from search.query import Hit, IndexInfo, Item, Query, model_mismatch
+from search.thumbnails import Thumbnails
 
 # A filter keeping at most this many items is answered by exact scoring of just those items.
 BRUTE_FORCE_MAX = 50_000
@@ -33,8 +34,10 @@ LOAD_MODES = ("mmap", "memory")
 class FaissIndex:
     writable = False
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], index: Any, items: ItemsDb) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, Any], index: Any, items: ItemsDb,
+                 thumbnails: Thumbnails | None = None) -> None:
         self.directory = directory
+        self.thumbnails = thumbnails
         self.manifest = manifest
         self.index = index
         self.items = items
@@ -60,7 +63,7 @@ class FaissIndex:
         if index.ntotal != count or items.count != count or index.d != dim:
             raise IndexUnusable(f"index {directory}: the files disagree with the manifest ({index.ntotal} vectors of "
                                 f"dim {index.d}, {items.count} items; the manifest says {count} of dim {dim})")
-        return cls(directory, manifest, index, items)
+        return cls(directory, manifest, index, items, Thumbnails.of(directory, manifest))
 
     # --- what the service asks ----------------------------------------------------------------------
 
@@ -69,7 +72,8 @@ class FaissIndex:
         return IndexInfo(backend="faiss", name=m["name"], version=m["version"], count=self.count,
                          modality=m["modality"], model=m["model"],
                          details={"type": self.params["type"], "params": self.params, "path": str(self.directory),
-                                  "created": m.get("created")})
+                                  "created": m.get("created")},
+                         thumbnails=self.thumbnails is not None)
 
     def check_model(self, model: dict[str, Any]) -> None:
         differences = model_mismatch(model, self.manifest["model"])
@@ -82,11 +86,19 @@ class FaissIndex:
         return self.items.columns
 
     def vector_of(self, item_id: str) -> np.ndarray:
+        return self.index.reconstruct(self._row(item_id))
+
+    def _row(self, item_id: str) -> int:
         row = self.items.row_of(item_id)
         if row is None:
             raise ItemNotFound(f"no item with id {item_id[:200]!r} in index {self.manifest['name']} "
                                f"{self.manifest['version']}", param="id")
-        return self.index.reconstruct(int(row))
+        return int(row)
+
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """The item's thumbnail, None when it has none; ItemNotFound for an unknown id."""
+        row = self._row(item_id)
+        return None if self.thumbnails is None else self.thumbnails.get(row)
 
     def search(self, query: Query) -> list[Hit]:
         exclude = self.items.row_of(query.exclude_id) if query.exclude_id is not None else None
@@ -170,6 +182,8 @@ class FaissIndex:
 
     def close(self) -> None:
         self.items.close()
+        if self.thumbnails is not None:
+            self.thumbnails.close()
 
 
 def _ordered(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

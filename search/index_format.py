@@ -2,6 +2,7 @@
 
     DIR/vectors.faiss   FAISS index, ids 0..N-1 = the items' row numbers (flat, or IVF with a direct map)
     DIR/items.sqlite    items(row, id, c0, c1, ...) + columns(position, name, type): ids and metadata
+    DIR/thumbnails.*    optional (`index build --thumbnails`): a small JPEG per item (search/thumbnails.py)
     DIR/manifest.json   written last: format, model, modality, count, index type, every file's sha256/size
 
 A folder is immutable once published: a new build goes to a new version folder, and rolling back
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import file_record, fsync_path, sha256_file
+from search import thumbnails
 from search.errors import IndexUnusable
 
 MANIFEST = "manifest.json"
@@ -81,7 +83,8 @@ def verify(directory: Path | str) -> dict[str, Any]:
 
 
 # What a build writes before its manifest (SQLite's journal only if it was killed mid-transaction).
-_DATA_FILES = frozenset({VECTORS, ITEMS, ITEMS + "-journal", MANIFEST + ".partial"})
+_DATA_FILES = frozenset({VECTORS, ITEMS, ITEMS + "-journal", MANIFEST + ".partial",
+                         thumbnails.BIN, thumbnails.OFFSETS})
 
 
 class VersionExists(ValueError):

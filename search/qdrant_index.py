@@ -133,6 +133,11 @@ class QdrantIndex:
     def columns(self) -> dict[str, str]:
         return dict(self.description["columns"])
 
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """None: clipserve stores no thumbnails in Qdrant (a payload blob would travel with every search
+        answer); a payload's http(s) image URL is what the playground shows."""
+        return None
+
     def refresh_count(self) -> int | None:
         with self._call():
             self._count = int(self.client.count(self.collection, exact=True).count)

@@ -57,6 +57,7 @@ class IndexInfo:
     modality: str  # "image" or "text": what the items' vectors were embedded from
     model: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    thumbnails: bool = False  # GET /items/<id>/thumbnail has something to serve
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "count": self.count, "modality": self.modality}
@@ -77,6 +78,9 @@ class SearchBackend(Protocol):
 
     def columns(self) -> dict[str, str] | None:
         """Filterable metadata columns (name -> type), or None when the backend has no schema."""
+
+    def thumbnail(self, item_id: str) -> bytes | None:
+        """The item's stored thumbnail (JPEG), None when there is none."""
 
     def check_writable(self) -> None:
         """Raise ReadOnly (before any work) if this backend takes no writes."""

@@ -113,7 +113,7 @@ class SearchService:
         if self._backend is not None:
             info = self._backend.info()
             described.update(backend=info.backend, writable=self._backend.writable, index=info.public(),
-                             details=info.details)
+                             details=info.details, columns=self._backend.columns(), thumbnails=info.thumbnails)
         return described
 
     def close(self) -> None:

@@ -23,26 +23,10 @@ os.environ["RUNTIME"] = "torch"
 
 TINY_SEED = 0
 # CI sets this: a test that needs a system tool (redis-server, chromium, promtool) fails instead of skipping.
-REQUIRE_TOOLS = os.environ.get("CLIPSERVE_REQUIRE_TOOLS") == "1"
-
-
-def need_tool(name: str) -> str:
-    """The path of a system tool, or a skip (a failure in CI) naming how to install it."""
-    import shutil
-
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install it; .ci/run does)"
-        if REQUIRE_TOOLS:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One real redis-server for the whole session; ``redis`` hands it out emptied."""
-    from servers import RedisServer
+    from servers import RedisServer, need_tool
 
     server = RedisServer(need_tool("redis-server"), tmp_path_factory.mktemp("redis"))
     server.start()

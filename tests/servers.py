@@ -20,6 +20,22 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+REQUIRE_TOOLS = os.environ.get("CLIPSERVE_REQUIRE_TOOLS") == "1"
+
+
+def need_tool(name: str) -> str:
+    """The path of a system tool, or a skip (a failure in CI) naming how to install it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install it; .ci/run does)"
+        if REQUIRE_TOOLS:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 # Startup on a loaded 2-core machine: importing torch and building the tiny model can take a while.

@@ -1,5 +1,5 @@
 """clipserve's own protocol: ``/embed/text``, ``/embed/image``, ``/embed/mixed``, ``/score``, and the
-service's front door (``/``, ``/health``, ``/openapi.json``, ``/docs``).
+service's front door (``/``, ``/health``, ``/openapi.json``; the pages a browser opens are in ``page.py``).
 
 Answers keep failed images in place (``null`` with an ``errors`` entry), so a batch of a hundred
 images with one bad URL still returns ninety-nine vectors.
@@ -12,7 +12,7 @@ from typing import Any, Callable
 from flask import Response, jsonify
 
 from handler import observability, scoring
-from handler.openapi import DOCS_HTML, Multipart, RouteDoc, build_openapi
+from handler.openapi import Multipart, RouteDoc, build_openapi, openapi_path
 from handler.protocols.common import Protocol, Route
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
                              StatsResponse, TextEmbedResponse)
@@ -54,7 +54,6 @@ class NativeApi(Protocol):
                            "the shared cache's state, the index, batch sizes and the queue.", StatsResponse),
                   self.stats),
             Route(RouteDoc("/openapi.json", "GET", "This OpenAPI document.", None), self.openapi),
-            Route(RouteDoc("/docs", "GET", "Interactive API documentation (HTML).", None), self.docs),
         ]
 
     def open_paths(self) -> set[str]:
@@ -74,7 +73,9 @@ class NativeApi(Protocol):
         return jsonify(InfoResponse(
             service=SERVICE, version=service_version(), status=status, model=self.service.model_info(),
             limits=self.service.limits(), search=search.describe() if search is not None else None,
-            endpoints=[f"{doc.method} {doc.path}" for doc in self.catalogue()],
+            endpoints=[f"{doc.method} {openapi_path(doc.path)}" for doc in self.catalogue() if doc.listed],
+            links={**({"playground": "/ui"} if self.service.settings.ui_enabled else {}), "docs": "/docs",
+                   "openapi": "/openapi.json"},
         ).model_dump())
 
     def stats(self) -> Response:
@@ -86,9 +87,6 @@ class NativeApi(Protocol):
             self._openapi = build_openapi(self.catalogue(), title=SERVICE, version=service_version(),
                                           description="CLIP embeddings and image-text scores over HTTP.")
         return jsonify(self._openapi)
-
-    def docs(self) -> Response:
-        return Response(DOCS_HTML, mimetype="text/html")
 
     # embeddings and scores -----------------------------------------------------------------------
 

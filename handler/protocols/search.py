@@ -6,10 +6,11 @@ per-image error codes, the batching engine); the backend (``search/``) knows not
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 
 from handler import scoring
 from handler.openapi import Multipart, RouteDoc
@@ -38,6 +39,10 @@ class SearchApi(Protocol):
             Route(RouteDoc("/index", "POST", "Embed and upsert items (a backend that takes writes: Qdrant).",
                            IndexWriteResponse, models.index_write, errors=_WRITE_ERRORS,
                            multipart=Multipart(files="images", required=("items",), json_only=())), self.write),
+            Route(RouteDoc("/items/<path:item_id>/thumbnail", "GET",
+                           "An item's thumbnail (JPEG), stored by `index build --thumbnails`.", None,
+                           errors=("index_not_configured", "item_not_found", "thumbnail_not_found", "index_loading",
+                                   "search_unavailable")), self.thumbnail),
             Route(RouteDoc("/index/delete", "POST", "Delete items by ids or by a filter.", IndexDeleteResponse,
                            models.index_delete, errors=_WRITE_ERRORS[:4] + _WRITE_ERRORS[6:]), self.delete),
         ]
@@ -52,6 +57,18 @@ class SearchApi(Protocol):
                          include_vectors=req.include_vectors)
         hits, index = self.service.find(spec, call.deadline)
         return jsonify({**self.service.model_fields(), "results": [_hit(h, spec) for h in hits], "index": index})
+
+    def thumbnail(self, item_id: str) -> Response:
+        """The JPEG, revalidated by ETag. Asked for with ``?v=<the index version>`` (as the playground does)
+        the URL names one immutable file, so it may be cached for a year; without, for a minute, since a new
+        version may be deployed under the same path."""
+        data, version = self.service.thumbnail(item_id)
+        response = Response(data, mimetype="image/jpeg")
+        response.set_etag(hashlib.sha256(data).hexdigest()[:32])
+        pinned = request.args.get("v") == version
+        response.headers["Cache-Control"] = ("private" if "Authorization" in request.headers else "public") + (
+            ", max-age=31536000, immutable" if pinned else ", max-age=60")
+        return response.make_conditional(request)
 
     def write(self) -> Response:
         self.service.writable_backend()  # 404 / 405 / 503 before reading or embedding anything

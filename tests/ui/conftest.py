@@ -54,6 +54,25 @@ def ui_server(tiny_model_dir, demo_index, cors_origin_port, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def url_server(tiny_model_dir, tmp_path_factory):
+    """An index of texts whose metadata names image URLs on another host, built without thumbnails."""
+    import csv
+
+    from batch.cli import main
+
+    folder = tmp_path_factory.mktemp("url-index")
+    with (folder / "items.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "image_url"])
+        writer.writerows([f"u{i}", f"picture number {i}", f"https://images.example/{i}.png"] for i in range(10))
+    out = folder / "indexes" / "urls" / "v1"
+    assert main(["index", "build", "--input", str(folder / "items.csv"), "--output", str(out), "--local",
+                 "--model-dir", str(tiny_model_dir)]) == 0
+    with gunicorn(tiny_model_dir, folder / "gunicorn.log", INDEX_DIR=str(out)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def keyed_server(tiny_model_dir, demo_index, tmp_path_factory):
     log = tmp_path_factory.mktemp("ui-keyed-logs") / "gunicorn.log"
     with gunicorn(tiny_model_dir, log, INDEX_DIR=str(demo_index), API_KEYS=API_KEY) as server:

@@ -4,6 +4,7 @@ answers for the same query; every request stays on the service's origin; the con
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 from functools import partial
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from ui_helpers import API_KEY, watch
 
@@ -175,6 +177,31 @@ def test_embed_copies_a_vector_of_the_model_dimension(ui, ui_server):
     snippet = page.evaluate("navigator.clipboard.readText()")
     assert f'base_url="{ui_server.url}/v1"' in snippet and "client.embeddings.create" in snippet
     ui.screenshot("embed")
+
+
+def test_without_thumbnails_metadata_image_urls_are_shown_and_broken_ones_hidden(context, url_server):
+    ui = watch(context, url_server.url)
+    page = ui.page
+    red = io.BytesIO()
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(red, format="PNG")
+
+    def image_host(route):  # stands in for the image host: nothing leaves the machine
+        n = int(route.request.url.rsplit("/", 1)[1].split(".")[0])
+        if n % 2:
+            route.fulfill(status=404, body="gone")
+        else:
+            route.fulfill(status=200, content_type="image/png", body=red.getvalue())
+
+    page.route("https://images.example/**", image_host)
+    page.goto(f"{url_server.url}/ui?tab=search&q=picture&top_k=10")
+    wait_for_cards(page, 10)
+    page.wait_for_function("() => [...document.querySelectorAll('#results .card img')]"
+                           ".every(i => i.hidden || (i.complete && i.naturalWidth > 0))")
+    shown = page.eval_on_selector_all("#results .card", "cards => cards.map(c => [c.dataset.id, "
+                                      "!c.querySelector('img').hidden, !c.querySelector('.noimage').hidden])")
+    assert sorted(shown) == sorted([f"u{i}", i % 2 == 0, i % 2 == 1] for i in range(10))
+    assert not [u for u in ui.requests if "/thumbnail" in u]  # the index says it has none: none asked for
+    assert all("status of 404" in e for e in ui.errors)  # Chromium logs the broken images; nothing else
 
 
 def test_tabs_work_from_the_keyboard(ui):

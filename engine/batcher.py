@@ -83,6 +83,12 @@ class _Item:
     enqueued_at: float
     group: object  # the request the item belongs to: batches are shared fairly between groups
     bulk: bool = False  # part of a request larger than a batch: yields to interactive requests
+    tag: object = None  # what the batch tracer captured on the request's thread (its trace context)
+
+
+# The batch tracer: ``capture()`` on the request's thread when its items are queued; after each model call, on
+# the inference thread, ``report(kind, batch_size, [(tag, enqueued_at)], started, ended)`` (monotonic seconds).
+BatchTracer = tuple[Callable[[], object], Callable[[str, int, list[tuple[object, float]], float, float], None]]
 
 
 class Batcher:
@@ -112,6 +118,7 @@ class Batcher:
         self._batches_done = 0
         self._batches_failed = 0
         self._on_batch: Callable[[str, int, float], None] | None = None
+        self._tracer: BatchTracer | None = None
         self._interactive_at = -1e9  # when the last interactive (not bulk) item was queued
 
     # lifecycle -------------------------------------------------------------------------------
@@ -145,6 +152,10 @@ class Batcher:
         """Call ``observer(kind, batch_size, queue_wait_s)`` after each batch (logs/metrics hook)."""
         self._on_batch = observer
 
+    def set_batch_tracer(self, tracer: BatchTracer | None) -> None:
+        """See BatchTracer: how a model call serving many requests is tied to each of them (tracing hook)."""
+        self._tracer = tracer
+
     # request side ----------------------------------------------------------------------------
 
     def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None,
@@ -156,7 +167,8 @@ class Batcher:
             raise EngineStopped("the inference loop is not running")
         now = time.monotonic()
         group = object() if group is None else group
-        items = [_Item((kind, options), p, ItemFuture(), now, group, bulk) for p in payloads]
+        tag = self._tracer[0]() if self._tracer is not None else None
+        items = [_Item((kind, options), p, ItemFuture(), now, group, bulk, tag) for p in payloads]
         with self._cond:
             if len(self._pending) + len(items) > self._capacity:
                 raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
@@ -288,6 +300,11 @@ class Batcher:
                 self._on_batch(kind, len(batch), started - min(i.enqueued_at for i in batch))
             except Exception:  # noqa: BLE001 - an observer must never stop inference
                 log.exception("batch observer failed")
+        if self._tracer is not None:
+            try:
+                self._tracer[1](kind, len(batch), [(i.tag, i.enqueued_at) for i in batch], started, time.monotonic())
+            except Exception:  # noqa: BLE001 - tracing must never stop inference
+                log.exception("batch tracer failed")
 
     def _run_alone(self, item: _Item) -> None:
         kind, options = item.key

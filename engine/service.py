@@ -188,6 +188,11 @@ class EmbeddingEngine:
     def set_batch_observer(self, observer: Callable[[str, int, float], None] | None) -> None:
         self._batcher.set_batch_observer(observer)
 
+    def set_batch_tracer(self, tracer: Any) -> None:
+        """See engine.batcher.BatchTracer (the unbatched runner has no shared calls to tie together)."""
+        if hasattr(self._batcher, "set_batch_tracer"):
+            self._batcher.set_batch_tracer(tracer)
+
     def set_request_observer(self, observer: Callable[[str, list[tuple[int, float]], int], None] | None) -> None:
         """Call ``observer(kind, [(batch_size, queue_wait_s) per encoded item], cache_hits)`` on the request
         thread once its items are done.

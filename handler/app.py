@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 
 from engine import EmbeddingEngine
-from handler import auth, cors, observability, ratelimit
+from handler import auth, cors, observability, ratelimit, traces
 from handler.errors import ErrorShapes, register_error_handlers
 from handler.jsonio import OrjsonProvider
 from handler.openapi import RouteDoc
@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     protocols = protocols_for(service, catalogue=lambda: docs)
     shapes = ErrorShapes()
     register_error_handlers(app, shapes)
-    observability.init_app(app, settings, engine)  # first: a request refused by auth still gets an id and a log line
+    traces.init_app(app, settings, engine)  # before the log line's hook: the line carries the request span's ids
+    observability.init_app(app, settings, engine, search)  # a request refused by auth still gets an id and a line
     open_paths = frozenset().union(*(p.open_paths() for p in protocols))
     cors.init_app(app, settings)
     auth.init_app(app, settings, exempt=open_paths)

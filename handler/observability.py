@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from flask import Flask, Response, current_app, g, has_request_context, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 
 from engine import stages
+from infra import tracing
 from infra.logs import TraceContext, add_context_provider, parse_trace_headers
 
 log = logging.getLogger("clipserve.request")
@@ -60,9 +62,14 @@ class RequestRecord:
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own (one per app, so tests stay independent)."""
 
-    def __init__(self, engine: Any = None) -> None:
+    def __init__(self, engine: Any = None, search: Any = None, build: dict[str, str] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes: the dashboards
+        self.build_info = Gauge("clipserve_build_info", "1, labelled with what this process serves: compare "
+                                "revisions (a canary and the stable one) side by side.", list(build or {}), registry=r)
+        if build:
+            self.build_info.labels(**build).set(1)
         self.requests = Counter("clipserve_requests_total", "HTTP requests by route, method and status.",
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("clipserve_request_duration_seconds", "Request latency by route and status.",
@@ -90,7 +97,14 @@ class Metrics:
         self.gpu_memory.set_function(_gpu_memory)
         self.loop_healthy = Gauge("clipserve_inference_loop_healthy",
                                   "1 while the inference thread runs and no model call is stalled.", registry=r)
+        self.model_ready = Gauge("clipserve_model_ready", "1 once the model is loaded and serving (GET /health's "
+                                 "model part).", registry=r)
+        if search is not None:
+            ready = Gauge("clipserve_search_ready", "1 while the search index or Qdrant collection is open; only "
+                          "exported when one is configured.", registry=r)
+            ready.set_function(lambda: 1.0 if search.state.value == "ready" else 0.0)
         if engine is not None:
+            self.model_ready.set_function(lambda: 1.0 if getattr(engine.state, "value", "") == "ready" else 0.0)
             self.queue_depth.set_function(lambda: _loop_health_value(engine, "queue_depth"))
             self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
             if hasattr(engine, "cache_stats"):
@@ -291,13 +305,15 @@ def stats() -> dict[str, Any]:
     return current_app.extensions[_EXTENSION].totals.snapshot()
 
 
-def init_app(app: Flask, settings: Any, engine: Any = None) -> None:
+def init_app(app: Flask, settings: Any, engine: Any = None, search: Any = None) -> None:
     """Attach request ids, the per-request log line and (if enabled) metrics to ``app``.
 
     Register this before any other ``before_request`` hook (auth included), so that a request
     refused early still gets an id and a log line.
     """
-    metrics = Metrics(engine) if settings.metrics_enabled else None
+    build = {"version": tracing.service_version(), "revision": tracing.revision(), "variant": settings.model_variant,
+             "precision": str(settings.precision), "runtime": str(settings.runtime)}
+    metrics = Metrics(engine, search, build) if settings.metrics_enabled else None
     state = _State(project=settings.google_cloud_project, metrics=metrics)
     app.extensions[_EXTENSION] = state
     add_context_provider(_log_context)
@@ -321,12 +337,21 @@ def _observe_batch(state: _State, kind: str, batch_size: int, queue_wait_s: floa
 def _begin() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
-    g._clipserve_request = RequestRecord(request_id=rid, started=time.perf_counter(),
-                                         trace=parse_trace_headers(request.headers), cpu_started=time.thread_time())
+    g._clipserve_request = RequestRecord(request_id=rid, started=time.perf_counter(), trace=_trace_of_request(),
+                                         cpu_started=time.thread_time())
     state: _State = current_app.extensions[_EXTENSION]
     if state.metrics is not None:
         state.metrics.in_flight.inc()
         g._clipserve_in_flight = True
+
+
+def _trace_of_request() -> TraceContext | None:
+    """The request span's ids when tracing is on (so Cloud Logging and Cloud Trace link both ways), else the
+    caller's trace headers."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        return TraceContext(*ids)
+    return parse_trace_headers(request.headers)
 
 
 def _finish(response: Response) -> Response:

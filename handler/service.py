@@ -24,6 +24,7 @@ from handler import observability, scoring
 from handler.errors import (AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest,
                             ThumbnailNotFound, Timeout)
 from handler.schemas import RequestModels, build_request_models
+from infra import tracing
 from infra.settings import Settings
 from inputs import ImageError, ImageLimits, draft_size_for, fetch_images, load_images
 from search.filters import parse_filter
@@ -342,10 +343,15 @@ class ClipService:
                       include_metadata=spec.include_metadata, include_vectors=spec.include_vectors,
                       exclude_id=exclude)
         started = time.perf_counter()
-        hits = backend.search(query)
+        info = backend.info()
+        with tracing.span("clipserve.search", **{"clipserve.search.backend": info.backend,
+                                                 "clipserve.search.kind": spec.kind, "clipserve.search.top_k": spec.top_k,
+                                                 "clipserve.search.filtered": spec.filter is not None}) as span:
+            hits = backend.search(query)
+            span.set_attribute("clipserve.search.results", len(hits))
         observability.record_search(spec.kind, time.perf_counter() - started, len(hits),
                                     filtered=spec.filter is not None)
-        index = backend.info().public()
+        index = info.public()
         if key is not None:
             self.engine.vectors.put_answer(key, {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata,
                                                            "vector": h.vector} for h in hits], "index": index},

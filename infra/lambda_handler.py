@@ -61,7 +61,20 @@ def build_handler(settings: Settings | None = None, app: Flask | None = None) ->
     if app is None:
         app = build_app(settings or Settings.from_env())
     # binary_support: decode base64 event bodies and base64-encode non-text responses.
-    return make_lambda_handler(app, binary_support=True)
+    handler = make_lambda_handler(app, binary_support=True)
+    from infra import tracing
+
+    if not tracing.enabled():
+        return handler
+
+    def traced(event: Any, context: Any) -> Any:
+        """Lambda freezes the process between invocations, export thread included: send the spans now."""
+        try:
+            return handler(event, context)
+        finally:
+            tracing.flush(timeout_s=2.0)
+
+    return traced
 
 
 # variable the service reads <- variable naming the Secrets Manager secret that holds it

@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from infra import tracing
+
 log = logging.getLogger(__name__)
 
 OK, OPEN = "ok", "open"
@@ -56,8 +58,13 @@ class RedisCache:
     # engine.cache.SharedCache ----------------------------------------------------------------------
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        found = self._call(lambda: self._client.mget(list(keys)), READ)
-        return list(found) if found is not None and len(found) == len(keys) else [None] * len(keys)
+        with tracing.span("clipserve.cache", **{"clipserve.cache.op": "get", "clipserve.cache.keys": len(keys)}) \
+                as span:
+            found = self._call(lambda: self._client.mget(list(keys)), READ)
+            values = list(found) if found is not None and len(found) == len(keys) else [None] * len(keys)
+            span.set_attribute("clipserve.cache.hits", sum(v is not None for v in values))
+            span.set_attribute("clipserve.cache.state", self.state)
+        return values
 
     def put_many(self, items: Sequence[tuple[bytes, bytes]], ttl_s: int) -> None:
         def write() -> None:
@@ -67,7 +74,8 @@ class RedisCache:
             pipe.execute()
 
         if items:
-            self._call(write, WRITE)
+            with tracing.span("clipserve.cache", **{"clipserve.cache.op": "put", "clipserve.cache.keys": len(items)}):
+                self._call(write, WRITE)
 
     def generation(self, name: bytes) -> int | None:
         value = self._call(lambda: self._client.get(name), READ, missing=False)

@@ -151,6 +151,13 @@ class Settings:
                             "Browser origins allowed to call the API from another site: comma-separated exact "
                             "origins (https://app.example.com) or * (then without credentials); empty = no CORS "
                             "headers, browsers on other origins are refused.")
+    otel_enabled: bool = _env("OTEL_ENABLED", False,
+                              "OpenTelemetry traces: a span per request (continuing traceparent or "
+                              "X-Cloud-Trace-Context) with child spans where the time goes; docs/operations.md.")
+    otel_exporter: str = _env("OTEL_TRACES_EXPORTER", "otlp",
+                              "Where spans go when OTEL_ENABLED: otlp (OTLP over HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, "
+                              "default http://localhost:4318), gcp_trace (Cloud Trace), console, none.",
+                              choices=("otlp", "gcp_trace", "console", "none"))
     ui_enabled: bool = _env("UI_ENABLED", True,
                             "Serve the playground page at GET /ui (search, zero-shot, embed in a browser). Its "
                             "files need no key; every call it makes does, when API_KEYS is set.")

@@ -7,12 +7,15 @@ No HTTP framework and no torch here; ``load_images`` takes an optional ``then`` 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -75,13 +78,15 @@ class DecodeWorkers:
         self.cpu_seconds = 0.0  # CPU the decode threads spent (the benchmark's per-image accounting)
 
     def run(self, fn: Callable[..., T], *args: object, timeout: float | None = None) -> T:
-        """``fn(*args)`` on a decode thread; raises TimeoutError if it has not finished in ``timeout`` seconds."""
-        return self._pool.submit(self._timed, fn, *args).result(timeout)
+        """``fn(*args)`` on a decode thread (in the caller's context: its trace span is the parent); raises
+        TimeoutError if it has not finished in ``timeout`` seconds."""
+        return self._pool.submit(contextvars.copy_context().run, self._timed, fn, *args).result(timeout)
 
     def _timed(self, fn: Callable[..., T], *args: object) -> T:
         started = time.thread_time()
         try:
-            return fn(*args)
+            with _span("clipserve.image.decode"):
+                return fn(*args)
         finally:
             spent = time.thread_time() - started
             with self._cpu_lock:
@@ -110,7 +115,15 @@ def load_bytes(source: str | bytes, limits: ImageLimits) -> bytes:
             raise ImageError("too_large", f"the image is larger than {limits.max_bytes} bytes")
         return data
     parsed: ImageSource = parse_image_string(source, max_bytes=limits.max_bytes)
-    return fetch_url(parsed.url, limits.fetch) if parsed.url is not None else parsed.data
+    if parsed.url is None:
+        return parsed.data
+    with _span("clipserve.image.fetch", **{"server.address": urlsplit(parsed.url).hostname or ""}) as span:
+        try:
+            return fetch_url(parsed.url, limits.fetch)
+        except ImageError as exc:
+            if span is not None:
+                span.set_attribute("clipserve.image_error", exc.code)
+            raise
 
 
 # Given an image's bytes, format and mode (its header checked), a model input made from the bytes themselves, or
@@ -169,12 +182,26 @@ def _each(sources: Sequence[str | bytes], fn: Callable[[str | bytes], T], limits
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(limits.concurrency, len(sources))),
                                                  thread_name_prefix="clipserve-fetch")
     try:
-        futures = [pool.submit(one, s) for s in sources]
+        futures = [pool.submit(contextvars.copy_context().run, one, s) for s in sources]
         concurrent.futures.wait(futures, timeout=timeout_s)
         return [f.result() if f.done() else ImageError(FETCH_TIMEOUT, "the image did not load in time")
                 for f in futures]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _no_span(name: str, **attributes: Any) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+_span: Callable[..., ContextManager[Any]] = _no_span
+
+
+def set_span_factory(factory: Callable[..., ContextManager[Any]] | None) -> None:
+    """How image fetches and decodes open spans (infra/tracing.py's when tracing is on; none by default).
+    Attributes are the URL's host only: never its path, query or the image."""
+    global _span
+    _span = factory or _no_span
 
 
 def _decode(data: bytes, max_pixels: int, draft_size: int | None, then: Callable[[Image.Image], T] | None,

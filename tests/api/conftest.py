@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from api_helpers import serve_images
+from app_helpers import ready, tiny_settings
 from engine import EmbeddingEngine
 from handler.app import create_app, load_bundle_encoder
-from infra.settings import Settings
-
-READY_TIMEOUT_S = 120
-
-
-def tiny_settings(model_dir: Path, **overrides: Any) -> Settings:
-    base = Settings(model_dir=model_dir, max_items=8, max_text_chars=400, fetch_timeout_s=2.0,
-                    fetch_connect_timeout_s=1.0, request_timeout_s=20.0, batch_max_wait_ms=2.0, precision="fp32",
-                    runtime="torch")
-    return dataclasses.replace(base, **overrides)
-
-
-def ready(app):
-    engine = app.extensions["clipserve"].engine
-    engine.start()
-    assert engine.wait_ready(READY_TIMEOUT_S), engine.load_error
-    return app
-
 
 @pytest.fixture(scope="session")
 def apps(tiny_model_dir):
@@ -68,32 +49,3 @@ def app_with_encoder(tiny_model_dir):
 def image_server():
     with serve_images() as server:
         yield server
-
-
-class Gate:
-    """Wraps an encoder so that its model calls wait until ``release()``; ``entered`` is set on the first call."""
-
-    def __init__(self, encoder: Any) -> None:
-        self._encoder = encoder
-        self.info = encoder.info
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-
-    def prepare_image(self, image):
-        return self._encoder.prepare_image(image)
-
-    def prepare_text(self, text):
-        return self._encoder.prepare_text(text)
-
-    def encode_prepared_texts(self, items, normalize=True):
-        self.entered.set()
-        self.opened.wait(30)
-        return self._encoder.encode_prepared_texts(items, normalize=normalize)
-
-    def encode_images(self, images, normalize=True):
-        self.entered.set()
-        self.opened.wait(30)
-        return self._encoder.encode_images(images, normalize=normalize)
-
-    def release(self) -> None:
-        self.opened.set()

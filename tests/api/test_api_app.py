@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from api_helpers import b64, data_uri, image_bytes, png_header_claiming
-from conftest import Gate
+from app_helpers import Gate, tiny_settings
 from handler.schemas import (ErrorResponse, HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse,
                              ScoreResponse, TextEmbedResponse)
 
@@ -378,7 +378,6 @@ def test_invalid_image_requests(en):
 def test_loading_then_ready(tiny_model_dir):
     from engine import EmbeddingEngine
     from handler.app import create_app, load_bundle_encoder
-    from conftest import tiny_settings
 
     release = threading.Event()
     settings = tiny_settings(tiny_model_dir)
@@ -405,7 +404,6 @@ def test_loading_then_ready(tiny_model_dir):
 
 
 def test_missing_bundle_reports_failed(tmp_path):
-    from conftest import tiny_settings
     from handler.app import create_app
 
     app = create_app(tiny_settings(tmp_path / "empty"))

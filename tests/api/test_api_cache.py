@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from api_helpers import b64, image_bytes, serve_images
-from conftest import READY_TIMEOUT_S, tiny_settings
+from app_helpers import READY_TIMEOUT_S, tiny_settings
 from engine import EmbeddingEngine
 from engine.cache import TEXT, text_digest
 from handler.app import create_app, load_bundle_encoder

@@ -20,6 +20,8 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +63,7 @@ def configure(settings: Any, *, exporter: Any = None) -> bool:
     set_global_textmap(CompositePropagator(propagators))
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "clipserve"),
                                 "service.version": service_version(), "clipserve.revision": revision(),
+                                "process.pid": os.getpid(),
                                 "clipserve.variant": settings.model_variant})
     provider = TracerProvider(resource=resource)
     chosen = exporter if exporter is not None else _exporter(settings.otel_exporter)
@@ -172,15 +175,24 @@ def flush(timeout_s: float) -> None:
 
 
 def shutdown(timeout_s: float) -> None:
-    """Flush, then stop the export thread; at most ``timeout_s`` (SIGTERM: inside the shutdown budget)."""
+    """Flush, then stop the export thread, within ``timeout_s`` whatever the collector does (SIGTERM: inside the
+    shutdown budget). An export stuck on a collector that never answers is left behind on a daemon thread."""
     global _provider, _tracer
-    if _provider is None:
+    provider, _provider, _tracer = _provider, None, trace.NoOpTracer()
+    if provider is None:
         return
-    try:
-        _provider.force_flush(int(timeout_s * 1000))
-    finally:
-        _provider.shutdown()
-        _provider, _tracer = None, trace.NoOpTracer()
+    deadline = time.monotonic() + timeout_s
+
+    def stop() -> None:
+        provider.force_flush(int(timeout_s * 1000))
+        provider.shutdown()
+
+    worker = threading.Thread(target=stop, name="clipserve-trace-shutdown", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if worker.is_alive():
+        log.warning("tracing: spans not exported within %.1f s of shutdown (collector slow or down); dropped",
+                    timeout_s)
 
 
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:

@@ -189,6 +189,24 @@ resource "google_cloud_run_v2_service" "service" {
       }
     }
   }
+
+  # Canary releases on Cloud Run's own traffic split (deploy.sh --canary / --promote / --rollback).
+  dynamic "traffic" {
+    for_each = local.traffic
+    content {
+      type     = traffic.value.type
+      revision = traffic.value.revision
+      percent  = traffic.value.percent
+      tag      = traffic.value.tag
+    }
+  }
+}
+
+resource "google_project_iam_member" "trace_agent" {
+  count   = var.tracing_enabled ? 1 : 0
+  project = var.project_id
+  role    = "roles/cloudtrace.agent"
+  member  = "serviceAccount:${google_service_account.service.email}"
 }
 
 resource "google_storage_bucket_iam_member" "service_index" {

@@ -20,3 +20,15 @@ output "job_name" {
 output "service_account" {
   value = google_service_account.service.email
 }
+
+output "revision" {
+  description = "The latest ready revision: what deploy.sh --canary records as stable_revision before it deploys."
+  value       = local.deploy_app ? google_cloud_run_v2_service.service[0].latest_ready_revision : null
+}
+
+output "canary_url" {
+  description = "The tagged URL of the latest revision while a canary runs (null otherwise)."
+  value = local.deploy_app && var.stable_revision != null ? one([
+    for t in google_cloud_run_v2_service.service[0].traffic_statuses : t.uri if t.tag == var.canary_tag
+  ]) : null
+}

@@ -415,3 +415,69 @@ variable "vpc_subnetwork" {
   type        = string
   default     = "default"
 }
+
+# ---------------------------------------------------------------- canary releases (Cloud Run's traffic split)
+
+variable "stable_revision" {
+  description = "The revision that keeps the traffic a canary does not get (deploy.sh --canary records it). null: every request goes to the latest revision (no canary)."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.stable_revision == null || can(regex("^[a-z][a-z0-9-]{0,62}$", var.stable_revision))
+    error_message = "stable_revision: a Cloud Run revision name (lower-case letters, digits, '-')."
+  }
+}
+
+variable "canary_percent" {
+  description = "Percent of requests sent to the latest revision (tagged canary_tag, reachable at its own URL) while stable_revision keeps the rest. 0 with a stable_revision: the new revision is deployed and smoke-tested at its tagged URL with no traffic; --promote sets stable_revision null, --rollback sets this to 0."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.canary_percent >= 0 && var.canary_percent <= 100 && floor(var.canary_percent) == var.canary_percent
+    error_message = "canary_percent: a whole number from 0 to 100."
+  }
+}
+
+variable "canary_tag" {
+  description = "The tag of the latest revision while a canary runs: its URL is https://TAG---SERVICE-HASH.REGION.run.app."
+  type        = string
+  default     = "canary"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,45}$", var.canary_tag))
+    error_message = "canary_tag: lower-case letters, digits and '-', starting with a letter."
+  }
+}
+
+# ---------------------------------------------------------------- tracing, dashboards, alerts
+
+variable "tracing_enabled" {
+  description = "OpenTelemetry traces to Cloud Trace (OTEL_ENABLED, OTEL_TRACES_EXPORTER=gcp_trace); grants the service account roles/cloudtrace.agent. Sampling: OTEL_TRACES_SAMPLER / _ARG in extra_env."
+  type        = bool
+  default     = false
+}
+
+variable "monitoring_enabled" {
+  description = "Create the log-based metrics, the Cloud Monitoring dashboard and the alert policies (monitoring.tf)."
+  type        = bool
+  default     = true
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) the alert policies notify; empty: the incidents only show in the console."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "notification_channels: ids of the form projects/PROJECT/notificationChannels/NUMBER."
+  }
+}
+
+variable "latency_slo_s" {
+  description = "The p99 latency SLO in seconds for the API routes: the latency alert fires when p99 stays above it for 10 minutes."
+  type        = number
+  default     = 2.5
+  validation {
+    condition     = var.latency_slo_s > 0 && var.latency_slo_s <= 600
+    error_message = "latency_slo_s: more than 0, at most 600."
+  }
+}

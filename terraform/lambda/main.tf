@@ -144,6 +144,7 @@ resource "aws_lambda_function" "service" {
       var.qdrant_api_key_secret_arn == null ? {} : { QDRANT_API_KEY_SECRET_ARN = var.qdrant_api_key_secret_arn },
       var.redis_url == null ? {} : { REDIS_URL = var.redis_url },
       var.redis_password_secret_arn == null ? {} : { REDIS_PASSWORD_SECRET_ARN = var.redis_password_secret_arn },
+      var.otlp_endpoint == null ? {} : { OTEL_ENABLED = "true", OTEL_TRACES_EXPORTER = "otlp", OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint },
     )
   }
 
@@ -155,11 +156,35 @@ resource "aws_lambda_function" "service" {
   depends_on = [aws_iam_role_policy.write_own_logs]
 }
 
+# Canary releases on Lambda's own weighted alias routing: with a stable_version, 'live' stays on it and sends
+# canary_percent of invocations to the version this apply published; 'canary' points at that version alone.
 resource "aws_lambda_alias" "live" {
   count            = local.deploy_app ? 1 : 0
   name             = "live"
   function_name    = aws_lambda_function.service[0].function_name
+  function_version = coalesce(var.stable_version, aws_lambda_function.service[0].version)
+
+  dynamic "routing_config" {
+    for_each = var.stable_version != null && var.canary_percent > 0 ? [1] : []
+    content {
+      additional_version_weights = { (aws_lambda_function.service[0].version) = var.canary_percent / 100 }
+    }
+  }
+}
+
+resource "aws_lambda_alias" "canary" {
+  count            = local.deploy_app && var.stable_version != null ? 1 : 0
+  name             = "canary"
+  function_name    = aws_lambda_function.service[0].function_name
   function_version = aws_lambda_function.service[0].version
+}
+
+resource "aws_lambda_function_url" "canary" {
+  count              = local.deploy_app && var.stable_version != null ? 1 : 0
+  function_name      = aws_lambda_alias.canary[0].function_name
+  qualifier          = aws_lambda_alias.canary[0].name
+  authorization_type = var.function_url_auth
+  invoke_mode        = "BUFFERED"
 }
 
 resource "aws_lambda_provisioned_concurrency_config" "live" {
@@ -207,4 +232,15 @@ resource "aws_lambda_permission" "iam_invokers" {
   qualifier              = aws_lambda_alias.live[0].name
   principal              = each.value.principal
   function_url_auth_type = each.value.action == "lambda:InvokeFunctionUrl" ? "AWS_IAM" : null
+}
+
+resource "aws_lambda_permission" "public_canary_url" {
+  #checkov:skip=CKV_AWS_301:exists only while a canary runs with function_url_auth = NONE, like public_url
+  for_each               = local.deploy_app && var.stable_version != null && var.function_url_auth == "NONE" ? toset(local.url_invoke_actions) : toset([])
+  statement_id           = "public-canary-${replace(each.value, ":", "-")}"
+  action                 = each.value
+  function_name          = aws_lambda_alias.canary[0].function_name
+  qualifier              = aws_lambda_alias.canary[0].name
+  principal              = "*"
+  function_url_auth_type = each.value == "lambda:InvokeFunctionUrl" ? "NONE" : null
 }

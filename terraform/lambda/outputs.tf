@@ -24,3 +24,18 @@ output "image_uri" {
 output "memory_mb" {
   value = local.memory_mb
 }
+
+output "version" {
+  description = "The version this apply published (deploy.sh --canary records the previous one as stable_version)."
+  value       = local.deploy_app ? aws_lambda_function.service[0].version : null
+}
+
+output "live_version" {
+  description = "The version the 'live' alias serves (the stable one while a canary runs)."
+  value       = local.deploy_app ? aws_lambda_alias.live[0].function_version : null
+}
+
+output "canary_url" {
+  description = "The 'canary' alias' function URL: the new version alone (null unless a canary runs)."
+  value       = local.deploy_app && var.stable_version != null ? aws_lambda_function_url.canary[0].function_url : null
+}

@@ -225,3 +225,33 @@ variable "redis_password_secret_arn" {
     error_message = "redis_password_secret_arn: a Secrets Manager secret ARN."
   }
 }
+
+variable "stable_version" {
+  description = "Canary releases: the published version the 'live' alias keeps for the traffic the canary does not get (deploy.sh --canary records it). null: 'live' points at the version this apply publishes."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.stable_version == null || can(regex("^[0-9]+$", var.stable_version))
+    error_message = "stable_version: a published version number."
+  }
+}
+
+variable "canary_percent" {
+  description = "Percent of the 'live' alias' invocations routed to the newly published version (weighted alias routing) while stable_version keeps the rest; the new version is also reachable alone at the 'canary' alias' function URL."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.canary_percent >= 0 && var.canary_percent < 100 && floor(var.canary_percent) == var.canary_percent
+    error_message = "canary_percent: a whole number from 0 to 99 (100 is --promote: stable_version = null)."
+  }
+}
+
+variable "otlp_endpoint" {
+  description = "OpenTelemetry traces over OTLP/HTTP to this collector (OTEL_EXPORTER_OTLP_ENDPOINT, e.g. https://otel.example.com:4318); spans are flushed at the end of each invocation. null: tracing off. Headers (an API key) go in extra_env as OTEL_EXPORTER_OTLP_HEADERS."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.otlp_endpoint == null || can(regex("^https?://", var.otlp_endpoint))
+    error_message = "otlp_endpoint: an http(s) URL."
+  }
+}

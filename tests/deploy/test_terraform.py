@@ -114,12 +114,16 @@ def test_cloud_run_boosts_cpu_at_start_and_sizes_per_variant(cloudrun):
 def test_cloud_run_runs_as_a_service_account_with_no_roles_but_reading_its_index(cloudrun):
     template = resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0]
     assert template["service_account"] == "${google_service_account.service.email}"
-    project_grants = [rtype for rtype in cloudrun["resource"] if rtype.startswith("google_project_iam")]
-    assert project_grants == [], "the runtime identity must hold no project roles"
+    project_grants = [f"{rtype}.{rname}" for rtype, named in cloudrun["resource"].items()
+                      if rtype.startswith("google_project_iam") for rname in named]
+    assert project_grants == ["google_project_iam_member.trace_agent"], "no project role but writing traces"
+    trace = resource(cloudrun, "google_project_iam_member", "trace_agent")
+    assert _unquote(trace["role"]) == "roles/cloudtrace.agent" and "var.tracing_enabled" in trace["count"]
     grants_to_runtime = [f"{rtype}.{rname}" for rtype, named in cloudrun["resource"].items()
                          for rname, body in named.items()
                          if "google_service_account.service." in json.dumps(body.get("member", ""))]
-    assert sorted(grants_to_runtime) == ["google_secret_manager_secret_iam_member.service_qdrant_key",
+    assert sorted(grants_to_runtime) == ["google_project_iam_member.trace_agent",
+                                         "google_secret_manager_secret_iam_member.service_qdrant_key",
                                          "google_storage_bucket_iam_member.service_index"], \
         "no role but object read on the index bucket and the Qdrant key may be granted to the service's account"
     key = resource(cloudrun, "google_secret_manager_secret_iam_member", "service_qdrant_key")
@@ -265,6 +269,29 @@ def cloudrun_plan(setup: tuple[Path, dict[str, str]], **variables: Any) -> tuple
 def _json_out(output: str) -> Any:
     """`terraform console` prints jsonencode(...) as a quoted HCL string."""
     return json.loads(json.loads(output.strip()))
+
+
+def test_cloud_run_traffic_all_latest_or_a_tagged_canary(cloudrun_vars_only, cloudrun):
+    assert cloudrun_eval(cloudrun_vars_only, "local.traffic") == [
+        {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "revision": None, "percent": 100, "tag": None}]
+    split = cloudrun_eval(cloudrun_vars_only, "local.traffic", stable_revision="clipserve-00007-abc", canary_percent=5)
+    assert split == [
+        {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": "clipserve-00007-abc", "percent": 95,
+         "tag": "stable"},
+        {"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "revision": None, "percent": 5, "tag": "canary"}]
+    zero = cloudrun_eval(cloudrun_vars_only, "local.traffic", stable_revision="clipserve-00007-abc")
+    assert [t["percent"] for t in zero] == [100, 0] and zero[1]["tag"] == "canary"  # smoke-tested, no traffic
+    for bad in ({"canary_percent": 101}, {"canary_percent": 2.5}, {"stable_revision": "Not_A_Revision"}):
+        status, output = cloudrun_plan(cloudrun_vars_only, **bad)
+        assert status != 0 and "Invalid value for variable" in output, bad
+    service = resource(cloudrun, "google_cloud_run_v2_service", "service")
+    assert service["dynamic"][0]['"traffic"']["for_each"] == "${local.traffic}"
+
+
+def test_cloud_run_tracing_goes_to_cloud_trace(cloudrun_vars_only):
+    env = cloudrun_eval(cloudrun_vars_only, "local.app_env", tracing_enabled=True)
+    assert env["OTEL_ENABLED"] == "true" and env["OTEL_TRACES_EXPORTER"] == "gcp_trace"
+    assert "OTEL_ENABLED" not in cloudrun_eval(cloudrun_vars_only, "local.app_env")
 
 
 def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
@@ -447,3 +474,95 @@ def test_cloud_run_memorystore_is_optional_private_and_bounded(cloudrun):
         assert any("/secrets/redis-ca" in str(m["content"]) for m in _dynamic(container, "volume_mounts"))
     redis_env = cloudrun["locals"]["redis_env"]
     assert "rediss://" in redis_env and "REDIS_CA_FILE" in redis_env and "password" not in redis_env.lower()
+
+
+# ---------------------------------------------------------------- Google: Cloud Monitoring (monitoring.tf)
+
+# Cloud Run's built-in metrics, as Cloud Monitoring's PromQL names them.
+CLOUD_RUN_METRICS = {"run_googleapis_com:request_count", "run_googleapis_com:request_latencies_bucket",
+                     "run_googleapis_com:container_instance_count",
+                     "run_googleapis_com:container_cpu_utilizations_bucket",
+                     "run_googleapis_com:container_memory_utilizations_bucket"}
+
+
+@pytest.fixture(scope="module")
+def request_line_fields(tiny_model_dir) -> set[str]:
+    """The LogEntry fields (jsonPayload.X, labels.X) of real request lines, as Cloud Run's handler writes them."""
+    import io
+    import logging
+
+    from handler.app import create_app
+    from infra.logs import make_handler
+    from infra.settings import Settings
+
+    app = create_app(Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch"))
+    app.extensions["clipserve"].start()
+    assert app.extensions["clipserve"].engine.wait_ready(120)
+    stream = io.StringIO()
+    handler = make_handler(cloud_run=True, project="p", stream=stream)
+    logger = logging.getLogger("clipserve.request")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        client = app.test_client()
+        client.post("/embed/text", json={"texts": ["a cat"]})
+        client.post("/embed/text", data=b"{", content_type="application/json")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        app.extensions["clipserve"].shutdown(1)
+    fields: set[str] = set()
+    for line in stream.getvalue().splitlines():
+        entry = json.loads(line)
+        fields |= {f"labels.{k}" for k in entry.pop("logging.googleapis.com/labels", {})}
+        fields |= {f"jsonPayload.{k}" for k in entry if not k.startswith("logging.googleapis.com/")}
+    return fields
+
+
+def cloud_monitoring_queries(cloudrun_vars_only) -> tuple[dict, list[str]]:
+    """(the log-based metrics, every PromQL query of the alert policies and the dashboard)."""
+    metrics = cloudrun_eval(cloudrun_vars_only, "local.log_metrics", name="clipserve")
+    alerts = cloudrun_eval(cloudrun_vars_only, "local.alerts", name="clipserve")
+    template = (TERRAFORM_DIR / "cloudrun" / "monitoring" / "dashboard.json.tftpl").read_text()
+    dashboard = json.loads(template.replace("${service}", "clipserve").replace("$${", "${"))
+    queries = [spec[0] for spec in alerts.values()]
+    queries += [d["timeSeriesQuery"]["prometheusQuery"] for tile in dashboard["mosaicLayout"]["tiles"]
+                for d in tile["widget"]["xyChart"]["dataSets"]]
+    return metrics, queries
+
+
+def test_cloud_monitoring_reads_only_metrics_that_exist(cloudrun_vars_only):
+    from promql import metric_names  # the same PromQL reader as the Grafana check
+
+    metrics, queries = cloud_monitoring_queries(cloudrun_vars_only)
+    defined = set()
+    for name, spec in metrics.items():
+        base = f"logging_googleapis_com:user_{name}"
+        defined |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"} if spec["kind"] == "distribution" else {base}
+    assert len(queries) >= 15
+    wanted = set().union(*(metric_names(q.replace("${__interval}", "5m")) for q in queries))
+    assert wanted - CLOUD_RUN_METRICS - defined == set(), sorted(wanted - CLOUD_RUN_METRICS - defined)
+    assert {f"logging_googleapis_com:user_{n}" for n in ("clipserve_health_failing", "clipserve_cache_breaker",
+                                                         "clipserve_search_unavailable")} <= wanted
+
+
+def test_log_based_metrics_read_fields_the_request_line_has(cloudrun_vars_only, request_line_fields):
+    metrics, _ = cloud_monitoring_queries(cloudrun_vars_only)
+    for name, spec in metrics.items():
+        texts = [spec["filter"], spec["value"] or "", *spec["labels"].values()]
+        used = set(re.findall(r"(?<!resource\.)\b((?:jsonPayload|labels)\.[A-Za-z_]+)", " ".join(texts)))
+        assert used - request_line_fields == set(), (name, sorted(used - request_line_fields))
+    assert {"jsonPayload.route", "jsonPayload.latency_ms", "jsonPayload.queue_wait_ms", "jsonPayload.batch_size",
+            "jsonPayload.error_code", "labels.python_logger"} <= request_line_fields
+
+
+def test_alert_policies_cover_the_slos_and_notify_the_channels(cloudrun_vars_only, cloudrun):
+    alerts = cloudrun_eval(cloudrun_vars_only, "local.alerts", name="clipserve", latency_slo_s=1.5)
+    assert set(alerts) == {"5xx ratio over 2%", "p99 latency over the SLO", "429 ratio over 5% (saturated)",
+                           "model not ready (health failing)", "shared cache breaker open",
+                           "search index or collection unreachable"}
+    assert alerts["p99 latency over the SLO"][0].endswith("> 1500")
+    policy = resource(cloudrun, "google_monitoring_alert_policy", "service")
+    assert policy["notification_channels"] == "${var.notification_channels}"
+    status, output = cloudrun_plan(cloudrun_vars_only, notification_channels=["email-me"])
+    assert status != 0 and "notification_channels" in output

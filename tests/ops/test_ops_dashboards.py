@@ -16,28 +16,12 @@ import yaml
 from handler.app import create_app
 from infra.settings import Settings
 from search.build import write_index
+from promql import metric_names
 from servers import REPO, need_tool
 
 MONITORING = REPO / "monitoring"
 # Series Prometheus itself makes (not the service): allowed in alerts.
 PROMETHEUS_OWN = {"up"}
-_FUNCTIONS = {"sum", "rate", "irate", "increase", "histogram_quantile", "max", "min", "avg", "count", "by", "on",
-              "ignoring", "group_left", "group_right", "without", "and", "or", "unless", "label_values", "bool",
-              "offset", "abs", "clamp_min", "clamp_max", "topk", "bottomk", "delta", "deriv", "absent", "le"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """The series names a PromQL expression reads (label matchers, groupings, ranges and functions removed)."""
-    text = re.sub(r"label_values\(([^,]+),\s*\w+\)", r"\1", expr)  # Grafana's: the second argument is a label
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
-    text = re.sub(r"\{[^}]*\}", " ", text)
-    text = re.sub(r"\[[^\]]*\]", " ", text)
-    text = re.sub(r"\b(by|on|ignoring|without|group_left|group_right)\s*\([^)]*\)", " ", text)
-    text = re.sub(r"\$\w+", " ", text)
-    names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", text))
-    return {n for n in names if n not in _FUNCTIONS and not re.fullmatch(r"[0-9.e]+", n)}
-
-
 def test_the_extractor_finds_names_and_only_names():
     expr = ('histogram_quantile(0.99, sum by (le, route) (rate(foo_bucket{job=~"$job", route!~"/a|/b"}[5m])))'
             ' / ignoring (status) group_left sum(bar_total) * on (job, instance) group_left (revision) baz{x="y"}')

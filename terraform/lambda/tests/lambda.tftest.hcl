@@ -211,3 +211,47 @@ run "unknown_variant_is_rejected" {
   }
   expect_failures = [var.model_variant]
 }
+
+run "a_canary_keeps_live_on_the_stable_version_and_weights_the_new_one" {
+  command = apply
+
+  variables {
+    stable_version = "7"
+    canary_percent = 5
+    otlp_endpoint  = "https://otel.example.com:4318"
+  }
+
+  assert {
+    condition     = aws_lambda_alias.live[0].function_version == "7"
+    error_message = "live must stay on the stable version during a canary"
+  }
+  assert {
+    condition     = aws_lambda_alias.live[0].routing_config[0].additional_version_weights[aws_lambda_function.service[0].version] == 0.05
+    error_message = "live must send canary_percent of invocations to the new version"
+  }
+  assert {
+    condition     = aws_lambda_alias.canary[0].function_version == aws_lambda_function.service[0].version && aws_lambda_function_url.canary[0].qualifier == "canary"
+    error_message = "the canary alias (and its URL, for the smoke test) must point at the new version alone"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].environment[0].variables["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otel.example.com:4318" && aws_lambda_function.service[0].environment[0].variables["OTEL_ENABLED"] == "true"
+    error_message = "otlp_endpoint must turn tracing on with the OTLP exporter"
+  }
+}
+
+run "promoted_or_no_canary_means_one_version_and_no_canary_alias" {
+  command = apply
+
+  assert {
+    condition     = aws_lambda_alias.live[0].function_version == aws_lambda_function.service[0].version && length(aws_lambda_alias.live[0].routing_config) == 0
+    error_message = "without a stable_version live serves the published version alone"
+  }
+  assert {
+    condition     = length(aws_lambda_alias.canary) == 0 && length(aws_lambda_function_url.canary) == 0
+    error_message = "no canary alias outside a canary"
+  }
+  assert {
+    condition     = !contains(keys(aws_lambda_function.service[0].environment[0].variables), "OTEL_ENABLED")
+    error_message = "tracing is off by default"
+  }
+}

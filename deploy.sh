@@ -3,6 +3,8 @@
 # then smoke-test the new URL with infra/smoke.sh.
 #
 #   ./deploy.sh cloudrun|lambda [--variant english|multilingual] [--project ID] [--region R] [--dry-run]
+#   ./deploy.sh cloudrun|lambda --canary PERCENT [...]     a new revision / version with PERCENT of the traffic
+#   ./deploy.sh cloudrun|lambda --promote | --rollback     all traffic to the canary / back to the stable one
 #
 #   --variant V      model variant to serve (default english)
 #   --bake B         variants baked into the image: all (default; switch MODEL_VARIANT later without a
@@ -21,6 +23,11 @@
 #                    shipped ones are all pinned); the bundle manifest records what was fetched
 #   --skip-build     deploy an image already pushed under --tag
 #   --skip-smoke     do not run infra/smoke.sh afterwards
+#   --canary P       deploy the new image as a canary: a new revision (Cloud Run: tagged, at its own URL) or
+#                    version (Lambda: the 'canary' alias' URL) is smoke-tested there with no traffic, then gets
+#                    P% (1-99) of the traffic on the platform's own split while the current one keeps the rest
+#   --promote        send all traffic to the canary (gcloud run services update-traffic / aws lambda update-alias)
+#   --rollback       send all traffic back to the stable revision / version (the canary stays, at 0%)
 #   --dry-run        print every command, run none
 #
 # Other Terraform variables (min/max instances, concurrency, memory, ...) come from the environment
@@ -41,6 +48,7 @@ usage_error() { echo "deploy: $*" >&2; echo "usage: ./deploy.sh cloudrun|lambda 
 # ---------------------------------------------------------------- arguments
 target="" variant=english bake=all project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
 builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false index="" gpu=false
+canary="" release=""
 need_value() { [ "$2" -ge 2 ] && [[ "${3:-}" != --* ]] || usage_error "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -59,11 +67,17 @@ while [ $# -gt 0 ]; do
     --skip-build) skip_build=true; shift ;;
     --skip-smoke) skip_smoke=true; shift ;;
     --dry-run) dry_run=true; shift ;;
+    --canary) need_value "$1" $# "${2:-}"; canary=$2; shift 2 ;;
+    --promote|--rollback) [ -z "$release" ] || usage_error "--promote and --rollback: one at a time"; release=${1#--}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
 [ -n "$target" ] || usage_error "say where: cloudrun or lambda"
+if [ -n "$canary" ]; then
+  [[ "$canary" =~ ^[1-9][0-9]?$ ]] || usage_error "--canary: a percent from 1 to 99 (100 is --promote)"
+  [ -z "$release" ] || usage_error "--canary deploys; --$release moves the traffic of a canary already deployed"
+fi
 case "$variant" in english|multilingual) ;; *) usage_error "--variant must be english or multilingual" ;; esac
 case "$bake" in
   all) baked="english multilingual" ;;
@@ -161,7 +175,35 @@ smoke() { # smoke URL [auth args...]
     || fail "$EXIT_SMOKE" "the smoke test failed against $url (the deployment is live; see above)"
 }
 
+canary_done() { # canary_done URL STABLE: how to go on
+  echo "deploy: canary: $canary% of $target traffic to the new one, at $1 alone; the rest stays on $2"
+  echo "deploy: compare them on the dashboard (revision label), then: ./deploy.sh $target --promote | --rollback"
+}
+
 # ---------------------------------------------------------------- Cloud Run
+gcloud_project() { # the project: --project, else gcloud's configuration
+  if [ -z "$project" ]; then
+    capture project "$EXIT_CREDENTIALS" gcloud config get-value project
+    [ -n "$project" ] || fail "$EXIT_CREDENTIALS" "no project: pass --project or run 'gcloud config set project ID'"
+  fi
+}
+
+release_cloudrun() { # --promote / --rollback: Cloud Run's own traffic split
+  local tf="$ROOT/terraform/cloudrun" where
+  require_tools gcloud terraform
+  gcloud_project
+  where=(--region "$region" --project "$project")
+  if [ "$release" = promote ]; then
+    run "$EXIT_CREDENTIALS" gcloud run services update-traffic "$name" "${where[@]}" --to-latest
+    run "$EXIT_CREDENTIALS" gcloud run services update-traffic "$name" "${where[@]}" --remove-tags stable
+  else
+    local stable
+    capture stable "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw stable_revision
+    [ -n "$stable" ] || fail "$EXIT_USAGE" "no canary is running (terraform output stable_revision is empty)"
+    run "$EXIT_CREDENTIALS" gcloud run services update-traffic "$name" "${where[@]}" --to-revisions "$stable=100"
+  fi
+}
+
 deploy_cloudrun() {
   local tf="$ROOT/terraform/cloudrun" tools=(gcloud terraform curl)
   [ "$builder" = buildx ] && tools+=(docker)
@@ -177,10 +219,7 @@ deploy_cloudrun() {
     show gcloud auth print-access-token
     show gcloud auth application-default print-access-token
   fi
-  if [ -z "$project" ]; then
-    capture project "$EXIT_CREDENTIALS" gcloud config get-value project
-    [ -n "$project" ] || fail "$EXIT_CREDENTIALS" "no project: pass --project or run 'gcloud config set project ID'"
-  fi
+  gcloud_project
 
   local tfvars=(-var "project_id=$project" -var "region=$region" -var "name=$name")
   local registry="$region-docker.pkg.dev/$project/$name"
@@ -214,19 +253,36 @@ deploy_cloudrun() {
 
   local public_var=false
   "$public" && public_var=true
-  terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image=$image" \
-    -var "model_variant=$variant" -var "allow_unauthenticated=$public_var" "${index_var[@]}" \
-    ${gpu_var[@]+"${gpu_var[@]}"}
+  local app_vars=("${tfvars[@]}" -var "image=$image" -var "model_variant=$variant" -var "allow_unauthenticated=$public_var"
+    ${index_var[@]+"${index_var[@]}"} ${gpu_var[@]+"${gpu_var[@]}"})
+  local stable=""
+  if [ -n "$canary" ]; then
+    # The new revision first takes no traffic: tagged, it is smoke-tested at its own URL before any request moves.
+    capture stable "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw revision
+    [ -n "$stable" ] || fail "$EXIT_USAGE" "--canary: nothing is deployed yet to keep the rest of the traffic; deploy once without it"
+    terraform_in "$tf" apply -input=false -auto-approve "${app_vars[@]}" -var "stable_revision=$stable" -var canary_percent=0
+    local canary_url
+    capture canary_url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw canary_url
+    cloudrun_smoke "$canary_url"
+    terraform_in "$tf" apply -input=false -auto-approve "${app_vars[@]}" -var "stable_revision=$stable" \
+      -var "canary_percent=$canary"
+    canary_done "$canary_url" "$stable"
+    return 0
+  fi
+  terraform_in "$tf" apply -input=false -auto-approve "${app_vars[@]}"
   local url
   capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
   echo "deploy: Cloud Run service $name serves $variant at $url"
+  cloudrun_smoke "$url"
+}
 
+cloudrun_smoke() { # cloudrun_smoke URL: with an identity token unless the service is public
   if "$public"; then
-    smoke "$url"
+    smoke "$1"
   else
     local token
     capture token "$EXIT_CREDENTIALS" gcloud auth print-identity-token
-    smoke "$url" --token "$token"
+    smoke "$1" --token "$token"
   fi
 }
 
@@ -287,18 +343,43 @@ deploy_lambda() {
 
   local auth=AWS_IAM
   "$public" && auth=NONE
-  terraform_in "$tf" apply -input=false -auto-approve "${tfvars[@]}" -var "image_tag=$tag" \
-    -var "model_variant=$variant" -var "function_url_auth=$auth" "${index_var[@]}"
+  local app_vars=("${tfvars[@]}" -var "image_tag=$tag" -var "model_variant=$variant" -var "function_url_auth=$auth"
+    ${index_var[@]+"${index_var[@]}"})
+  local signed=()
+  "$public" || signed=(--aws-sigv4 "$region")
+  if [ -n "$canary" ]; then
+    # Publish the new version behind the 'canary' alias (its own URL) with no traffic, smoke-test it, then weight 'live'.
+    local stable canary_url
+    capture stable "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw live_version
+    [ -n "$stable" ] || fail "$EXIT_USAGE" "--canary: nothing is deployed yet to keep the rest of the traffic; deploy once without it"
+    terraform_in "$tf" apply -input=false -auto-approve "${app_vars[@]}" -var "stable_version=$stable" -var canary_percent=0
+    capture canary_url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw canary_url
+    "$public" || lambda_credentials
+    smoke "$canary_url" ${signed[@]+"${signed[@]}"}
+    terraform_in "$tf" apply -input=false -auto-approve "${app_vars[@]}" -var "stable_version=$stable" \
+      -var "canary_percent=$canary"
+    canary_done "$canary_url" "version $stable"
+    return 0
+  fi
+  terraform_in "$tf" apply -input=false -auto-approve "${app_vars[@]}"
   local url
   capture url "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw url
   echo "deploy: Lambda function $name serves $variant at $url"
+  "$public" || lambda_credentials
+  smoke "$url" ${signed[@]+"${signed[@]}"}
+}
 
-  if "$public"; then
-    smoke "$url"
+release_lambda() { # --promote / --rollback: weighted alias routing, undone or completed
+  local tf="$ROOT/terraform/lambda" version
+  require_tools aws terraform
+  if [ "$release" = promote ]; then
+    capture version "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw version
   else
-    lambda_credentials
-    smoke "$url" --aws-sigv4 "$region"
+    capture version "$EXIT_TERRAFORM" terraform -chdir="$tf" output -raw live_version
   fi
+  [ -n "$version" ] || fail "$EXIT_USAGE" "no version deployed (terraform output is empty)"
+  run "$EXIT_CREDENTIALS" aws lambda update-alias --function-name "$name" --name live --function-version "$version" \
+    --routing-config "AdditionalVersionWeights={}" --region "$region"
 }
 
 lambda_credentials() { # smoke.sh signs with env credentials; take the CLI's if the env has none
@@ -312,9 +393,15 @@ lambda_credentials() { # smoke.sh signs with env credentials; take the CLI's if 
 }
 
 "$dry_run" && echo "# dry run: nothing below is executed"
-echo "deploy: $target, variant $variant (baked: $baked), region $region, tag $tag"
-case "$target" in
-  cloudrun) deploy_cloudrun ;;
-  lambda) deploy_lambda ;;
+if [ -n "$release" ]; then
+  echo "deploy: $target --$release, $name in $region"
+else
+  echo "deploy: $target, variant $variant (baked: $baked), region $region, tag $tag${canary:+, canary $canary%}"
+fi
+case "$target:$release" in
+  cloudrun:) deploy_cloudrun ;;
+  lambda:) deploy_lambda ;;
+  cloudrun:*) release_cloudrun ;;
+  lambda:*) release_lambda ;;
 esac
 "$dry_run" || echo "deploy: done"

@@ -32,3 +32,8 @@ output "canary_url" {
     for t in google_cloud_run_v2_service.service[0].traffic_statuses : t.uri if t.tag == var.canary_tag
   ]) : null
 }
+
+output "stable_revision" {
+  description = "The revision a running canary would roll back to (null outside a canary)."
+  value       = var.stable_revision
+}

@@ -129,6 +129,74 @@ def test_bad_usage_exits_2(args, message):
     assert message in result.stderr
 
 
+def test_cloudrun_canary_smoke_tests_the_tagged_revision_before_traffic_moves():
+    result = deploy("cloudrun", "--project", "p", "--tag", "v2", "--variant", "multilingual", "--canary", "5",
+                    "--dry-run")
+    assert result.returncode == 0, result.stderr
+    tf = f"terraform -chdir={REPO}/terraform/cloudrun"
+    app = ("-var project_id=p -var region=us-central1 -var name=clipserve -var image=us-central1-docker.pkg.dev/p/"
+           "clipserve/clipserve:v2 -var model_variant=multilingual -var allow_unauthenticated=false")
+    printed = commands(result.stdout)
+    smoke = printed.index(f"{REPO}/infra/smoke.sh <canary_url> --token <identity-token> --expect-dim 640 --wait 300")
+    moved = printed.index(f"{tf} apply -input=false -auto-approve {app} -var stable_revision=<stable> "
+                          "-var canary_percent=5")
+    zero = printed.index(f"{tf} apply -input=false -auto-approve {app} -var stable_revision=<stable> "
+                         "-var canary_percent=0")
+    assert zero < smoke < moved == len(printed) - 1
+    assert f"{tf} output -raw url" not in printed  # the service's main URL keeps serving the stable revision
+    assert "5% of cloudrun traffic to the new one, at <canary_url> alone; the rest stays on <stable>" in result.stdout
+
+
+def test_lambda_canary_smoke_tests_the_canary_alias_before_live_is_weighted():
+    result = deploy("lambda", "--tag", "v2", "--canary", "10", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    tf = f"terraform -chdir={REPO}/terraform/lambda"
+    app = ("-var region=us-east-1 -var name=clipserve -var image_tag=v2 -var model_variant=english "
+           "-var function_url_auth=AWS_IAM")
+    assert commands(result.stdout)[-6:] == [
+        f"{tf} output -raw live_version",
+        f"{tf} apply -input=false -auto-approve {app} -var stable_version=<stable> -var canary_percent=0",
+        f"{tf} output -raw canary_url",
+        "aws configure export-credentials --format env",
+        f"{REPO}/infra/smoke.sh <canary_url> --aws-sigv4 us-east-1 --expect-dim 512 --wait 300",
+        f"{tf} apply -input=false -auto-approve {app} -var stable_version=<stable> -var canary_percent=10",
+    ]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("cloudrun", "--project", "p", "--promote"),
+     ["gcloud run services update-traffic clipserve --region us-central1 --project p --to-latest",
+      "gcloud run services update-traffic clipserve --region us-central1 --project p --remove-tags stable"]),
+    (("cloudrun", "--project", "p", "--region", "europe-west4", "--rollback"),
+     [f"terraform -chdir={REPO}/terraform/cloudrun output -raw stable_revision",
+      "gcloud run services update-traffic clipserve --region europe-west4 --project p --to-revisions <stable>=100"]),
+    (("lambda", "--name", "clip", "--promote"),
+     [f"terraform -chdir={REPO}/terraform/lambda output -raw version",
+      "aws lambda update-alias --function-name clip --name live --function-version <version> "
+      "--routing-config 'AdditionalVersionWeights={}' --region us-east-1"]),
+    (("lambda", "--region", "eu-west-1", "--rollback"),
+     [f"terraform -chdir={REPO}/terraform/lambda output -raw live_version",
+      "aws lambda update-alias --function-name clipserve --name live --function-version <version> "
+      "--routing-config 'AdditionalVersionWeights={}' --region eu-west-1"]),
+])
+def test_promote_and_rollback_print_the_platforms_own_commands(args, expected):
+    result = deploy(*args, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert commands(result.stdout) == expected  # no build, no terraform apply: only the traffic moves
+
+
+@pytest.mark.parametrize("args,message", [
+    (("cloudrun", "--canary", "0"), "--canary: a percent from 1 to 99"),
+    (("cloudrun", "--canary", "100"), "--canary: a percent from 1 to 99"),
+    (("lambda", "--canary", "5%"), "--canary: a percent from 1 to 99"),
+    (("cloudrun", "--canary", "5", "--promote"), "--canary deploys"),
+    (("lambda", "--promote", "--rollback"), "one at a time"),
+])
+def test_canary_usage_mistakes_exit_2(args, message):
+    result = deploy("--dry-run", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
+
+
 # ---------------------------------------------------------------- real runs with stand-in tools
 
 FAKE_TOOL = r"""#!/usr/bin/env bash
@@ -144,6 +212,11 @@ case "$line" in
   "aws ecr get-login-password"*) echo fake-password ;;
   "docker login"*) cat > /dev/null ;;
   "terraform "*"output -raw url") echo "$FAKE_URL" ;;
+  "terraform "*"output -raw canary_url") echo "$FAKE_URL/canary" ;;
+  "terraform "*"output -raw revision") echo clipserve-00007-abc ;;
+  "terraform "*"output -raw stable_revision") echo clipserve-00007-abc ;;
+  "terraform "*"output -raw live_version") echo 7 ;;
+  "terraform "*"output -raw version") echo 8 ;;
 esac
 exit 0
 """
@@ -175,9 +248,11 @@ def normalise(command: str) -> str:
             .replace("'MODEL_VARIANTS=english multilingual'", "MODEL_VARIANTS=english multilingual"))
 
 
-@pytest.mark.parametrize("target", ["cloudrun", "lambda"])
-def test_a_real_run_executes_what_the_dry_run_printed(fake_tools, target):
-    args = (target, "--tag", "v9", "--skip-smoke")
+@pytest.mark.parametrize("target,extra", [("cloudrun", ()), ("lambda", ()), ("cloudrun", ("--canary", "5")),
+                                          ("lambda", ("--canary", "5")), ("cloudrun", ("--rollback",)),
+                                          ("lambda", ("--promote",))])
+def test_a_real_run_executes_what_the_dry_run_printed(fake_tools, target, extra):
+    args = (target, "--tag", "v9", "--skip-smoke", *extra)
     printed = commands(deploy(*args, "--dry-run", env=fake_tools).stdout)
     result = deploy(*args, env=fake_tools)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -193,6 +268,15 @@ def test_a_real_run_executes_what_the_dry_run_printed(fake_tools, target):
             expected.append(command)
     expected = [c for c in expected if not c.startswith("aws configure")]
     actual = [normalise(c) for c in executed]
+    answers = {"clipserve-00007-abc": "<stable>", "http://127.0.0.1:9/canary": "<canary_url>"}
+    for answer, placeholder in answers.items():
+        actual = [c.replace(answer, placeholder) for c in actual]
+    version = {"--promote": "8", "--rollback": "7"}.get(extra[0] if extra else "", None)
+    if target == "lambda" and version:
+        actual = [c.replace(f"--function-version {version} ", "--function-version <version> ")
+                  .replace("AdditionalVersionWeights={}", "'AdditionalVersionWeights={}'") for c in actual]
+    if target == "lambda" and extra[:1] == ("--canary",):
+        actual = [c.replace("stable_version=7 ", "stable_version=<stable> ") for c in actual]
     for i, command in enumerate(actual):
         if command.startswith("gcloud builds submit"):
             assert command.split(" --config ")[1].endswith("/cloudbuild.yaml")

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,6 @@ def enabled() -> bool:
     return _provider is not None
 
 
-def provider() -> Any:
-    """The process's TracerProvider (None when tracing is off): for the Flask instrumentation."""
-    return _provider
-
-
 def service_version() -> str:
     try:
         return importlib.metadata.version("clipserve")
@@ -139,6 +134,29 @@ def record_span(name: str, start_ns: int, end_ns: int, *, parent: context.Contex
 
 def link(span_context: trace.SpanContext) -> Link:
     return Link(span_context)
+
+
+def start_server_span(name: str, headers: Any, attributes: dict[str, Any]) -> tuple[Span, object]:
+    """A request's span, continuing the caller's context (traceparent, X-Cloud-Trace-Context), made current;
+    ``end_server_span`` ends it and restores the context."""
+    parent = propagate.extract(headers)
+    started = _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    token = context.attach(trace.set_span_in_context(started, parent))
+    return started, token
+
+
+def server_status(span: Span, status: int) -> None:
+    if span.is_recording():
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+
+
+def end_server_span(span: Span, token: object, exc: BaseException | None = None) -> None:
+    if exc is not None and span.is_recording():
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    span.end()
+    context.detach(token)
 
 
 def set_attributes(**attributes: Any) -> None:

@@ -71,7 +71,7 @@ def run_once(bundles: Path, workload: str, env: dict[str, str], seconds: float, 
     common = {"MODEL_DIR": str(bundles), "MODEL_VARIANT": "english", "METRICS_ENABLED": "true"}
     with serving({**common, **env}, OUT / "tracing-logs" / "server.log") as server:
         load(server.url, workload, CLIENTS, 3.0, 1.0)  # warm: caches, allocator, JIT paths
-            calls0, items0 = batch_counts(server.url)
+        calls0, items0 = batch_counts(server.url)
         cpu0 = tree_cpu_seconds(server.proc.pid)
         row = load(server.url, workload, CLIENTS, seconds, warmup)
         cpu1 = tree_cpu_seconds(server.proc.pid)

@@ -109,13 +109,19 @@ def revision() -> str:
 @contextlib.contextmanager
 def span(name: str, kind: SpanKind = SpanKind.INTERNAL, links: list[Link] | None = None,
          start_time: int | None = None, **attributes: Any) -> Iterator[Span]:
-    """A child of the current span (a no-op when tracing is off). Attribute values must be safe to export."""
+    """A child of the current span; nothing at all when tracing is off or the request's trace is not sampled
+    (its children would not be recorded either: skipping them is most of what sampling saves).
+    Attribute values must be safe to export."""
+    current = trace.get_current_span()
+    if _provider is None or not current.is_recording():
+        yield trace.INVALID_SPAN
+        return
     with _tracer.start_as_current_span(name, kind=kind, links=links, start_time=start_time,
-                                       attributes=_clean(attributes), record_exception=False) as current:
+                                       attributes=_clean(attributes), record_exception=False) as child:
         try:
-            yield current
+            yield child
         except Exception as exc:
-            current.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            child.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
 
 

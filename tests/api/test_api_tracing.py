@@ -217,3 +217,12 @@ def test_no_span_attribute_holds_a_text_url_path_query_vector_or_key(exporter, t
             text = json.dumps(value) if not isinstance(value, str) else value
             assert SECRET not in text and "0.123456" not in text and "/img.png" not in text, (s.name, key, value)
         assert SECRET not in s.name
+
+
+def test_a_trace_the_caller_did_not_sample_records_nothing_but_keeps_its_id(exporter, traced):
+    exporter.clear()
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    response = traced.test_client().post("/embed/text", json={"texts": ["a fish"]},
+                                         headers=auth(traceparent=f"00-{trace_id}-b7ad6b7169203331-00"))
+    assert response.status_code == 200 and response.headers["X-Trace-Id"] == trace_id
+    assert [s for s in spans(exporter) if format(s.context.trace_id, "032x") == trace_id] == []

@@ -2,6 +2,7 @@
 sampled, OTLP/HTTP to a local collector stub that accepts and discards), measured in turns.
 
     python bench/bench_tracing.py [--bundles bench/out/bundles-real] [--seconds 15] [--rounds 3] [--json FILE]
+    python bench/bench_tracing.py --in-process      # tracing's own CPU per request, one thread, no HTTP
 
 Cases, 16 clients each: one 640x480 JPEG per request; one text per request with the text cache off (every text
 reaches the model); one text per request from a pool of 2,000 that the cache holds after the warm-up (the
@@ -83,6 +84,42 @@ def run_once(bundles: Path, workload: str, env: dict[str, str], seconds: float, 
     return row
 
 
+def in_process(bundles: Path, rounds: int = 6, requests: int = 800) -> dict:
+    """CPU per request of one cached text through the app in this process (one thread, no HTTP): two apps, tracing
+    off and on, in alternation; every span exported to the stub (queue unbounded, flushed inside the timing).
+    The cost of tracing itself, without the served run's noise."""
+    import dataclasses
+    import os
+    import time
+
+    from handler.app import create_app
+    from infra import tracing
+    from infra.settings import Settings
+
+    stub = CollectorStub()
+    os.environ.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{stub.server_address[1]}",
+                      OTEL_BSP_MAX_QUEUE_SIZE="1000000")
+    base = Settings(model_dir=bundles, model_variant="english")
+    clients = {}
+    for name, enabled in (("off", False), ("on", True)):
+        app = create_app(dataclasses.replace(base, otel_enabled=enabled))
+        app.extensions["clipserve"].start()
+        app.extensions["clipserve"].engine.wait_ready(300)
+        clients[name] = app.test_client()
+        clients[name].post("/embed/text", json={"texts": ["a photo of a cat"]})
+    spent: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for name, client in clients.items():
+            started = time.process_time()
+            for _ in range(requests):
+                client.post("/embed/text", json={"texts": ["a photo of a cat"]})
+            tracing.flush(60)
+            spent[name].append(1000 * (time.process_time() - started) / requests)
+    low = {name: round(min(v), 3) for name, v in spent.items()}
+    return {"cpu_ms_per_request": low, "added_ms": round(low["on"] - low["off"], 3),
+            "sampler_arg": os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0 (always on)")}
+
+
 def verdict(off: list[float], on: list[float]) -> tuple[float, str]:
     ratio = max(on) / max(off)
     spread = max((max(v) - min(v)) / max(v) for v in (off, on))
@@ -98,13 +135,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=OUT / "bench_tracing.json")
+    parser.add_argument("--cases", default=";".join(CASES), help="names of CASES to run, separated by ;")
+    parser.add_argument("--in-process", action="store_true", help="only the in-process CPU per request (see in_process)")
     args = parser.parse_args()
     ensure_bundles(args.bundles, ["english"])
+    if args.in_process:
+        print(in_process(args.bundles))
+        return
     stub = CollectorStub()
     configs = {"off": {}, "on": {"OTEL_ENABLED": "true", "OTEL_TRACES_EXPORTER": "otlp",
                                  "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stub.server_address[1]}"}}
     results: dict = {"machine": machine(), "clients": CLIENTS, "seconds": args.seconds, "workloads": {}}
-    for case, (workload, both, traced) in CASES.items():
+    for case in args.cases.split(";"):
+        workload, both, traced = CASES[case]
         runs: dict[str, list[dict]] = {"off": [], "on": []}
         for _ in range(args.rounds):
             for name, env in configs.items():

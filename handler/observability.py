@@ -104,7 +104,8 @@ class Metrics:
                           "exported when one is configured.", registry=r)
             ready.set_function(lambda: 1.0 if search.state.value == "ready" else 0.0)
         if engine is not None:
-            self.model_ready.set_function(lambda: 1.0 if getattr(engine.state, "value", "") == "ready" else 0.0)
+            self.model_ready.set_function(
+                lambda: 1.0 if getattr(getattr(engine, "state", None), "value", "") == "ready" else 0.0)
             self.queue_depth.set_function(lambda: _loop_health_value(engine, "queue_depth"))
             self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
             if hasattr(engine, "cache_stats"):

@@ -32,6 +32,7 @@ class RedisCache:
         self._open_until = 0.0
         self._failed_kind = READ
         self._closed_at = 0.0
+        self._opened_at = 0.0  # when the breaker last opened: only calls begun after it may close it
         self.state = OK
         self.failures = 0  # calls that failed since start (/stats)
         self.last_error: str | None = None
@@ -102,7 +103,9 @@ class RedisCache:
         except Exception as exc:  # noqa: BLE001 - redis errors, timeouts, refused connections: all mean "no cache"
             self._opened(exc, kind, started)
             return fallback
-        if self.state == OPEN and kind == self._failed_kind:
+        if self.state == OPEN and kind == self._failed_kind and started >= self._opened_at:
+            # Only a call begun after the breaker opened (a probe) closes it: one in flight since before the
+            # failure proves nothing (under a write-refusing Redis it closed the breaker, which then logged again).
             with self._lock:
                 if self.state == OPEN:
                     self.state = OK
@@ -120,6 +123,7 @@ class RedisCache:
             self._open_until = time.monotonic() + self._retry_s
             if self.state != OPEN:
                 self.state = OPEN
+                self._opened_at = time.monotonic()
                 log.warning("shared cache (Redis) failed (%s); serving without it, trying again in %.0f s",
                             type(exc).__name__, self._retry_s)
 

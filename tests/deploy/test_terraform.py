@@ -503,6 +503,7 @@ def request_line_fields(tiny_model_dir) -> set[str]:
     logger = logging.getLogger("clipserve.request")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
+    disabled, logger.disabled = logger.disabled, False  # a logging config earlier in the run may disable it
     try:
         client = app.test_client()
         client.post("/embed/text", json={"texts": ["a cat"]})
@@ -510,6 +511,7 @@ def request_line_fields(tiny_model_dir) -> set[str]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.disabled = disabled
         app.extensions["clipserve"].shutdown(1)
     fields: set[str] = set()
     for line in stream.getvalue().splitlines():

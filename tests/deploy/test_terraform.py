@@ -502,8 +502,9 @@ def request_line_fields(tiny_model_dir) -> set[str]:
     handler = make_handler(cloud_run=True, project="p", stream=stream)
     logger = logging.getLogger("clipserve.request")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
-    disabled, logger.disabled = logger.disabled, False  # a logging config earlier in the run may disable it
+    level, disabled = logger.level, logger.disabled
+    logger.disabled = False  # a logging config earlier in the run may have disabled it
+    logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the cached "INFO is off" of earlier tests
     try:
         client = app.test_client()
         client.post("/embed/text", json={"texts": ["a cat"]})

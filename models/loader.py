@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ def load_encoder(variant: str, model_dir: str | Path, threads: int | None = None
     `device`: "cpu", "cuda" (DeviceUnavailable without a GPU) or "auto" (models.device). `image_decode`: where
     JPEGs are decoded, "cpu", "gpu" (DeviceUnavailable without a GPU) or "auto" (models.device_jpeg).
     """
+    with _LOADING:
+        return _load_encoder(variant, model_dir, threads, precision, runtime, device, image_decode)
+
+
+# One load at a time in a process: building a tower patches torch process-wide (models.weights.parameters_on_meta,
+# models.lean_imports), so two loads at once (an engine loading in the background while a batch job or a test
+# loads in the foreground) broke each other and every later load ("the checkpoint lacks ..."). Loads are rare.
+_LOADING = threading.RLock()
+
+
+def _load_encoder(variant: str, model_dir: str | Path, threads: int | None, precision: str, runtime: str,
+                  device: str, image_decode: str) -> Encoder:
     from models.device import require_requested_gpu, resolve_device
 
     require_requested_gpu(device, image_decode)

@@ -12,6 +12,7 @@ in a dozen lines rather than one more runtime dependency.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,13 +28,24 @@ _INITIALIZERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "
                  "sparse_")
 
 
+_PATCHING = threading.RLock()
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """While active, every `nn.Parameter` registered on a module is moved to `meta`, and
     torch.nn.init's initializers skip meta tensors.
 
-    Not thread-safe (patches `nn.Module.register_parameter` and `torch.nn.init`): use at load time only.
+    It patches `nn.Module.register_parameter` and `torch.nn.init` process-wide, so loads are serialized by a
+    lock: two at once in one process (an engine loading in the background while a batch job or a test loads
+    in the foreground) used to nest the patches, and the outer restore left a patched `register_parameter`
+    behind, so that every later load in the process failed with "the checkpoint lacks ...".
     """
+    with _PATCHING:
+        yield from _on_meta()
+
+
+def _on_meta() -> Iterator[None]:
     original = nn.Module.register_parameter
 
     def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -35,13 +34,6 @@ SERVICE = "clipserve"
 NOT_CONFIGURED = ("this service has no search index: build one with `clipserve-batch index build --input FILE "
                   "--output DIR --local`, then start the service with INDEX_DIR=DIR (or QDRANT_URL=... for a "
                   "Qdrant collection); see the README's search section")
-
-
-def service_version() -> str:
-    try:
-        return importlib.metadata.version(SERVICE)
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 @dataclass(frozen=True)

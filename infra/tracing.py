@@ -30,7 +30,6 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("otlp", "gcp_trace", "console", "none")
 TRACE_ID_HEADER = "X-Trace-Id"
 _SCOPE = "clipserve"
 
@@ -107,8 +106,7 @@ def revision() -> str:
 
 
 @contextlib.contextmanager
-def span(name: str, kind: SpanKind = SpanKind.INTERNAL, links: list[Link] | None = None,
-         start_time: int | None = None, **attributes: Any) -> Iterator[Span]:
+def span(name: str, **attributes: Any) -> Iterator[Span]:
     """A child of the current span; nothing at all when tracing is off or the request's trace is not sampled
     (its children would not be recorded either: skipping them is most of what sampling saves).
     Attribute values must be safe to export."""
@@ -116,8 +114,7 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, links: list[Link] | None
     if _provider is None or not current.is_recording():
         yield trace.INVALID_SPAN
         return
-    with _tracer.start_as_current_span(name, kind=kind, links=links, start_time=start_time,
-                                       attributes=_clean(attributes), record_exception=False) as child:
+    with _tracer.start_as_current_span(name, attributes=_clean(attributes), record_exception=False) as child:
         try:
             yield child
         except Exception as exc:
@@ -163,13 +160,6 @@ def end_server_span(span: Span, token: object, exc: BaseException | None = None)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
     span.end()
     context.detach(token)
-
-
-def set_attributes(**attributes: Any) -> None:
-    """On the current span (a no-op when tracing is off or nothing is recording)."""
-    current = trace.get_current_span()
-    if current.is_recording():
-        current.set_attributes(_clean(attributes))
 
 
 def current_context() -> context.Context | None:

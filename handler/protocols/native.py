@@ -16,7 +16,8 @@ from handler.openapi import Multipart, RouteDoc, build_openapi, openapi_path
 from handler.protocols.common import Protocol, Route
 from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, MixedEmbedResponse, ScoreResponse,
                              StatsResponse, TextEmbedResponse)
-from handler.service import SERVICE, ClipService, service_version
+from handler.service import SERVICE, ClipService
+from infra.tracing import service_version
 
 COMMON_ERRORS = ("invalid_json", "invalid_request", "payload_too_large", "unsupported_media_type", "overloaded",
                  "internal_error", "model_loading", "timeout")

@@ -18,7 +18,8 @@ from handler.errors import ApiError
 from handler.openapi import RouteDoc
 from handler.protocols.common import Protocol, Route
 from handler.schemas import WeaviateError, WeaviateMeta, WeaviateVectors
-from handler.service import SERVICE, service_version
+from handler.service import SERVICE
+from infra.tracing import service_version
 
 LIVE, READY = "/.well-known/live", "/.well-known/ready"
 _ERRORS = ("invalid_json", "invalid_request", "image_failed", "payload_too_large", "unsupported_media_type",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command to set up and run the service locally.
 #
-#   ./serve.sh [--variant english|multilingual] [--port N]   bake the real weights (needs network) and serve them
+#   ./serve.sh [--variant NAME] [--port N]                    bake the real weights (needs network) and serve them
 #   ./serve.sh --demo [--variant ...] [--port N]              serve a tiny RANDOM bundle offline (meaningless vectors)
 #                                                             and a demo index of generated pictures
 #   ./serve.sh [--demo] --images DIR                          ...and search your own folder of images instead

@@ -71,8 +71,12 @@ class ScoreResponse(_Embedded):
         description="max(100 * cosine, 0). Rows = images, columns = texts (flat list when pairwise); "
                     "null for a failed image.")
     cosine: Union[list[Optional[list[float]]], list[Optional[float]]]
-    probs: Optional[list[Optional[list[float]]]] = Field(
-        description="Softmax over the texts of logit_scale * cosine (zero-shot classification); null when pairwise.")
+    probs: Union[list[Optional[list[float]]], list[Optional[float]], None] = Field(
+        description="Zero-shot probabilities as the model defines them (probs_kind): for CLIP a softmax over the texts "
+                    "of logit_scale * cosine (null when pairwise); for SigLIP sigmoid(logit_scale * cosine + "
+                    "logit_bias) per image-text pair, each on its own (also pairwise).")
+    probs_kind: Literal["softmax", "sigmoid"] = Field(
+        description="softmax: the probabilities of an image sum to 1 over the texts; sigmoid: each is independent.")
     errors: list[ImageErrorItem]
     truncated: list[int]
 
@@ -138,6 +142,12 @@ class ModelInfoOut(BaseModel):
         None, description="With precision int8: each tower's lowest cosine to fp32 on bake's probe set.")
     weights: str = Field(description="Fingerprint of the weight files; search indexes record the one they were "
                                      "built with.")
+    score_kind: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="What /score's probs are: a softmax over the texts (CLIP) or a sigmoid per pair "
+                               "(SigLIP).")
+    logit_bias: Optional[float] = Field(None, description="SigLIP's trained bias (sigmoid(logit_scale * cos + "
+                                                          "logit_bias)); null for CLIP.")
+    license: str = Field("", description="The weights' license, as their publisher states it.")
 
 
 class InfoResponse(BaseModel):

@@ -39,6 +39,20 @@ def zero_shot_probs(cosine: np.ndarray, logit_scale: float) -> np.ndarray:
     return weights / weights.sum(axis=-1, keepdims=True)
 
 
+def sigmoid_probs(cosine: np.ndarray, logit_scale: float, logit_bias: float) -> np.ndarray:
+    """sigmoid(logit_scale * cosine + logit_bias) for each image-text pair on its own, as SigLIP was trained to
+    score (no normalization over the labels: several can be likely, or none)."""
+    return 1.0 / (1.0 + np.exp(-(logit_scale * cosine + logit_bias)))
+
+
+def probabilities(cosine: np.ndarray, info: object) -> np.ndarray:
+    """What the model means by a probability: softmax over the texts (CLIP) or a sigmoid per pair (SigLIP),
+    by the model's ``score_kind``."""
+    if getattr(info, "score_kind", "softmax") == "sigmoid":
+        return sigmoid_probs(cosine, info.logit_scale, info.logit_bias)  # type: ignore[attr-defined]
+    return zero_shot_probs(cosine, info.logit_scale)  # type: ignore[attr-defined]
+
+
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list:
     """Rows as float32 arrays (written as JSON numbers by handler.jsonio), or as base64 of little-endian float32."""
     if encoding_format == "base64":

@@ -71,6 +71,7 @@ class Scores:
     clip_score: list
     cosine: list
     probs: list | None
+    probs_kind: str  # "softmax" (over the texts: CLIP) or "sigmoid" (per pair: SigLIP)
     errors: list[dict[str, Any]]
     truncated: list[int]
 
@@ -283,15 +284,17 @@ class ClipService:
             text_rows, truncated = result.embeddings, result.truncated
         else:
             text_rows = given_vectors(text_vectors, dim, "text_embeddings")
+        info = self.engine.info
+        sigmoid = info.score_kind == "sigmoid"
         if pairwise:
             cosine = scoring.cosine_pairwise(embedded.vectors, text_rows[embedded.ok])
-            probs = None
         else:
             cosine = scoring.cosine_matrix(embedded.vectors, text_rows)
-            probs = embedded.placed(scoring.zero_shot_probs(cosine, self.engine.info.logit_scale).tolist())
+        # A softmax needs the other labels: pairwise there is none. A sigmoid scores each pair on its own.
+        probs = None if pairwise and not sigmoid else embedded.placed(scoring.probabilities(cosine, info).tolist())
         return Scores(pairwise=pairwise, clip_score=embedded.placed(scoring.clip_score(cosine).tolist()),
-                      cosine=embedded.placed(cosine.tolist()), probs=probs, errors=embedded.errors,
-                      truncated=truncated)
+                      cosine=embedded.placed(cosine.tolist()), probs=probs, probs_kind=info.score_kind,
+                      errors=embedded.errors, truncated=truncated)
 
     # search ----------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Bake real weights into bundles (image build time, with network).
 
-    python -m models.bake --variant english|multilingual|all --out DIR [--from-dir MIRROR] [--allow-unpinned]
+    python -m models.bake --variant NAME|all --out DIR [--from-dir MIRROR] [--lock | --allow-unpinned]
 
 For each variant: download the pinned files, check their sha256 against the registry, convert
 the weights to safetensors through open_clip's own checkpoint loader (so every format and key
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import models  # noqa: F401  (offline by default; HubSource turns the network back on)
-from models import bundle, manifest, registry
+from models import bundle, manifest, pins, registry
 from models.registry import Source, Variant
 
 
@@ -37,7 +37,7 @@ class ChecksumMismatch(ValueError):
 
 
 class UnpinnedSource(ValueError):
-    """A source has no sha256 (or hub revision) pinned and `allow_unpinned` was not given."""
+    """A source is neither pinned in the registry nor locked, and neither `lock` nor `allow_unpinned` was given."""
 
 
 class RevisionUnavailable(ValueError):
@@ -137,23 +137,27 @@ def _matches_pins(path: Path, source: Source) -> bool:
 
 
 def verify(source: Source, fetched: Fetched, allow_unpinned: bool) -> dict[str, Any]:
-    """Check the file against its pins; return the manifest's record of where it came from."""
+    """Check the file against its pins (the registry's, or the lock's: `pins.effective`); return the manifest's
+    record of where it came from."""
     actual = bundle.sha256_file(fetched.path)
     where = f"{source.repo or source.url} {source.filename}"
     if source.sha256 is not None and actual != source.sha256:
-        raise ChecksumMismatch(f"{where}: expected sha256 {source.sha256} (models/registry.py), the download has "
-                               f"{actual}; nothing was baked. Correct the pin if the published file changed.")
+        raise ChecksumMismatch(f"{where}: expected sha256 {source.sha256} (models/registry.py or "
+                               f"models/pins.lock.json), the download has {actual}; nothing was baked. Correct the "
+                               "pin if the published file changed.")
     if source.sha256_prefix is not None and not actual.startswith(source.sha256_prefix):
         raise ChecksumMismatch(f"{where}: sha256 {actual} does not start with {source.sha256_prefix} (its name's "
                                "checksum prefix); nothing was baked")
     if not source.pinned and not allow_unpinned:
         missing = "sha256" if source.sha256 is None else "revision"
         raise UnpinnedSource(f"{source.filename} ({source.repo or source.url}) has no pinned {missing} in "
-                             f"models/registry.py; its sha256 is {actual}. Pin it, or pass --allow-unpinned.")
+                             f"models/registry.py and is not locked in models/pins.lock.json; its sha256 is {actual}. "
+                             "On a machine with network, run `python -m models.bake --variant NAME --out DIR --lock` "
+                             "once and commit models/pins.lock.json (or pin it in the registry).")
     return {**source.describe(), **fetched.resolved, "sha256_seen": actual}
 
 
-def is_up_to_date(out: Path, variant: Variant, onnx: bool = True) -> bool:
+def is_up_to_date(out: Path, variant: Variant, onnx: bool = True, lock: dict[str, Any] | None = None) -> bool:
     """A complete baked bundle exists whose recorded sources carry exactly the registry's pins (and, with
     `onnx`, its ONNX graphs)."""
     try:
@@ -163,7 +167,7 @@ def is_up_to_date(out: Path, variant: Variant, onnx: bool = True) -> bool:
     if existing.get("origin") != "models.bake" or (onnx and not existing.get("onnx")):
         return False
     recorded = {_source_key(r): r for r in existing.get("sources", [])}
-    for source in all_sources(variant):
+    for source in all_sources(variant, lock or {}):
         record = recorded.get(_source_key(source.describe()))
         if record is None or any(record.get(k) != v for k, v in source.describe().items()):
             return False
@@ -174,41 +178,67 @@ def _source_key(record: dict[str, Any]) -> tuple:
     return record.get("repo") or record.get("url"), record["filename"]
 
 
-def all_sources(variant: Variant) -> list[Source]:
-    sources = [variant.clip.weights]
+def all_sources(variant: Variant, lock: dict[str, Any] | None = None) -> list[Source]:
+    """Every file the variant's bake downloads, with the lock's pins applied where the registry has none."""
+    sources = [variant.clip.weights, *variant.tokenizer_files]
     if variant.text is not None:
         t = variant.text
         sources += [t.weights, t.config, t.base_config, *t.tokenizer_files]
-    return sources
+    return [pins.effective(s, lock or {}) for s in sources]
 
 
 def bake_variant(variant: Variant, out: Path | str, source: FileSource, *, allow_unpinned: bool = False,
-                 onnx: bool = True) -> Path | None:
-    """Bake one variant into `out/<variant>`. Returns the bundle path, or None if it was up to date."""
+                 onnx: bool = True, lock: bool = False, lock_file: Path | str = pins.LOCK_FILE) -> Path | None:
+    """Bake one variant into `out/<variant>`. Returns the bundle path, or None if it was up to date.
+
+    Files the registry does not pin are fetched as `lock_file` pins them. `lock`: a file pinned in neither is
+    fetched as it is now and, once the whole bundle is baked, its resolved commit and sha256 are written to
+    `lock_file` (the first bake of a new entry, on a networked machine)."""
     out = Path(out)
-    if is_up_to_date(out, variant, onnx):
+    locked = pins.load(lock_file)
+    if is_up_to_date(out, variant, onnx, locked):
         return None
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{variant.name}.download-", dir=out) as tmp, \
             bundle.stage(out, variant.name) as staging:
         downloads = Path(tmp)
         records = []
+        new_locks: dict[str, dict[str, Any]] = {}
 
         def fetch(src: Source, role: str) -> Path:
-            fetched = source.fetch(src, downloads)
-            records.append({"role": role, **verify(src, fetched, allow_unpinned)})
+            wanted = pins.effective(src, locked)
+            fetched = source.fetch(wanted, downloads)
+            record = verify(wanted, fetched, allow_unpinned or lock)
+            if pins.is_locked(src, locked):
+                record["locked"] = True
+            elif not wanted.pinned and lock:
+                entry = {"revision": fetched.resolved.get("resolved_revision") if src.repo else None,
+                         "sha256": record["sha256_seen"], "size": fetched.path.stat().st_size}
+                new_locks[pins.key(src)] = entry
+                # recorded as the lock will pin it, so the next bake finds this bundle up to date
+                record.update(pins.effective(src, {pins.key(src): entry}).describe(), locked=True)
+            records.append({"role": role, **record})
             return fetched.path
 
         clip_config = _bake_clip(variant, fetch(variant.clip.weights, "open_clip weights"), staging)
+        tokenizer = None
+        if variant.tokenizer_files:
+            for src in variant.tokenizer_files:
+                shutil.copyfile(fetch(src, "tokenizer"), staging / src.filename)
+            tokenizer = manifest.hf_tokenizer_section(staging, clip_config)
         mclip = None if variant.text is None else _bake_mclip(variant, fetch, staging)
-        spec = manifest.build_manifest(variant, clip_config, origin="models.bake", sources=records, mclip=mclip)
+        spec = manifest.build_manifest(variant, clip_config, origin="models.bake", sources=records, mclip=mclip,
+                                       hf_tokenizer=tokenizer)
         _check_loadable(staging, spec)
         spec = manifest.add_bf16_copies(staging, spec)
         if onnx:  # checked against the torch towers before anything is published; int8 only if it keeps fidelity
             from models import onnx_export
 
             spec = onnx_export.export_bundle(staging, spec, int8=True)
-        return bundle.publish(staging, out, spec)
+        published = bundle.publish(staging, out, spec)
+    if new_locks:
+        pins.record(new_locks, lock_file)
+    return published
 
 
 def _bake_clip(variant: Variant, weights: Path, staging: Path) -> dict[str, Any]:
@@ -271,14 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", required=True, choices=[*registry.names(), "all"])
     parser.add_argument("--out", required=True, type=Path, help="MODEL_DIR; bundles go to OUT/<variant>")
     parser.add_argument("--from-dir", type=Path, help="bake from a local mirror instead of the network")
-    parser.add_argument("--allow-unpinned", action="store_true",
-                        help="accept files without a pinned sha256/revision (recorded in the manifest)")
+    pinning = parser.add_mutually_exclusive_group()
+    pinning.add_argument("--lock", action="store_true",
+                         help="fetch files neither pinned nor locked as they are now, and record their commit and "
+                              "sha256 in models/pins.lock.json (commit it): later bakes verify against it")
+    pinning.add_argument("--allow-unpinned", action="store_true",
+                         help="accept files without a pin or a lock entry (recorded in the manifest only)")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false",
                         help="no ONNX graphs (torch runtime only; the bundle is about half the size)")
     args = parser.parse_args(argv)
     source: FileSource = LocalDirSource(args.from_dir) if args.from_dir else HubSource()
     for name in registry.names() if args.variant == "all" else [args.variant]:
-        path = bake_variant(registry.get(name), args.out, source, allow_unpinned=args.allow_unpinned, onnx=args.onnx)
+        path = bake_variant(registry.get(name), args.out, source, allow_unpinned=args.allow_unpinned, onnx=args.onnx,
+                            lock=args.lock)
         if path is None:
             print(f"{args.out / name}: up to date")
             continue
@@ -286,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         for record in json.loads((path / bundle.MANIFEST).read_text())["sources"]:
             print(f"  {record['role']}: {record.get('repo') or record.get('url')} {record['filename']} "
                   f"revision={record.get('resolved_revision', record.get('revision', '-'))} "
-                  f"sha256={record['sha256_seen']}")
+                  f"sha256={record['sha256_seen']}{' (locked)' if record.get('locked') else ''}")
     return 0
 
 

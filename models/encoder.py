@@ -35,6 +35,11 @@ class ModelInfo:
     image_decode: str = "cpu"  # where JPEGs are decoded: "cpu" (Pillow) or "gpu" (models.device_jpeg)
     # int8 only: each tower's min cosine to fp32 on bake's probe set (the fidelity it was accepted at)
     int8_cosine: dict[str, float] | None = None
+    # What a zero-shot probability is for this model: "softmax" over the labels of logit_scale * cos (CLIP), or
+    # "sigmoid" of logit_scale * cos + logit_bias per label, each on its own (SigLIP, trained with that loss).
+    logit_bias: float | None = None
+    score_kind: str = "softmax"
+    license: str = ""  # the weights' license (the bundle's manifest)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

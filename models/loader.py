@@ -125,7 +125,9 @@ def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threa
         (model if own_text else model.visual).to(device)
         device_jpeg = device_jpeg_for(manifest["preprocess"], image_decode)
     image_tower = openclip_tower.OpenClipImageTower(model, manifest["preprocess"], device_jpeg)
-    if own_text:
+    if own_text and "hf_tokenizer" in text:
+        text_tower = openclip_tower.HfTokenizerTextTower(model, _bundle_tokenizer(bundle_dir, manifest))
+    elif own_text:
         text_tower = openclip_tower.OpenClipTextTower(model, int(manifest["context_length"]),
                                                       text.get("tokenizer_kwargs"))
     elif text["type"] == "mclip":
@@ -153,8 +155,8 @@ def _load_onnx(bundle_dir: Path, manifest: dict[str, Any], resolved: str, thread
     paths = {name: bundle_dir / files[name]["file"] for name in ("image", "text")}
     prefetch(list(paths.values()))
     if not preprocess.supports(manifest["preprocess"]):
-        raise BundleError(f"{bundle_dir}: the ONNX runtime's preprocessing covers resize_mode=shortest; this bundle "
-                          "needs RUNTIME=torch")
+        raise BundleError(f"{bundle_dir}: the ONNX runtime's preprocessing covers resize_mode shortest and squash; "
+                          "this bundle needs RUNTIME=torch")
     count = threads or cpu_budget()
     # Both sessions at once: creating one is mostly ONNX Runtime pre-packing the weights, one core each, outside
     # the GIL (multilingual: 1.8 s together instead of 3.2-4.5 s one after the other, on 2 vCPUs).
@@ -163,9 +165,11 @@ def _load_onnx(bundle_dir: Path, manifest: dict[str, Any], resolved: str, thread
         image_graph, graph = sessions["image"].result(), sessions["text"].result()
     image_tower = onnx_tower.OnnxImageTower(image_graph, manifest["preprocess"])
     text = manifest["text"]
-    if text["type"] == "open_clip":
-        text_tower: Any = onnx_tower.OnnxClipTextTower(graph, int(manifest["context_length"]),
-                                                       text.get("tokenizer_kwargs"))
+    if "hf_tokenizer" in text:
+        text_tower: Any = onnx_tower.OnnxHfTextTower(graph, _bundle_tokenizer(bundle_dir, manifest))
+    elif text["type"] == "open_clip":
+        text_tower = onnx_tower.OnnxClipTextTower(graph, int(manifest["context_length"]),
+                                                  text.get("tokenizer_kwargs"))
     else:
         text_tower = onnx_tower.OnnxMClipTextTower(graph, bundle_dir, int(text["max_length"]))
     cosine = {k: onnx["int8"][k]["min_cosine"] for k in ("image", "text")} if resolved == "int8" else None
@@ -173,7 +177,18 @@ def _load_onnx(bundle_dir: Path, manifest: dict[str, Any], resolved: str, thread
     return Encoder(info, text_tower, image_tower)
 
 
+def _bundle_tokenizer(bundle_dir: Path, manifest: dict[str, Any]) -> Any:
+    """The bundle's Hugging Face tokenizer (SigLIP), checked against the ids bake recorded (BundleError if not)."""
+    from models.hf_tokenizer import BundleTokenizer, TokenizerMismatch
+
+    try:
+        return BundleTokenizer(bundle_dir, manifest["text"]["hf_tokenizer"], int(manifest["context_length"]))
+    except TokenizerMismatch as exc:
+        raise BundleError(str(exc)) from None
+
+
 def model_info(bundle_dir: Path, manifest: dict[str, Any], precision: str = "fp32") -> ModelInfo:
+    bias = manifest.get("logit_bias")
     return ModelInfo(
         variant=manifest["variant"],
         architecture=manifest["architecture"],
@@ -185,11 +200,19 @@ def model_info(bundle_dir: Path, manifest: dict[str, Any], precision: str = "fp3
         logit_scale=read_logit_scale(bundle_dir, manifest["logit_scale"]),
         precision=precision,
         weights=weights_fingerprint(manifest),
+        logit_bias=None if bias is None else read_scalar(bundle_dir, bias),
+        score_kind="softmax" if bias is None else "sigmoid",
+        license=manifest.get("license", ""),
     )
 
 
 def read_logit_scale(bundle_dir: Path, spec: dict[str, Any]) -> float:
     """The cosine multiplier: exp of the stored (log-space) CLIP temperature."""
-    with safe_open(str(bundle_dir / spec["file"]), framework="numpy") as f:
-        value = float(f.get_tensor(spec["key"]).reshape(-1)[0])
+    value = read_scalar(bundle_dir, spec)
     return math.exp(value) if spec.get("stored_as", "log") == "log" else value
+
+
+def read_scalar(bundle_dir: Path, spec: dict[str, Any]) -> float:
+    """One number kept in a weights file (the temperature, SigLIP's logit bias)."""
+    with safe_open(str(bundle_dir / spec["file"]), framework="numpy") as f:
+        return float(f.get_tensor(spec["key"]).reshape(-1)[0])

@@ -2,12 +2,14 @@
 `models.tiny` (random weights), so both write exactly the same layout.
 
 Manifest (format 1), beside the files it lists:
-    variant, architecture, dim, context_length, origin
+    variant, architecture, dim, context_length, origin, license
     clip:        name, arch, pretrained, config (open_clip model config), weights (file), weights_bf16 (file)
     text:        {type: open_clip, name, tokenizer_kwargs}                       the CLIP model's own text tower
+                   [+ hf_tokenizer: {file, clean, head, tail, pad_id, golden}]  with a Hugging Face tokenizer (SigLIP)
               or {type: mclip, name, config, base_config, weights, weights_bf16, tokenizer: {class}, max_length}
     preprocess:  image_size, mean, std, interpolation, resize_mode   (open_clip's pretrained cfg for the tag)
     logit_scale: file, key, stored_as ("log": the multiplier is exp(value))
+    logit_bias:  file, key                 (SigLIP: scores are sigmoid(logit_scale * cos + logit_bias); absent for CLIP)
     files:       name -> {sha256, size}          (filled by bundle.publish)
     sources:     pinned origins of the weights, with the sha256 actually seen
 """
@@ -178,10 +180,12 @@ def add_bf16_copies(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str,
-                   sources: list[dict[str, Any]], mclip: dict[str, Any] | None = None) -> dict[str, Any]:
+                   sources: list[dict[str, Any]], mclip: dict[str, Any] | None = None,
+                   hf_tokenizer: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest for `variant` (without `files`, which `bundle.publish` fills from disk).
 
-    `mclip` (multilingual only): {config, base_config, tokenizer_class}. `clip_config` must have
+    `mclip` (multilingual only): {config, base_config, tokenizer_class}. `hf_tokenizer` (variants with
+    `tokenizer_files`): what `hf_tokenizer_section` made of the staged tokenizer. `clip_config` must have
     the activation open_clip says the tag needs (`clip_config_for` gives it); preprocessing comes
     from `preprocess_for`.
     """
@@ -200,12 +204,19 @@ def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str
         "preprocess": preprocess_for(clip, image_size),
         "logit_scale": {"file": clip_weights_name(variant), "key": "logit_scale", "stored_as": "log"},
         "sources": sources,
+        "license": variant.license,
     }
+    if clip_config.get("init_logit_bias") is not None:  # a SigLIP model: its checkpoint holds the trained bias
+        manifest["logit_bias"] = {"file": clip_weights_name(variant), "key": "logit_bias"}
+    if bool(variant.tokenizer_files) != (hf_tokenizer is not None):
+        raise ValueError(f"variant {variant.name!r}: pass hf_tokenizer= exactly when the variant has tokenizer_files")
     if variant.text is None:
         manifest["architecture"] = clip.arch
         manifest["context_length"] = clip_config["text_cfg"].get("context_length", 77)
         manifest["text"] = {"type": "open_clip", "name": clip_name,
                             "tokenizer_kwargs": clip_config["text_cfg"].get("tokenizer_kwargs", {})}
+        if hf_tokenizer is not None:
+            manifest["text"]["hf_tokenizer"] = hf_tokenizer
     else:
         if mclip is None:
             raise ValueError(f"variant {variant.name!r} has an M-CLIP text tower: pass mclip=")
@@ -223,3 +234,36 @@ def build_manifest(variant: Variant, clip_config: dict[str, Any], *, origin: str
                             "tokenizer": {"class": mclip["tokenizer_class"]},
                             "max_length": variant.text.max_length}
     return manifest
+
+
+# Texts whose token ids bake records with the reference tokenizer and the loader reproduces (models.hf_tokenizer):
+# a tokenizer file that loads but tokenizes differently (another tokenizers or transformers release reading it
+# another way) stops the load instead of giving other vectors. Cased, punctuated, multilingual, and one over 64.
+GOLDEN_TEXTS = ("a photo of a cat", "Zwei Hunde spielen im Schnee!", "一只猫坐在窗台上", "ÉTÉ à Paris - 3 people & 2 dogs",
+                "the quick brown fox jumps over the lazy dog " * 12)
+
+
+def hf_tokenizer_section(staging: Path, clip_config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `text.hf_tokenizer` for the tokenizer files staged beside the weights.
+
+    Taken from open_clip's own `HFTokenizer` (transformers' AutoTokenizer on the staged files), the reference the
+    service must equal: the special tokens it puts before and after a text, its pad id, and its ids for
+    GOLDEN_TEXTS (padded to the context, as open_clip returns them).
+    """
+    from open_clip.tokenizer import HFTokenizer
+
+    text_cfg = clip_config["text_cfg"]
+    context = int(text_cfg.get("context_length", 64))
+    clean = text_cfg.get("tokenizer_kwargs", {}).get("clean", "whitespace")
+    reference = HFTokenizer(str(staging), context_length=context, clean=clean)
+    hf = reference.tokenizer
+    if hf.truncation_side != "right" or hf.padding_side != "right" or hf.pad_token_id is None:
+        raise ValueError(f"{staging}: the tokenizer truncates on the {hf.truncation_side}, pads on the "
+                         f"{hf.padding_side} with pad id {hf.pad_token_id}: only right-side cuts and padding with a "
+                         "pad token are supported")
+    content = hf("a", add_special_tokens=False)["input_ids"]
+    full = hf("a")["input_ids"]
+    start = next(i for i in range(len(full)) if full[i:i + len(content)] == content)
+    golden = [{"text": t, "ids": reference([t])[0].tolist()} for t in GOLDEN_TEXTS]
+    return {"file": "tokenizer.json", "clean": clean, "head": full[:start], "tail": full[start + len(content):],
+            "pad_id": int(hf.pad_token_id), "golden": golden}

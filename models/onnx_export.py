@@ -1,10 +1,11 @@
 """The towers as ONNX graphs, written into a bundle at bake (and tiny) time, checked before they are kept.
 
 Each tower is exported with torch's dynamo exporter (the legacy one fails on open_clip's attention):
-the image tower with a dynamic batch; open_clip's text tower with a dynamic batch *and* length, taking
-token ids already cut after the batch's longest EOT (the runtime cuts them, as the torch tower does);
-M-CLIP's XLM-R + mean pooling + linear map with dynamic batch and length (truncation happens in the
-tokenizer). Before a graph is written into the manifest, ONNX Runtime runs it on probe inputs (texts
+the image tower with a dynamic batch (timm's MAP-pooled SigLIP towers included); open_clip's text tower
+with a dynamic batch *and* length, taking token ids already cut after the batch's longest EOT (the
+runtime cuts them, as the torch tower does); SigLIP's text tower with a dynamic batch on the full
+context (no causal mask: padding is part of the input); M-CLIP's XLM-R + mean pooling + linear map
+with dynamic batch and length (truncation happens in the tokenizer). Before a graph is written into the manifest, ONNX Runtime runs it on probe inputs (texts
 of several lengths, one over the context, images) and its normalized vectors must equal the torch
 tower's within EXPORT_TOLERANCE, else the bake stops.
 
@@ -72,6 +73,17 @@ class ClipTextGraph(nn.Module):
         return x
 
 
+class FullContextTextGraph(nn.Module):
+    """open_clip's text tower on tokens (N, context) padded to the context (SigLIP's tower pools the last one)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
 def export_bundle(staging: Path, manifest: dict[str, Any], *, int8: bool) -> dict[str, Any]:
     """Export, check and (with `int8`) quantize the staged bundle's towers; the manifest with its `onnx` section."""
     from models import openclip_tower
@@ -84,7 +96,15 @@ def export_bundle(staging: Path, manifest: dict[str, Any], *, int8: bool) -> dic
     pixels = torch.stack([image_tower.prepare(img) for img in probe_images()])
     checks = {"image": _export_image(model, staging / IMAGE_FILE, pixels)}
     feeds = {"image": {"pixels": pixels.numpy()}}
-    if own_text:  # the tower runs its own (sequence-first) copy; the graph is exported from `model`
+    if "hf_tokenizer" in text:
+        from models.hf_tokenizer import BundleTokenizer
+
+        tokenizer = BundleTokenizer(staging, text["hf_tokenizer"], int(manifest["context_length"]))
+        tower = openclip_tower.HfTokenizerTextTower(model, tokenizer)
+        prepared = [tower.prepare(t) for t in PROBE_TEXTS]
+        checks["text"] = _export_full_context_text(model, staging / TEXT_FILE, tower, prepared)
+        feeds["text"] = {"tokens": tokenizer.rows(prepared)}
+    elif own_text:  # the tower runs its own (sequence-first) copy; the graph is exported from `model`
         tower = openclip_tower.OpenClipTextTower(openclip_tower.load_model(
             clip["config"], staging / clip["weights"], with_text=True), int(manifest["context_length"]),
             text.get("tokenizer_kwargs"))
@@ -101,11 +121,15 @@ def export_bundle(staging: Path, manifest: dict[str, Any], *, int8: bool) -> dic
     section: dict[str, Any] = {"opset": OPSET, "exporter": f"torch {torch.__version__} dynamo",
                                "image": {"file": IMAGE_FILE, "max_abs_diff": checks["image"]},
                                "text": {"file": TEXT_FILE, "max_abs_diff": checks["text"],
-                                        "kind": "open_clip" if own_text else "mclip"}}
+                                        "kind": _text_kind(text)}}
     if int8:
         section["int8"] = _quantize(staging, section, feeds)
     log.info("ONNX export of %s: %.1f s, max abs diff %s", manifest["variant"], time.monotonic() - started, checks)
     return {**manifest, "onnx": section}
+
+
+def _text_kind(text: dict[str, Any]) -> str:
+    return "hf" if "hf_tokenizer" in text else "open_clip" if text["type"] == "open_clip" else "mclip"
 
 
 def probe_images() -> list:
@@ -181,6 +205,17 @@ def _export_clip_text(model: nn.Module, path: Path, tower: Any, prepared: list) 
     expected = tower.encode(prepared)
     got = np.concatenate([session.run(None, {"tokens": clip_token_batch([p])})[0] for p in prepared])
     together = session.run(None, {"tokens": clip_token_batch(prepared)})[0]
+    return _compare("text", np.concatenate([expected, expected]), np.concatenate([got, together]))
+
+
+def _export_full_context_text(model: nn.Module, path: Path, tower: Any, prepared: list) -> float:
+    tokens = tower.tokenizer.rows(prepared)
+    dims = {"tokens": {0: torch.export.Dim("batch", min=1, max=_MAX_BATCH)}}
+    _export(FullContextTextGraph(model), (torch.from_numpy(tokens[:2]),), path, ["tokens"], dims)
+    session = _session(path)
+    expected = tower.encode(prepared)
+    got = np.concatenate([session.run(None, {"tokens": tokens[i:i + 1]})[0] for i in range(len(prepared))])
+    together = session.run(None, {"tokens": tokens})[0]
     return _compare("text", np.concatenate([expected, expected]), np.concatenate([got, together]))
 
 

@@ -35,10 +35,10 @@ def session(path: Path, threads: int) -> Any:
 
 class OnnxImageTower:
     def __init__(self, graph: Any, preprocess: dict[str, Any]) -> None:
-        from models.preprocess import ShortestEdgeTransform
+        from models.preprocess import transform_for
 
         self.session = graph
-        self.transform = ShortestEdgeTransform(preprocess)
+        self.transform = transform_for(preprocess)
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """PIL image -> (3, S, S) float32, the same array open_clip's transform gives."""
@@ -71,6 +71,21 @@ class OnnxClipTextTower:
         for i, item in enumerate(items):
             tokens[i, :len(item.ids)] = item.ids
         return self.session.run(None, {"tokens": tokens})[0]
+
+
+class OnnxHfTextTower:
+    """A Hugging Face tokenizer (models.hf_tokenizer, no torch) + the exported text graph on the full context (SigLIP:
+    no causal mask, the last position pools)."""
+
+    def __init__(self, graph: Any, tokenizer: Any) -> None:
+        self.session = graph
+        self.tokenizer = tokenizer
+
+    def prepare(self, text: str) -> PreparedText:
+        return self.tokenizer.prepare(text)
+
+    def encode(self, items: list[PreparedText]) -> np.ndarray:
+        return self.session.run(None, {"tokens": self.tokenizer.rows(items)})[0]
 
 
 class OnnxMClipTextTower:

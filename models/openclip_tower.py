@@ -47,6 +47,9 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     cls = model_class_for(cfg)
     cfg.pop("custom_text", None)
     if "timm_model_name" in cfg.get("vision_cfg", {}):
+        from models.tiny_timm import ensure_registered
+
+        ensure_registered(cfg["vision_cfg"]["timm_model_name"])
         cfg["vision_cfg"]["timm_model_pretrained"] = False  # never fetch timm weights
     with parameters_on_meta():
         model = cls(**cfg)
@@ -120,6 +123,24 @@ class OpenClipTextTower:
         device = self.model.token_embedding.weight.device
         with torch.inference_mode():
             return _to_numpy(encode_text_trimmed(self.model, _on(self.tokens(items), device)))
+
+
+class HfTokenizerTextTower:
+    """open_clip's text transformer with a Hugging Face tokenizer (SigLIP): no causal mask, the last position pools,
+    so every one of the context's positions runs, padding included (nothing to trim)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer  # a models.hf_tokenizer.BundleTokenizer
+        self.context_length = tokenizer.context_length
+
+    def prepare(self, text: str) -> PreparedText:
+        return self.tokenizer.prepare(text)
+
+    def encode(self, items: list[PreparedText]) -> np.ndarray:
+        device = next(self.model.text.parameters()).device
+        with torch.inference_mode():
+            return _to_numpy(self.model.encode_text(_on(torch.from_numpy(self.tokenizer.rows(items)), device)))
 
 
 def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -7,9 +7,12 @@ below: the loader reads everything it needs from the bundle's manifest, never fr
 
 Pins: a file is pinned when its bytes are fixed, by a full sha256 or, for a hub file, by a
 full 40-hex commit (a commit fixes every file in it; bake records such a file's sha256 in the
-manifest). `models.bake` refuses an unpinned file unless `--allow-unpinned` is given (for a new
-entry: it then records and prints the revision and sha256 it saw, to be written here), and
-stops, naming the file, when a pinned revision does not resolve or a sha256 differs.
+manifest). Where the publisher gives neither (the SigLIP 2 repos), the file is *locked* instead:
+the first bake on a networked machine with `--lock` records the commit it resolved and the sha256
+it got into `models/pins.lock.json` (committed), and every later bake, `serve.sh` and the Docker
+build verify against that (`models.pins`). `models.bake` refuses a file that is neither pinned nor
+locked unless `--lock` or `--allow-unpinned` is given, and stops, naming the file, when a pinned
+revision does not resolve or a sha256 differs.
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ class Variant:
     description: str
     clip: OpenClipModel
     text: MClipText | None = None  # None: the OpenCLIP model's own text tower
+    license: str = ""  # the weights' license, as their publisher states it (served in GET / and the manifest)
+    # A Hugging Face tokenizer the open_clip text tower uses (SigLIP's Gemma tokenizer): baked beside the weights,
+    # since open_clip.get_tokenizer would fetch it from the hub. Empty: open_clip's own BPE, which ships in its wheel.
+    tokenizer_files: tuple[Source, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
 
@@ -174,8 +181,13 @@ XLMR_REPO = "FacebookAI/xlm-roberta-large"
 # If the hub does not know it, bake stops naming this file and revision (never an unpinned download).
 XLMR_REVISION = "c23d21b0620b635a76227c604d44e43a9f0ee389"
 
+# The weights' licenses: OpenCLIP's model cards (laion400m weights: MIT, as the open_clip repository), M-CLIP's
+# repository (MIT; XLM-R: MIT), SigLIP 2's model cards and big_vision (Apache-2.0).
+MIT, APACHE_2 = "MIT", "Apache-2.0"
+
 register(Variant(
     name="english",
+    license=MIT,
     description="OpenCLIP ViT-B-32 (QuickGELU), laion400m_e32; 512-d, 224 px, 77 tokens",
     # QuickGELU: laion400m_e32 B-32 was trained with it. The -quickgelu name says so outright (bake and
     # tiny would also take it from open_clip's cfg for the tag, but the name is what open_clip documents).
@@ -185,6 +197,7 @@ register(Variant(
 
 register(Variant(
     name="multilingual",
+    license=MIT,
     description="M-CLIP XLM-Roberta-Large-Vit-B-16Plus text + OpenCLIP ViT-B-16-plus-240 laion400m_e32 image; 640-d",
     # The hub's ViT-B-16-plus-240 repo holds e31, not e32: the e32 file is the GitHub release.
     clip=openclip_from_url(
@@ -201,3 +214,27 @@ register(Variant(
     ),
     notes=("image tower: only visual.* and logit_scale are kept from the full CLIP checkpoint",),
 ))
+
+
+# SigLIP 2 (big_vision, converted by timm for open_clip): one hub repo per size holds the open_clip weights and the
+# Gemma tokenizer. No sha256 or full commit is published for them, so they are locked (models/pins.lock.json), not
+# pinned here. open_clip's pretrained cfg for (arch, "webli") gives their preprocessing: squash resize, mean = std =
+# 0.5, bicubic (models.manifest.preprocess_for reads it; nothing is repeated here).
+SIGLIP2_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def siglip2(name: str, arch: str, description: str) -> Variant:
+    repo = f"timm/{arch}"
+    return Variant(
+        name=name, description=description, license=APACHE_2,
+        clip=openclip_from_hub(arch, "webli", repo=repo),
+        tokenizer_files=tuple(hub_file(repo, f) for f in SIGLIP2_TOKENIZER),
+        notes=("text: Gemma tokenizer (256k), canonicalized text, 64 tokens padded; scores are sigmoid probabilities",))
+
+
+register(siglip2("siglip2-b32", "ViT-B-32-SigLIP2-256",
+                 "SigLIP 2 ViT-B-32, 256 px (webli); 768-d, multilingual Gemma tokenizer, 64 tokens"))
+register(siglip2("siglip2-b16", "ViT-B-16-SigLIP2-256",
+                 "SigLIP 2 ViT-B-16, 256 px (webli); 768-d, multilingual Gemma tokenizer, 64 tokens"))
+register(siglip2("siglip2-so400m", "ViT-SO400M-16-SigLIP2-384",
+                 "SigLIP 2 ViT-SO400M-16, 384 px (webli); 1152-d, multilingual Gemma tokenizer, 64 tokens (GPU tier)"))

@@ -6,7 +6,10 @@
 `real`: the real architectures at full size (benchmarks: speed does not depend on weight values).
 Deterministic for a given seed. The multilingual text tokenizer is a small Unigram vocabulary
 built here (the real 250k SentencePiece model cannot be made offline); the real-size XLM-R still
-has its full 250,002-row embedding, so load time and memory are those of the real model.
+has its full 250,002-row embedding, so load time and memory are those of the real model. SigLIP's
+Gemma tokenizer is stood in for the same way: a small byte-fallback BPE in Gemma's layout (pad 0, eos 1,
+bos 2, unk 3, "▁" for spaces, an EOS after each text), with the real 256,000-row embedding at `real`
+size; the tiny SigLIP image tower is the real timm entrypoint at width 32 (models.tiny_timm).
 """
 
 from __future__ import annotations
@@ -37,11 +40,42 @@ TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "car", "house", "tree", "
 
 def shrink_clip_config(config: dict[str, Any]) -> dict[str, Any]:
     """Same family, image size, patch size, vocabulary and context; 2 layers of width 32."""
+    from models import tiny_timm
+
     cfg = copy.deepcopy(config)
     cfg["embed_dim"] = TINY_WIDTH
-    cfg["vision_cfg"].update(width=TINY_WIDTH, layers=2, head_width=16, mlp_ratio=2.0)
+    vision = cfg["vision_cfg"]
+    if "timm_model_name" in vision:  # open_clip passes no sizes to timm: a tiny timm model of the same family
+        vision["timm_model_name"] = tiny_timm.tiny_name(vision["timm_model_name"])
+    else:
+        vision.update(width=TINY_WIDTH, layers=2, head_width=16, mlp_ratio=2.0)
     cfg["text_cfg"].update(width=TINY_WIDTH, heads=2, layers=2)
     return cfg
+
+
+def tiny_gemma_tokenizer():
+    """A byte-fallback BPE laid out like Gemma's tokenizer as SigLIP 2 uses it: a few words and every ASCII letter
+    and digit as pieces, any other character as its UTF-8 bytes, an EOS appended to each text."""
+    from tokenizers import Tokenizer, decoders, models as tokenizer_models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    vocab.update({f"<0x{b:02X}>": 4 + b for b in range(256)})
+    merges: list[tuple[str, str]] = []
+    for piece in ["\u2581", *"abcdefghijklmnopqrstuvwxyz0123456789", "猫", "犬"]:
+        vocab.setdefault(piece, len(vocab))
+    for word in ("\u2581" + w for w in TINY_WORDS + ("cats", "dogs", "photos", "snow", "paris")):
+        for k in range(2, len(word) + 1):
+            if word[:k] not in vocab:
+                vocab[word[:k]] = len(vocab)
+                merges.append((word[:k - 1], word[k - 1]))
+    tokenizer = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
+                                               fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
+                                   bos_token="<bos>", unk_token="<unk>")
 
 
 def tiny_tokenizer():
@@ -61,12 +95,22 @@ def tiny_xlmr_config(vocab_size: int) -> dict[str, Any]:
 
 def random_clip(config: dict[str, Any]):
     """An open_clip model with open_clip's own random initialisation."""
+    import torch
+
     from models.openclip_tower import model_class_for
+    from models.tiny_timm import ensure_registered
 
     cfg = copy.deepcopy(config)
     cls = model_class_for(cfg)
     cfg.pop("custom_text", None)
-    return cls(**cfg).eval()
+    if "timm_model_name" in cfg["vision_cfg"]:
+        ensure_registered(cfg["vision_cfg"]["timm_model_name"])
+        cfg["vision_cfg"]["timm_model_pretrained"] = False
+    model = cls(**cfg).eval()
+    if getattr(model, "logit_bias", None) is not None:  # SigLIP: open_clip's init (-10) is one value; any will do
+        with torch.no_grad():
+            model.logit_bias.normal_(-10.0, 1.0)
+    return model
 
 
 def random_mclip_state(base_config: dict[str, Any], out_dim: int):
@@ -94,13 +138,20 @@ def make_bundle(variant_name: str, out: Path, size: str = "tiny", seed: int = 0,
         clip_config = shrink_clip_config(clip_config)
     origin = f"models.tiny size={size} seed={seed} (random weights)"
     with bundle.stage(out, variant.name) as staging:
+        hf_tokenizer = None
+        if variant.tokenizer_files:
+            tiny_gemma_tokenizer().save_pretrained(str(staging))
+            if size == "tiny":
+                clip_config["text_cfg"]["vocab_size"] = len(tiny_gemma_tokenizer())
+            hf_tokenizer = manifest.hf_tokenizer_section(staging, clip_config)
         model = random_clip(clip_config)
         state = manifest.clip_state_to_save(model, image_only=variant.text is not None)
         manifest.save_safetensors(state, staging / manifest.clip_weights_name(variant))
         del model, state
         mclip = None if variant.text is None else _write_random_mclip(variant, clip_config, size, staging)
         spec = manifest.add_bf16_copies(staging, manifest.build_manifest(variant, clip_config, origin=origin,
-                                                                          sources=[], mclip=mclip))
+                                                                          sources=[], mclip=mclip,
+                                                                          hf_tokenizer=hf_tokenizer))
         if onnx:
             from models import onnx_export
 

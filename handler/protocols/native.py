@@ -135,5 +135,6 @@ class NativeApi(Protocol):
                                     image_vectors=req.image_embeddings, pairwise=req.pairwise,
                                     truncate=req.truncate, deadline=call.deadline)
         return jsonify({**self.service.model_fields(), "pairwise": scores.pairwise, "clip_score": scores.clip_score,
-                        "cosine": scores.cosine, "probs": scores.probs, "errors": scores.errors,
+                        "cosine": scores.cosine, "probs": scores.probs, "probs_kind": scores.probs_kind,
+                        "errors": scores.errors,
                         "truncated": scores.truncated})

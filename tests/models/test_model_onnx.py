@@ -58,6 +58,12 @@ def test_onnx_fp32_equals_torch_fp32_on_tiny_bundles(tiny_model_dir, variant):
     assert_runtimes_agree(tiny_model_dir, variant)
 
 
+@pytest.mark.parametrize("variant", ["siglip2-b32", "siglip2-so400m"])
+def test_onnx_fp32_equals_torch_fp32_on_tiny_siglip_bundles(siglip_model_dir, variant):
+    """timm's MAP-pooled image tower and the full-context text tower export; squash preprocessing in numpy."""
+    assert_runtimes_agree(siglip_model_dir, variant)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["english", "multilingual"])
 def test_onnx_fp32_equals_torch_fp32_on_real_size_bundles(real_size_model_dir, variant):
@@ -76,16 +82,16 @@ ONNX_IMPORT_CHECK = """
 import sys
 from models.loader import load_encoder
 from PIL import Image
-for variant in ("english", "multilingual"):
-    enc = load_encoder(variant, sys.argv[1], precision="fp32", runtime="onnx")
+for variant, model_dir in (("english", sys.argv[1]), ("multilingual", sys.argv[1]), ("siglip2-b16", sys.argv[2])):
+    enc = load_encoder(variant, model_dir, precision="fp32", runtime="onnx")
     enc.encode_text(["a cat"]); enc.encode_images([enc.prepare_image(Image.new("RGB", (64, 48)))])
-print(sorted(m for m in ("torch", "torchvision", "transformers", "open_clip") if m in sys.modules))
+print(sorted(m for m in ("torch", "torchvision", "transformers", "open_clip", "timm") if m in sys.modules))
 """
 
 
-def test_the_onnx_runtime_never_imports_torch(tiny_model_dir):
-    out = subprocess.run([sys.executable, "-c", ONNX_IMPORT_CHECK, str(tiny_model_dir)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+def test_the_onnx_runtime_never_imports_torch(tiny_model_dir, siglip_model_dir):
+    out = subprocess.run([sys.executable, "-c", ONNX_IMPORT_CHECK, str(tiny_model_dir), str(siglip_model_dir)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 

@@ -433,6 +433,10 @@
       const template = $("template").value.includes("{}") ? $("template").value : "{}";
       const answer = await api("score", { images: [scoreImage], texts: labels.map((l) => template.replace("{}", l)) });
       if (!answer.probs[0]) throw new Error(answer.errors.map((e) => e.message).join("; "));
+      $("probs-kind").textContent = answer.probs_kind === "sigmoid"
+        ? "Sigmoid probabilities (SigLIP): each label on its own, so several can be likely, or none."
+        : "Softmax probabilities (CLIP): shared out over these labels, so they sum to 100%.";
+      $("probs-kind").hidden = false;
       $("bars").replaceChildren(...labels.map((label, i) => bar(label, answer.probs[0][i],
         `${(answer.probs[0][i] * 100).toFixed(1)}% · clip ${answer.clip_score[0][i].toFixed(1)}`)));
     } else {
@@ -441,6 +445,7 @@
       if (!text || !files.length) throw new Error("write a text and choose images");
       const images = await Promise.all(files.map(readAsDataUrl));
       const answer = await api("score", { images, texts: [text] });
+      $("probs-kind").hidden = true;
       $("bars").replaceChildren(...files.map((f, i) => answer.clip_score[i] === null
         ? bar(f.name, 0, "failed") : bar(f.name, answer.clip_score[i][0] / 100,
           `clip ${answer.clip_score[i][0].toFixed(1)} · cosine ${answer.cosine[i][0].toFixed(4)}`)));

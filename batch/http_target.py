@@ -56,6 +56,7 @@ class HttpOptions:
     backoff_factor: float = 0.5
     backoff_max_s: float = 30.0
     pool_size: int = 8
+    model: str | None = None  # the served model to use (its `model` field); None: the service's default
 
 
 class _Rejected(Exception):
@@ -202,7 +203,16 @@ class HttpTarget:
         raise FatalTargetError(message)
 
     def describe(self) -> dict[str, Any]:
-        return self._request("GET", "/").get("model") or {}
+        """The facts of the model the job uses: GET /'s default model, or the one --model names."""
+        info = self._request("GET", "/")
+        if self.options.model is None:
+            return info.get("model") or {}
+        wanted = next((m for m in info.get("models", []) if self.options.model in (m["id"], *m.get("aliases", []))),
+                      None)
+        return {"variant": wanted["id"], **{k: v for k, v in wanted.items() if k != "id"}} if wanted else {}
+
+    def _with_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body if self.options.model is None else {**body, "model": self.options.model}
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -328,12 +338,12 @@ class HttpTarget:
         """(text vectors, image vectors, body) from the endpoint that fits what the batch holds."""
         options = {"normalize": normalize, "encoding_format": "base64"}
         if texts and images:
-            body = self._request("POST", "/embed/mixed", {"texts": texts, "images": images, **options})
+            body = self._request("POST", "/embed/mixed", self._with_model({"texts": texts, "images": images, **options}))
             return body["text_embeddings"], body["image_embeddings"], body
         if texts:
-            body = self._request("POST", "/embed/text", {"texts": texts, **options})
+            body = self._request("POST", "/embed/text", self._with_model({"texts": texts, **options}))
             return body["embeddings"], [], body
-        body = self._request("POST", "/embed/image", {"images": images, **options})
+        body = self._request("POST", "/embed/image", self._with_model({"images": images, **options}))
         return [], body["embeddings"], body
 
     # -- score ------------------------------------------------------------------------------
@@ -358,7 +368,7 @@ class HttpTarget:
         if pairs:
             request = {"texts": [t for _, t, _ in pairs], "images": [im for _, _, im in pairs], "pairwise": True}
             try:
-                body = self._request("POST", "/score", request)
+                body = self._request("POST", "/score", self._with_model(request))
             except _Rejected as rejected:
                 body = rejected.per_image()  # every image failed
                 if body is None:

@@ -63,7 +63,7 @@ def _model_without_embedding(args: argparse.Namespace) -> dict[str, Any]:
     if args.local:
         from models.bundle import model_identity
 
-        return model_identity(args.model_dir, args.variant)
+        return model_identity(args.model_dir, options.local_variant(args))
     args.concurrency = args.concurrency or 1
     target = options.make_target(args, RetryTally())
     try:

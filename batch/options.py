@@ -36,9 +36,12 @@ def add_target_args(parser: argparse.ArgumentParser, required: bool) -> None:
         help="--local: folder of baked bundles (default: $MODEL_DIR or /models)",
     )
     target.add_argument(
+        "--model",
         "--variant",
-        default=os.environ.get("MODEL_VARIANT", "english"),
-        help="--local: model variant (default: $MODEL_VARIANT or english)",
+        dest="model",
+        default=None,
+        help="the model: with --endpoint a model the service serves, or an alias (default: its default model); "
+        "with --local the variant to load (default: $MODEL_VARIANT or english). --variant is the older name",
     )
     target.add_argument(
         "--allow-private-urls", action="store_true", help="--local: let image URLs point at private/loopback addresses"
@@ -153,14 +156,20 @@ def image_dirs(rows: Path) -> list[Path]:
     return [rows.resolve()] if rows.is_dir() else [rows.resolve().parent]
 
 
+def local_variant(args: argparse.Namespace) -> str:
+    """--local's variant: --model, else $MODEL_VARIANT, else english."""
+    return args.model or os.environ.get("MODEL_VARIANT", "english")
+
+
 def make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
     search_dirs = image_dirs(args.input)
     if args.local:
         from batch.local_target import LocalTarget
 
-        log.info("loading %s from %s", args.variant, args.model_dir)
+        variant = local_variant(args)
+        log.info("loading %s from %s", variant, args.model_dir)
         return LocalTarget.load(
-            args.variant, args.model_dir, search_dirs=search_dirs, allow_private_urls=args.allow_private_urls
+            variant, args.model_dir, search_dirs=search_dirs, allow_private_urls=args.allow_private_urls
         )
     from batch.http_target import HttpOptions, HttpTarget
 
@@ -172,6 +181,7 @@ def make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
         max_retries=args.max_retries,
         backoff_max_s=args.backoff_max,
         pool_size=max(2, args.concurrency),
+        model=args.model,
     )
     return HttpTarget(http, search_dirs=search_dirs, on_retry=tally.add)
 

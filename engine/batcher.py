@@ -6,8 +6,10 @@ and wait; a single thread runs the model. Batches are shared fairly: each submit
 group, and while several groups wait, none takes more than its share of a batch, so a request of two
 thousand texts cannot make one-text requests wait behind all of it. Bulk work (a request larger than a
 batch) also yields the model to interactive requests while they keep coming: its items ride along in
-the batches they start rather than keeping the cores busy between them. Three failure rules keep a bad
-batch from hurting others:
+the batches they start rather than keeping the cores busy between them. Several models can share the one
+thread (engine.models): each submits in its own lane, items of two lanes never share a batch, and the next
+batch goes to the lane served least recently among those with items waiting, so a busy model cannot starve
+a quiet one. Three failure rules keep a bad batch from hurting others:
 - a full queue refuses the whole request at once (``Overloaded``, mapped to 429), never half of it;
 - when ``run_batch`` raises, every future of that batch gets an exception: nobody waits forever;
 - the loop records its progress, so a model call that hangs shows up in ``health()``.
@@ -84,10 +86,12 @@ class _Item:
     group: object  # the request the item belongs to: batches are shared fairly between groups
     bulk: bool = False  # part of a request larger than a batch: yields to interactive requests
     tag: object = None  # what the batch tracer captured on the request's thread (its trace context)
+    lane: Hashable = None  # the model it is for: lanes take turns (see _pick_key)
 
 
 # The batch tracer: ``capture()`` on the request's thread when its items are queued; after each model call, on
-# the inference thread, ``report(kind, batch_size, [(tag, enqueued_at)], started, ended)`` (monotonic seconds).
+# the inference thread, ``report(kind, batch_size, [(tag, enqueued_at)], started, ended, lane=model)`` (monotonic
+# seconds).
 BatchTracer = tuple[Callable[[], object], Callable[[str, int, list[tuple[object, float]], float, float], None]]
 
 
@@ -120,6 +124,7 @@ class Batcher:
         self._on_batch: Callable[[str, int, float], None] | None = None
         self._tracer: BatchTracer | None = None
         self._interactive_at = -1e9  # when the last interactive (not bulk) item was queued
+        self._served_at: dict[Hashable, float] = {}  # lane -> when its last batch started
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -159,16 +164,17 @@ class Batcher:
     # request side ----------------------------------------------------------------------------
 
     def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None,
-               bulk: bool = False) -> list[Future]:
+               bulk: bool = False, lane: Hashable = None) -> list[Future]:
         """Queue every payload or none: raises Overloaded when they do not all fit. ``group``: the request the
         payloads belong to (a request that submits in several parts passes the same one); None = its own.
-        ``bulk``: part of a request larger than a batch, which yields to interactive ones."""
+        ``bulk``: part of a request larger than a batch, which yields to interactive ones. ``lane``: the model the
+        payloads are for (``options`` must tell models apart too: a batch is one kind and one options value)."""
         if self._stop.is_set() or self._thread is None or self._pid != os.getpid():
             raise EngineStopped("the inference loop is not running")
         now = time.monotonic()
         group = object() if group is None else group
         tag = self._tracer[0]() if self._tracer is not None else None
-        items = [_Item((kind, options), p, ItemFuture(), now, group, bulk, tag) for p in payloads]
+        items = [_Item((kind, options), p, ItemFuture(), now, group, bulk, tag, lane) for p in payloads]
         with self._cond:
             if len(self._pending) + len(items) > self._capacity:
                 raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
@@ -182,6 +188,10 @@ class Batcher:
         """Wake a batch that is waiting for more items, so it checks ``more_coming`` again."""
         with self._cond:
             self._cond.notify()
+
+    def depth_by_lane(self) -> dict[Hashable, int]:
+        """Items waiting per lane (model)."""
+        return dict(collections.Counter(item.lane for item in list(self._pending)))
 
     def health(self) -> LoopHealth:
         busy_since = self._busy_since
@@ -216,7 +226,8 @@ class Batcher:
             if not self._pending or self._stop.is_set():
                 return []
             self._yield_to_interactive()
-            key = self._pending[0].key
+            key, lane = self._pick_key()
+            self._served_at[lane] = time.monotonic()
             batch = self._take_matching(key, [])
             deadline = time.monotonic() + self._max_wait
             while len(batch) < self._max_batch and not self._stop.is_set():
@@ -227,6 +238,15 @@ class Batcher:
                 batch += self._take_matching(key, batch)
         # Skip items whose request already gave up (timed out and cancelled its futures).
         return [i for i in batch if i.future.set_running_or_notify_cancel()]
+
+    def _pick_key(self) -> tuple[tuple[str, Hashable], Hashable]:
+        """The next batch's (kind, options) and lane: the oldest waiting item's, in the lane (model) served least
+        recently of those with items waiting. One lane: simply the oldest item's."""
+        first: dict[Hashable, _Item] = {}
+        for item in self._pending:
+            first.setdefault(item.lane, item)
+        lane = min(first, key=lambda name: (self._served_at.get(name, -1e9), first[name].enqueued_at))
+        return first[lane].key, lane
 
     def _yield_to_interactive(self) -> None:
         """With only bulk items queued while interactive requests keep coming, wait a little for one of them:
@@ -302,7 +322,8 @@ class Batcher:
                 log.exception("batch observer failed")
         if self._tracer is not None:
             try:
-                self._tracer[1](kind, len(batch), [(i.tag, i.enqueued_at) for i in batch], started, time.monotonic())
+                self._tracer[1](kind, len(batch), [(i.tag, i.enqueued_at) for i in batch], started, time.monotonic(),
+                                lane=batch[0].lane)
             except Exception:  # noqa: BLE001 - tracing must never stop inference
                 log.exception("batch tracer failed")
 
@@ -350,8 +371,11 @@ class Unbatched:
     def poke(self) -> None:
         pass  # nothing ever waits for more items here
 
+    def depth_by_lane(self) -> dict[Hashable, int]:
+        return {}
+
     def submit(self, kind: str, options: Hashable, payloads: Sequence[Any], group: object = None,
-               bulk: bool = False) -> list[Future]:
+               bulk: bool = False, lane: Hashable = None) -> list[Future]:
         """Run the model on ``payloads`` now, in the calling thread; the futures come back done."""
         if self._stopped:
             raise EngineStopped("the service is shutting down")

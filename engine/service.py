@@ -9,6 +9,7 @@ go through the batcher. Text embeddings are cached (``TextCache``) ahead of all 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import enum
@@ -35,14 +36,17 @@ class ModelState(str, enum.Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    UNLOADED = "unloaded"  # not in memory: loads on first use (engine.models), or was evicted
 
 
 class NotReady(RuntimeError):
-    """The model is still loading, or failed to load."""
+    """The model is still loading (or not loaded: engine.models loads it), or failed to load."""
 
-    def __init__(self, state: ModelState) -> None:
-        super().__init__(f"model {state.value}")
+    def __init__(self, state: ModelState, model: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(f"model {model + ' ' if model else ''}{state.value}")
         self.state = state
+        self.model = model
+        self.retry_after_s = retry_after_s
 
 
 class RequestTimedOut(TimeoutError):
@@ -86,16 +90,25 @@ _FULL_QUEUE_RETRY_S = 0.01
 
 
 class EmbeddingEngine:
-    """Background model load + a Batcher. ``start`` is idempotent and safe to call after fork."""
+    """One model: its background load, its caches, and the batcher its model calls go through. ``start`` is
+    idempotent and safe to call after fork.
+
+    Alone, an engine owns its Batcher. Several engines (engine.models.ModelSet) share one: each submits in its
+    own lane under its ``name``, and the set decides when each loads and unloads."""
 
     def __init__(self, load: Callable[[], Any], *, max_batch_size: int = 32, max_wait_s: float = 0.005,
                  queue_size: int = 256, stall_timeout_s: float = 120.0, batching: bool = True,
-                 text_cache_size: int = 0, shared_cache: SharedCache | None = None, cache_ttl_s: int = 86400) -> None:
+                 text_cache_size: int = 0, shared_cache: SharedCache | None = None, cache_ttl_s: int = 86400,
+                 name: str = "", batcher: Batcher | Unbatched | None = None,
+                 cache_stats: CacheStats | None = None, initial_state: ModelState = ModelState.LOADING) -> None:
         """``shared_cache``: the level-2 cache every instance shares (texts behind the in-process LRU, and images);
-        None = none."""
+        None = none. ``batcher``: a batcher shared with other engines (None: this engine makes its own);
+        ``cache_stats``: counts shared with them; ``initial_state`` UNLOADED: not loaded until ``begin_load``."""
+        self.name = name
         self._load = load
         self._encoder: Any = None
-        self._state = ModelState.LOADING
+        self._info: Any = None  # the last loaded model's facts, kept when it is unloaded
+        self._state = initial_state
         self._load_error: BaseException | None = None
         self._loader: threading.Thread | None = None
         self._loader_pid: int | None = None
@@ -103,13 +116,19 @@ class EmbeddingEngine:
         self._lock = threading.Lock()
         self._request_observer: Callable[[str, list[tuple[int, float]], int], None] | None = None
         self._cache = TextCache(text_cache_size)
-        self.cache_stats = CacheStats()
+        self.cache_stats = cache_stats or CacheStats()
         self.vectors = VectorCache(shared_cache or NoSharedCache(), cache_ttl_s, self.cache_stats)
         self._preparing = 0  # requests between starting their input work and queueing its result
+        self._waiting = 0  # requests with items queued or running
         self._window = max_batch_size  # a request's items queued or running at once (_Flow)
         self.device_error: str | None = None  # a CUDA error that left the context unusable
+        self.load_seconds: float | None = None  # how long the last load took
+        self.batch_counts: collections.Counter = collections.Counter()  # (kind, "calls" | "items") -> count
         self._batcher: Batcher | Unbatched
-        if batching:
+        self._owns_batcher = batcher is None
+        if batcher is not None:
+            self._batcher = batcher
+        elif batching:
             self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
                                     queue_size=queue_size, stall_timeout_s=stall_timeout_s,
                                     more_coming=lambda: self._preparing > 0)
@@ -118,18 +137,19 @@ class EmbeddingEngine:
 
     @classmethod
     def from_settings(cls, settings: Any, load: Callable[[], Any],
-                      shared_cache: SharedCache | None = None) -> "EmbeddingEngine":
+                      shared_cache: SharedCache | None = None, **kwargs: Any) -> "EmbeddingEngine":
         return cls(load, max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
                    queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s,
                    batching=settings.batching, text_cache_size=settings.text_cache_size, shared_cache=shared_cache,
-                   cache_ttl_s=settings.cache_ttl_s)
+                   cache_ttl_s=settings.cache_ttl_s, **kwargs)
 
     # lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin loading the model (once per process) and start the inference thread. Cheap when already started."""
+        """Begin loading the model (once per process) and start the inference thread. Cheap when already started.
+        An engine of a ModelSet leaves both to the set."""
         pid = os.getpid()
-        if self._loader_pid == pid:
+        if self._loader_pid == pid or not self._owns_batcher:
             return
         with self._lock:
             if self._loader_pid == pid:
@@ -149,21 +169,63 @@ class EmbeddingEngine:
         self._ready.wait(timeout)
         return self._state is ModelState.READY
 
+    def load_now(self) -> bool:
+        """Load the model in this thread (engine.models' loader); True when it is ready. A failed load is final."""
+        with self._lock:
+            if self._state in (ModelState.READY, ModelState.FAILED):
+                return self._state is ModelState.READY
+            self._state = ModelState.LOADING
+            self._ready.clear()
+        self._load_model()
+        return self._state is ModelState.READY
+
+    def unload(self) -> bool:
+        """Drop the model (engine.models evicts it for another one); False, and nothing done, while requests use it.
+        Its facts (``info``) and caches stay: a reload serves the same vectors."""
+        with self._lock:
+            if self._state is not ModelState.READY or self._preparing or self._waiting:
+                return False
+            self._state = ModelState.UNLOADED
+            self._ready.clear()
+            self._encoder = None
+        return True
+
+    def reserve(self) -> bool:
+        """Mark an unloaded model as loading (engine.models, before ``load_now``, so no other load starts it)."""
+        with self._lock:
+            if self._state is not ModelState.UNLOADED:
+                return False
+            self._state = ModelState.LOADING
+            self._ready.clear()
+            return True
+
+    @property
+    def busy_preparing(self) -> bool:
+        return self._preparing > 0
+
+    @property
+    def busy(self) -> bool:
+        """A request is preparing inputs for this model, or has items queued or running."""
+        return bool(self._preparing or self._waiting)
+
     def _load_model(self) -> None:
         started = time.monotonic()
         try:
             encoder = self._load()
         except BaseException as exc:  # noqa: BLE001 - report it through health, never crash silently
-            log.error("model failed to load", exc_info=exc)
+            log.error("model failed to load", exc_info=exc, extra={"model": self.name})
             self._load_error = exc
             self._state = ModelState.FAILED
         else:
             self._encoder = encoder
+            self._info = encoder.info
             if self.vectors.enabled:
                 self.vectors.bind(encoder.info)
-            self._batcher.start()
+            if self._owns_batcher:
+                self._batcher.start()
+            self.load_seconds = time.monotonic() - started
             self._state = ModelState.READY
-            log.info("model loaded in %.1f s", time.monotonic() - started)
+            log.info("model %s loaded in %.1f s", self.name or encoder.info.variant, self.load_seconds)
         finally:
             self._ready.set()
 
@@ -182,6 +244,11 @@ class EmbeddingEngine:
         """The encoder's ModelInfo; raises NotReady before the model is loaded."""
         return self._require_encoder().info
 
+    @property
+    def known_info(self) -> Any:
+        """The model's ModelInfo from its last load (also while unloaded), or None if it never loaded."""
+        return self._info
+
     def loop_health(self) -> LoopHealth:
         return self._batcher.health()
 
@@ -192,6 +259,10 @@ class EmbeddingEngine:
         """See engine.batcher.BatchTracer (the unbatched runner has no shared calls to tie together)."""
         if hasattr(self._batcher, "set_batch_tracer"):
             self._batcher.set_batch_tracer(tracer)
+
+    def queued(self) -> int:
+        """This model's items waiting in the (possibly shared) queue."""
+        return self._batcher.depth_by_lane().get(self.name, 0)
 
     def set_request_observer(self, observer: Callable[[str, list[tuple[int, float]], int], None] | None) -> None:
         """Call ``observer(kind, [(batch_size, queue_wait_s) per encoded item], cache_hits)`` on the request
@@ -306,12 +377,23 @@ class EmbeddingEngine:
     def _flow(self, kind: str, normalize: bool, payloads: list[Any],
               prepare: Callable[[Any], Any] | None = None) -> "_Flow":
         """Start a request's model work: its first window of items goes to the queue now (429 if it is full)."""
-        flow = _Flow(self._batcher, kind, normalize, payloads, window=self._window, prepare=prepare)
+        flow = _Flow(self._batcher, kind, (self.name, normalize), payloads, window=self._window, prepare=prepare,
+                     lane=self.name)
         flow.submit_more()
         return flow
 
     def _wait(self, flow: "_Flow", timeout: float, cancelled: Callable[[], bool] | None,
               cache_hits: int = 0) -> list[Any]:
+        with self._lock:
+            self._waiting += 1
+        try:
+            return self._wait_for(flow, timeout, cancelled, cache_hits)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _wait_for(self, flow: "_Flow", timeout: float, cancelled: Callable[[], bool] | None,
+                  cache_hits: int) -> list[Any]:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -336,8 +418,11 @@ class EmbeddingEngine:
             except Exception:  # noqa: BLE001 - logging trouble must not fail an encoded request
                 log.exception("request observer failed")
 
-    def _run_batch(self, kind: str, normalize: Any, payloads: list[Any]) -> list[Any]:
-        """Runs on the inference thread: the only place the model is called."""
+    def _run_batch(self, kind: str, options: Any, payloads: list[Any]) -> list[Any]:
+        """Runs on the inference thread: the only place the model is called. ``options``: (model name, normalize)."""
+        _, normalize = options
+        self.batch_counts[kind, "calls"] += 1
+        self.batch_counts[kind, "items"] += len(payloads)
         try:
             if kind == TEXT:
                 return list(self._encoder.encode_prepared_texts(payloads, normalize=normalize))
@@ -359,12 +444,13 @@ class _Flow:
     into every batch instead of behind all of it. The first window is refused whole when the queue is
     full (429); later ones wait for room, within the request's deadline."""
 
-    def __init__(self, batcher: Any, kind: str, normalize: bool, payloads: list[Any], window: int,
-                 prepare: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, batcher: Any, kind: str, options: Any, payloads: list[Any], window: int,
+                 prepare: Callable[[Any], Any] | None = None, lane: Any = None) -> None:
         """``prepare``: applied to each payload just before it is queued (None: payloads are ready)."""
         self._batcher = batcher
         self.kind = kind
-        self._normalize = normalize
+        self._options = options
+        self._lane = lane
         self.payloads = list(payloads)  # prepared in place as they are queued
         self._prepare = prepare
         self._prepared_upto = 0 if prepare is not None else len(payloads)
@@ -390,8 +476,8 @@ class _Flow:
             self._prepared_upto = end
             part = self.payloads[start:end]
         try:
-            self.futures += self._batcher.submit(self.kind, self._normalize, part, group=self._group,
-                                                 bulk=self.size > self._window)
+            self.futures += self._batcher.submit(self.kind, self._options, part, group=self._group,
+                                                 bulk=self.size > self._window, lane=self._lane)
         except Overloaded:
             if not self.futures:
                 raise

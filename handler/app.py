@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 
 from engine import EmbeddingEngine
+from engine.models import ModelSet
 from handler import auth, cors, observability, ratelimit, traces
 from handler.errors import ErrorShapes, register_error_handlers
 from handler.jsonio import OrjsonProvider
@@ -32,31 +33,50 @@ from search.service import SearchService
 EXTENSION = "clipserve"
 
 
-def load_bundle_encoder(settings: Settings) -> Any:
-    """The production loader: the baked bundle ``MODEL_DIR/MODEL_VARIANT`` (imported here so handler/ stays torch-free)."""
+def load_bundle_encoder(settings: Settings, variant: str | None = None) -> Any:
+    """The production loader: the baked bundle ``MODEL_DIR/<variant>`` (default: the default model); imported here
+    so handler/ stays torch-free."""
     from models.loader import load_encoder
 
-    return load_encoder(settings.model_variant, settings.model_dir, threads=settings.torch_threads,
+    return load_encoder(variant or settings.default_model, settings.model_dir, threads=settings.torch_threads,
                         precision=settings.precision, runtime=settings.runtime, device=settings.device,
                         image_decode=settings.image_decode)
 
 
-def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None,
+def model_set(settings: Settings, shared: Any = None) -> ModelSet:
+    """The served models on one inference thread, sized from their bundles for the memory budget."""
+    from models.bundle import BundleError
+    from models.loader import memory_needed
+
+    sizes = {}
+    for name in settings.served_models:
+        try:
+            sizes[name] = memory_needed(name, settings.model_dir, precision=settings.precision,
+                                        runtime=settings.runtime, device=settings.device)
+        except BundleError:
+            sizes[name] = 0  # its load fails and /health says why (infra.preflight stops a container before this)
+    return ModelSet.from_settings(settings, lambda name: functools.partial(load_bundle_encoder, settings, name),
+                                  sizes, shared)
+
+
+def create_app(settings: Settings | None = None, engine: ModelSet | EmbeddingEngine | None = None,
                search: SearchService | None = None) -> Flask:
-    """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder, or a search
-    service. Raises IndexUnusable when the configured index cannot be served with this model."""
+    """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder (it serves the default
+    model alone), or a ModelSet, or a search service. Raises IndexUnusable when the configured index cannot be served
+    with a served model, ModelTooLarge when a model cannot fit the memory budget even alone."""
     settings = settings or Settings.from_env()
     from models.device import require_requested_gpu
 
     require_requested_gpu(settings.device, settings.image_decode)  # asked for a GPU, none: stop the boot now
     if engine is None:
         shared = RedisCache.from_settings(settings) if settings.redis_url is not None else None
-        engine = EmbeddingEngine.from_settings(settings, functools.partial(load_bundle_encoder, settings), shared)
+        engine = model_set(settings, shared)
     if search is None and any(v is not None for v in (settings.index_dir, settings.qdrant_url, settings.qdrant_path)):
-        from models.bundle import model_identity  # the bundle's manifest only: no torch
+        from models.bundle import served_identities  # the bundles' manifests only: no torch
 
-        search = search_service(settings, model_identity(settings.model_dir, settings.model_variant))
+        search = search_service(settings, served_identities(settings.model_dir, settings.served_models))
     service = ClipService(settings, engine, search)
+    engine = service.engine
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

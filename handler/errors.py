@@ -17,6 +17,7 @@ from flask import Flask, Response, current_app, has_request_context, jsonify, re
 from werkzeug.exceptions import HTTPException
 
 from engine import ClientGone, EngineStopped, ModelState, NotReady, Overloaded, RequestTimedOut
+from engine.models import UnknownModel
 from search import errors as search_errors
 from search.service import NotOpen, State
 
@@ -27,6 +28,7 @@ STATUS = {
     "invalid_json": 400,
     "invalid_request": 400,
     "image_failed": 400,
+    "unknown_model": 400,
     "unauthorized": 401,
     "not_found": 404,
     "model_not_found": 404,
@@ -169,6 +171,10 @@ class InternalError(ApiError):
     code = "internal_error"
 
 
+class UnknownModelError(ApiError):
+    code = "unknown_model"
+
+
 class ModelLoading(ApiError):
     code = "model_loading"
 
@@ -209,10 +215,14 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, Overloaded):
         return ServiceOverloaded("the service is busy; retry shortly",
                                  headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, UnknownModel):
+        return UnknownModelError(str(exc), param="model")
     if isinstance(exc, NotReady):
-        if exc.state is ModelState.LOADING:
-            return ModelLoading("the model is still loading; retry shortly", headers={"Retry-After": "5"})
-        return ModelUnavailable("the model is not available")
+        which = f"model {exc.model}" if exc.model else "the model"
+        if exc.state in (ModelState.LOADING, ModelState.UNLOADED):
+            return ModelLoading(f"{which} is still loading; retry shortly",
+                                headers={"Retry-After": str(exc.retry_after_s)})
+        return ModelUnavailable(f"{which} is not available")
     if isinstance(exc, EngineStopped):
         return ShuttingDown("the service is shutting down; retry", headers={"Retry-After": "1"})
     if isinstance(exc, RequestTimedOut):

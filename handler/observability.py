@@ -104,12 +104,13 @@ class Metrics:
                           "exported when one is configured.", registry=r)
             ready.set_function(lambda: 1.0 if search.state.value == "ready" else 0.0)
         if engine is not None:
-            self.model_ready.set_function(
-                lambda: 1.0 if getattr(getattr(engine, "state", None), "value", "") == "ready" else 0.0)
+            self.model_ready.set_function(lambda: 1.0 if _serving(engine) else 0.0)
             self.queue_depth.set_function(lambda: _loop_health_value(engine, "queue_depth"))
             self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
             if hasattr(engine, "cache_stats"):
                 r.register(_CacheCollector(engine))
+            if hasattr(engine, "describe"):
+                r.register(_ModelsCollector(engine))
         r.register(_StageCollector())
 
     def observe_batch(self, kind: str, batch_size: int, queue_wait_s: float) -> None:
@@ -145,6 +146,53 @@ class _CacheCollector:
         yield breaker
 
 
+class _ModelsCollector:
+    """Per served model (engine.models.ModelSet.describe), read at scrape: state, use, loads and memory."""
+
+    def __init__(self, models: Any) -> None:
+        self.models = models
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ready = GaugeMetricFamily("clipserve_model_loaded", "1 while the model is in memory (0: loading, unloaded "
+                                  "or failed).", labels=["model"])
+        requests = CounterMetricFamily("clipserve_model_requests", "Requests that asked for the model.",
+                                       labels=["model"])
+        items = CounterMetricFamily("clipserve_model_items", "Items the model encoded, by kind.",
+                                    labels=["model", "kind"])
+        calls = CounterMetricFamily("clipserve_model_calls", "Model calls (batches), by kind.", labels=["model", "kind"])
+        queued = GaugeMetricFamily("clipserve_model_queue_depth", "The model's items waiting for it.", labels=["model"])
+        loads = CounterMetricFamily("clipserve_model_loads", "Times the model was loaded.", labels=["model"])
+        evictions = CounterMetricFamily("clipserve_model_evictions", "Times the model was unloaded to make room.",
+                                        labels=["model"])
+        load_s = GaugeMetricFamily("clipserve_model_load_seconds", "How long its last load took.", labels=["model"])
+        resident = GaugeMetricFamily("clipserve_model_resident_bytes", "Memory its last load added to the process "
+                                     "(0 when not loaded).", labels=["model"])
+        budgeted = GaugeMetricFamily("clipserve_model_budgeted_bytes", "What it counts against the memory budget.",
+                                     labels=["model"])
+        for m in self.models.describe():
+            name = m["name"]
+            ready.add_metric([name], 1.0 if m["state"] == "ready" else 0.0)
+            requests.add_metric([name], m["requests"])
+            for kind, b in m["batches"].items():
+                items.add_metric([name, kind], b["items"])
+                calls.add_metric([name, kind], b["calls"])
+            queued.add_metric([name], m["queued"])
+            loads.add_metric([name], m["loads"])
+            evictions.add_metric([name], m["evictions"])
+            load_s.add_metric([name], m["load_seconds"] or 0.0)
+            resident.add_metric([name], m["resident_bytes"] or 0)
+            budgeted.add_metric([name], m["budgeted_bytes"])
+        budget = GaugeMetricFamily("clipserve_model_memory_budget_bytes", "What the loaded models may take together "
+                                   "(0: no budget).")
+        budget.add_metric([], self.models.memory()["budget_bytes"] or 0)
+        yield from (ready, requests, items, calls, queued, loads, evictions, load_s, resident, budgeted, budget)
+
+
 class _StageCollector:
     """CPU seconds per serving stage (engine.stages), read at scrape."""
 
@@ -166,6 +214,12 @@ def _gpu_memory() -> float:
     from models.device import gpu_memory_bytes  # reads torch only if something already imported it
 
     return gpu_memory_bytes()
+
+
+def _serving(engine: Any) -> bool:
+    """The service is up: its default model loaded once (a ModelSet may have unloaded it since) and none failed."""
+    state = getattr(getattr(engine, "state", None), "value", "")
+    return state != "failed" and bool(getattr(engine, "booted", state == "ready"))
 
 
 def _loop_health_value(engine: Any, name: str) -> float:
@@ -312,7 +366,8 @@ def init_app(app: Flask, settings: Any, engine: Any = None, search: Any = None) 
     Register this before any other ``before_request`` hook (auth included), so that a request
     refused early still gets an id and a log line.
     """
-    build = {"version": tracing.service_version(), "revision": tracing.revision(), "variant": settings.model_variant,
+    build = {"version": tracing.service_version(), "revision": tracing.revision(),
+             "variant": ",".join(settings.served_models),
              "precision": str(settings.precision), "runtime": str(settings.runtime)}
     metrics = Metrics(engine, search, build) if settings.metrics_enabled else None
     state = _State(project=settings.google_cloud_project, metrics=metrics)

@@ -19,7 +19,7 @@ M = TypeVar("M", bound=BaseModel)
 ImageInput = str | bytes
 
 MULTIPART = "multipart/form-data"
-_LIST_FORM_FIELDS = ("texts",)
+_LIST_FORM_FIELDS = ("texts", "templates")
 _FILE_FIELD = "images"
 _MAX_REPORTED_ERRORS = 5
 _UNREADABLE = "the request body could not be read (malformed chunked encoding or an interrupted upload)"
@@ -108,6 +108,10 @@ def read_with_images(model: type[M], max_image_bytes: int,
     for name in form:
         values = form.getlist(name)
         fields[name] = values if name in _LIST_FORM_FIELDS or name == _FILE_FIELD else values[-1]
+    if "model" in request.args and "model" in model.model_fields:  # multipart's model may ride in the URL
+        fields.setdefault("model", request.args["model"])
+    if fields.get("templates") and len(fields["templates"]) == 1 and "{}" not in fields["templates"][0]:
+        fields["templates"] = fields["templates"][0]  # one form value without a placeholder: a set's name
     if uploads and file_field in fields:
         raise InvalidRequest(f"send images either as file parts or as {file_field!r} form fields, not both")
     if single and len(uploads) > 1:

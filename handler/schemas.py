@@ -150,11 +150,29 @@ class ModelInfoOut(BaseModel):
     license: str = Field("", description="The weights' license, as their publisher states it.")
 
 
+class ServedModel(BaseModel):
+    id: str = Field(description="The variant's name: what `model` takes.")
+    default: bool = Field(description="Served to requests without `model`.")
+    state: Literal["ready", "loading", "unloaded", "failed"] = Field(
+        description="unloaded: not in memory now (loads on the first request for it).")
+    aliases: list[str]
+    architecture: Optional[str] = Field(None, description="The facts below are null until the model first loads.")
+    dim: Optional[int] = None
+    context_length: Optional[int] = None
+    image_size: Optional[int] = None
+    license: Optional[str] = None
+    score_kind: Optional[Literal["softmax", "sigmoid"]] = None
+    precision: Optional[str] = None
+    runtime: Optional[str] = None
+    weights: Optional[str] = Field(None, description="Fingerprint of its weight files (what an index records).")
+
+
 class InfoResponse(BaseModel):
     service: str
     version: str
     status: Literal["ok", "loading", "failed", "unhealthy"]
-    model: Optional[ModelInfoOut]
+    model: Optional[ModelInfoOut] = Field(description="The default model (null before its first load).")
+    models: list[ServedModel] = Field(description="Every model this deployment serves, default first.")
     limits: dict[str, Union[int, float, bool]]
     search: Optional[dict[str, Any]] = Field(description="The search backend and its index; null when none is "
                                                          "configured.")
@@ -178,6 +196,10 @@ class StatsResponse(BaseModel):
     index: Optional[dict[str, Any]] = Field(description="The search index or collection: state, name, version, "
                                                         "count; null when none.")
     queue: Optional[dict[str, Any]] = Field(description="The model queue now; null while the model loads.")
+    models: dict[str, dict[str, Any]] = Field(description="Per served model: state, requests, items queued, model "
+                                                          "calls and items by kind, load time, loads, evictions, "
+                                                          "budgeted and resident bytes.")
+    memory: dict[str, Any] = Field(description="The models' memory budget and the bytes loaded or loading.")
 
 
 class ErrorBody(BaseModel):
@@ -216,6 +238,7 @@ class OpenAIModel(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    dim: Optional[int] = Field(None, description="clipserve's addition: the embedding dimension (once loaded).")
 
 
 class OpenAIModelList(BaseModel):
@@ -299,6 +322,17 @@ def _is_token(value: Any) -> bool:
 TokenIds = Annotated[list[int], Field(min_length=1, description="Token ids of tiktoken's cl100k_base.")]
 
 
+MODEL_DOC = ("The model to use: a served variant or an alias (GET / lists them); omitted: the default (the first of "
+             "MODELS). In multipart, a form field or a query parameter.")
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _templates(value: Any) -> Any:
+    from models.prompts import resolve_templates
+
+    return value if value is None else list(resolve_templates(value))
+
+
 def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1000,
                          max_inputs: int = 2048) -> RequestModels:
     """Request models whose limits are the configured ones (and so show in /openapi.json)."""
@@ -315,6 +349,7 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
     class EmbedOptions(_Strict):
         normalize: bool = Field(True, description="L2-normalize the embeddings.")
         encoding_format: EncodingFormat = Field("float", description=VECTOR_DOC)
+        model: ModelName = Field(None, description=MODEL_DOC)  # type: ignore[assignment]
 
     class TextEmbedRequest(EmbedOptions):
         texts: Texts
@@ -357,6 +392,15 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
         image_embeddings: Vectors = None  # type: ignore[assignment]
         pairwise: bool = Field(False, description="Score images[i] against texts[i] (equal lengths); flat lists.")
         truncate: bool = Field(True, description=TRUNCATE_DOC)
+        model: ModelName = Field(None, description=MODEL_DOC + " One model scores every item.")  # type: ignore
+        templates: Union[Annotated[list[Annotated[str, StringConstraints(max_length=max_text_chars)]],
+                                   Field(min_length=1, max_length=100)], str] = Field(  # type: ignore[assignment]
+            None, description="Zero-shot prompt templates: `texts` are then labels, each embedded as the normalized "
+                              "mean of its templates' embeddings (open_clip's zero_shot_classifier). A list of "
+                              "templates with {} where the label goes, or a named set: openai_imagenet (CLIP's 80), "
+                              "simple_imagenet (7).")
+
+        _check_templates = field_validator("templates", mode="after")(_templates)
 
         @model_validator(mode="after")
         def _one_of_each_side(self) -> "ScoreRequest":
@@ -364,6 +408,8 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
                 raise ValueError("give exactly one of `texts` or `text_embeddings`")
             if (self.images is None) == (self.image_embeddings is None):
                 raise ValueError("give exactly one of `images` or `image_embeddings`")
+            if self.templates is not None and self.texts is None:
+                raise ValueError("`templates` fill in `texts` (the labels): send `texts`")
             if self.pairwise:
                 n_texts = len(self.texts if self.texts is not None else self.text_embeddings)
                 n_images = len(self.images if self.images is not None else self.image_embeddings)
@@ -446,6 +492,8 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
         filter: dict[str, Any] = Field(None, description=FILTER_DOC)  # type: ignore[assignment]
         include_metadata: bool = Field(True, description="Return each result's metadata.")
         include_vectors: bool = Field(False, description="Return each result's stored vector.")
+        model: ModelName = Field(None, description="The index's model (the one it was built with; any other is a "  # type: ignore[assignment]
+                                                   "400); omitted: that model.")
 
         _decode_form_json = field_validator("vector", "filter", mode="before")(_json_in_form)
 
@@ -476,6 +524,8 @@ def build_request_models(max_items: int, max_text_chars: int, max_top_k: int = 1
         string, without images, and one file part `images` per item, in order."""
 
         items: Annotated[list[IndexItem], Field(min_length=1, max_length=max_items)]
+        model: ModelName = Field(None, description="The collection's model (any other is a 400); omitted: that "  # type: ignore[assignment]
+                                                   "model.")
 
         @field_validator("items", mode="before")
         @classmethod

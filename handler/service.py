@@ -9,19 +9,22 @@ numpy arrays and plain records, and raises ``handler.errors.ApiError`` for the v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import orjson
 
 from engine import EmbeddingEngine, ModelState, TextResult, TextsTooLong, stages
+from engine.models import ModelSet
 from handler import observability, scoring
 from handler.errors import (AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest,
                             ThumbnailNotFound, Timeout)
+from models.prompts import label_vectors
 from handler.schemas import RequestModels, build_request_models
 from infra import tracing
 from infra.settings import Settings
@@ -87,14 +90,19 @@ class QuerySpec:
     filter: dict[str, Any] | None = None
     include_metadata: bool = True
     include_vectors: bool = False
+    model: str | None = None      # must be the index's model if given (None: the index's)
 
 
 class ClipService:
-    """What the views call, with the settings, engine and search backend they share."""
+    """What the views call, with the settings, the models and the search backend they share.
 
-    def __init__(self, settings: Settings, engine: EmbeddingEngine, search: SearchService | None = None) -> None:
+    Every call that embeds takes ``model`` (a served variant, an alias, or None for the default) and holds that
+    model for its duration (``ModelSet.use``: loaded, not evicted meanwhile)."""
+
+    def __init__(self, settings: Settings, engine: ModelSet | EmbeddingEngine,
+                 search: SearchService | None = None) -> None:
         self.settings = settings
-        self.engine = engine
+        self.engine = engine if isinstance(engine, ModelSet) else ModelSet.around(engine, settings.default_model)
         self.search = search
         self.models: RequestModels = build_request_models(settings.max_items, settings.max_text_chars,
                                                           settings.search_max_top_k, settings.openai_max_inputs)
@@ -127,10 +135,10 @@ class ClipService:
             if self.engine.state is not ModelState.FAILED:
                 return "loading", None
         state = self.engine.state
-        if state is ModelState.LOADING:
-            return "loading", None
         if state is ModelState.FAILED:
             return "failed", "the model failed to load; see the service logs"
+        if not self.engine.booted:  # the default model's first load; later ones (after an eviction) are on demand
+            return "loading", None
         if getattr(self.engine, "device_error", None):
             return "unhealthy", f"the GPU failed: {self.engine.device_error}"
         loop = self.engine.loop_health()
@@ -143,8 +151,19 @@ class ClipService:
         return "ok", None
 
     def model_info(self) -> dict[str, Any] | None:
-        """The loaded model's facts, or None while it loads."""
-        return self.engine.info.as_dict() if self.engine.state is ModelState.READY else None
+        """The default model's facts, or None before its first load."""
+        info = self.engine.engine().known_info
+        return info.as_dict() if info is not None else None
+
+    def served_models(self) -> list[dict[str, Any]]:
+        """Every served model, default first: name, state, aliases, and its facts once it has loaded (GET /)."""
+        out = []
+        for m in self.engine.describe():
+            info = m["info"].as_dict() if m["info"] is not None else {}
+            out.append({"id": m["name"], "default": m["default"], "state": m["state"], "aliases": m["aliases"],
+                        **{k: info.get(k) for k in ("architecture", "dim", "context_length", "image_size",
+                                                    "license", "score_kind", "precision", "runtime", "weights")}})
+        return out
 
     def limits(self) -> dict[str, Any]:
         s = self.settings
@@ -169,60 +188,83 @@ class ClipService:
             described = self.search.describe()
             index = {"state": described["state"], **described.get("index", {}),
                      **({"backend": described["backend"]} if "backend" in described else {})}
-        loop = self.engine.loop_health() if self.engine.state is ModelState.READY else None
+        loop = self.engine.loop_health() if self.engine.booted else None
         queue = None if loop is None else {"depth": loop.queue_depth, "oldest_wait_s": round(loop.oldest_wait_s, 3),
                                            "model_calls": loop.batches_done, "failed_calls": loop.batches_failed}
-        return {"cache": cache, "redis": redis, "index": index, "queue": queue}
+        models = {m["name"]: {k: v for k, v in m.items() if k not in ("name", "info")} for m in self.engine.describe()}
+        return {"cache": cache, "redis": redis, "index": index, "queue": queue, "models": models,
+                "memory": self.engine.memory()}
 
-    def model_fields(self) -> dict[str, Any]:
+    def model_fields(self, model: str | None = None) -> dict[str, Any]:
         """The model a response's vectors came from, as every native answer names it."""
-        info = self.engine.info
+        engine = self.engine.engine(model)
+        info = engine.known_info or engine.info
+        observability.annotate(model=info.variant)
         return {"model": {"variant": info.variant, "architecture": info.architecture}, "dim": info.dim}
+
+    def model_name(self, model: str | None) -> str:
+        """The served variant ``model`` names (400 unknown_model if none)."""
+        return self.engine.resolve(model)
+
+    @contextlib.contextmanager
+    def using(self, model: str | None, deadline: Deadline) -> Iterator[EmbeddingEngine]:
+        """The model's engine, loaded and held for the block (ModelSet.use); the request's log line names it."""
+        name = self.engine.resolve(model)
+        observability.annotate(model=name)
+        with self.engine.use(name, deadline.left()) as engine:
+            yield engine
 
     # embeddings ------------------------------------------------------------------------------------
 
     def embed_texts(self, texts: list[str], *, normalize: bool, deadline: Deadline, truncate: bool = True,
-                    field: str = "texts") -> TextResult:
+                    field: str = "texts", model: str | None = None) -> TextResult:
         """Embed texts through the engine; over-long texts with ``truncate=False`` are a 400 naming them."""
         observability.record_items(texts=len(texts))
         try:
-            return self.engine.embed_texts(texts, normalize=normalize, timeout=deadline.left(), truncate=truncate,
-                                           cancelled=deadline.cancelled)
+            with self.using(model, deadline) as engine:
+                return engine.embed_texts(texts, normalize=normalize, timeout=deadline.left(), truncate=truncate,
+                                          cancelled=deadline.cancelled)
         except TextsTooLong as exc:
             names = ", ".join(f"{field}[{i}]" for i in exc.indices[:10]) + (", ..." if len(exc.indices) > 10 else "")
             raise InvalidRequest(f"{names}: longer than the model's context of {exc.context_length} tokens "
                                  "(send truncate=true to cut them)", param=f"{field}[{exc.indices[0]}]") from None
 
     def embed_images(self, images: list, *, normalize: bool, deadline: Deadline,
-                     all_fail_ok: bool = False) -> ImageBatch:
+                     all_fail_ok: bool = False, model: str | None = None) -> ImageBatch:
         """Load, preprocess and embed, reporting failed images by position; 422 when none could be used
         (unless ``all_fail_ok``: a request that has texts too still has an answer)."""
-        vectors, ok, errors = self.image_vectors(images, normalize=normalize, deadline=deadline)
+        vectors, ok, errors = self.image_vectors(images, normalize=normalize, deadline=deadline, model=model)
         if not ok and not all_fail_ok:
             raise AllImagesFailed(f"none of the {len(images)} images could be used", details=errors)
         return ImageBatch(vectors, ok, errors, len(images))
 
-    def embed_every_image(self, images: list, *, deadline: Deadline, label: Callable[[int], str]) -> np.ndarray:
+    def embed_every_image(self, images: list, *, deadline: Deadline, label: Callable[[int], str],
+                          model: str | None = None) -> np.ndarray:
         """Unit vectors of all ``images``, for answers that have no room for partial results: one failed image
         fails the request (400 image_failed), naming up to five by ``label(position)``."""
-        vectors, _, errors = self.image_vectors(images, normalize=True, deadline=deadline)
+        vectors, _, errors = self.image_vectors(images, normalize=True, deadline=deadline, model=model)
         if errors:
             listed = "; ".join(f"{label(e['index'])}: {e['code']}: {e['message']}" for e in errors[:5])
             raise ImageFailed(listed + (f"; and {len(errors) - 5} more" if len(errors) > 5 else ""),
                               param=label(errors[0]["index"]))
         return vectors
 
-    def image_vectors(self, images: list, *, normalize: bool,
-                      deadline: Deadline) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
+    def image_vectors(self, images: list, *, normalize: bool, deadline: Deadline,
+                      model: str | None = None) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
         """(vectors of the images that could be used, their positions, per-image errors). Fetched, decoded and
         preprocessed in request threads; with a shared cache, images whose bytes it holds skip all but fetching."""
-        dim = self.engine.info.dim  # fail with 503 before fetching anything while the model loads
+        with self.using(model, deadline) as engine:  # 503 before fetching anything while it loads
+            return self._image_vectors(engine, images, normalize, deadline)
+
+    def _image_vectors(self, engine: EmbeddingEngine, images: list, normalize: bool,
+                       deadline: Deadline) -> tuple[np.ndarray, list[int], list[dict[str, Any]]]:
+        dim = engine.info.dim
         vectors: dict[int, np.ndarray] = {}
         keys: dict[int, bytes] = {}
-        if self.engine.vectors.enabled:
-            loaded = self._load_uncached(images, normalize, deadline, vectors, keys)
+        if engine.vectors.enabled:
+            loaded = self._load_uncached(engine, images, normalize, deadline, vectors, keys)
         else:
-            loaded = self._load(images, deadline)
+            loaded = self._load(engine, images, deadline)
         ok = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         errors = [{"index": i, "code": item.code, "message": item.message}
                   for i, item in enumerate(loaded) if isinstance(item, ImageError)]
@@ -230,38 +272,38 @@ class ClipService:
         observability.record_image_errors(e["code"] for e in errors)
         todo = [i for i in ok if i not in vectors]
         if todo:
-            encoded = self.engine.embed_images([loaded[i] for i in todo], normalize=normalize, timeout=deadline.left(),
-                                               cancelled=deadline.cancelled)
+            encoded = engine.embed_images([loaded[i] for i in todo], normalize=normalize, timeout=deadline.left(),
+                                          cancelled=deadline.cancelled)
             vectors.update(zip(todo, encoded))
             if keys:
-                self.engine.store_images([keys[i] for i in todo], encoded)
+                engine.store_images([keys[i] for i in todo], encoded)
         return (np.stack([vectors[i] for i in ok]).astype(np.float32, copy=False) if ok
                 else np.zeros((0, dim), np.float32)), ok, errors
 
-    def _load(self, images: list, deadline: Deadline) -> list[Any]:
+    def _load(self, engine: EmbeddingEngine, images: list, deadline: Deadline) -> list[Any]:
         """Model inputs (or ImageError) for ``images``: fetched, decoded and preprocessed in request threads."""
-        info = self.engine.info
-        with self.engine.preparing():
-            return load_images(images, self.image_limits, then=self.engine.prepare_image, timeout_s=deadline.left(),
+        info = engine.info
+        with engine.preparing():
+            return load_images(images, self.image_limits, then=engine.prepare_image, timeout_s=deadline.left(),
                                draft_size=draft_size_for(info.image_size, self.settings.exact_image_decode),
-                               encoded=self.engine.prepare_encoded_image if info.image_decode == "gpu" else None)
+                               encoded=engine.prepare_encoded_image if info.image_decode == "gpu" else None)
 
-    def _load_uncached(self, images: list, normalize: bool, deadline: Deadline, vectors: dict[int, np.ndarray],
-                       keys: dict[int, bytes]) -> list[Any]:
+    def _load_uncached(self, engine: EmbeddingEngine, images: list, normalize: bool, deadline: Deadline,
+                       vectors: dict[int, np.ndarray], keys: dict[int, bytes]) -> list[Any]:
         """The bytes of every image first, one shared-cache lookup for all of them, then decoding only what it did
         not hold: fills ``vectors`` with the hits and ``keys`` with the misses' keys; returns per position an
         ImageError, a model input, or None for a hit."""
-        with self.engine.preparing():
+        with engine.preparing():
             loaded: list[Any] = fetch_images(images, self.image_limits, timeout_s=deadline.left())
         present = [i for i, data in enumerate(loaded) if not isinstance(data, ImageError)]
-        found_keys, found = self.engine.cached_images([loaded[i] for i in present], normalize)
+        found_keys, found = engine.cached_images([loaded[i] for i in present], normalize)
         for i, key, vector in zip(present, found_keys, found):
             if vector is None:
                 keys[i] = key
             else:
                 vectors[i] = vector
         misses = sorted(keys)
-        for i, item in zip(misses, self._load([loaded[i] for i in misses], deadline) if misses else []):
+        for i, item in zip(misses, self._load(engine, [loaded[i] for i in misses], deadline) if misses else []):
             loaded[i] = item
         for i in vectors:
             loaded[i] = None
@@ -270,21 +312,27 @@ class ClipService:
     # scores ----------------------------------------------------------------------------------------
 
     def score(self, *, texts: list[str] | None, text_vectors: list[list[float]] | None, images: list | None,
-              image_vectors: list[list[float]] | None, pairwise: bool, truncate: bool, deadline: Deadline) -> Scores:
-        """Every image against every text (or images[i] against texts[i]); either side may be given as vectors."""
-        dim = self.engine.info.dim
-        if images is not None:
-            embedded = self.embed_images(images, normalize=True, deadline=deadline)
-        else:
-            given = given_vectors(image_vectors, dim, "image_embeddings")
-            embedded = ImageBatch(given, list(range(len(given))), [], len(given))
-        truncated: list[int] = []
-        if texts is not None:
-            result = self.embed_texts(texts, normalize=True, deadline=deadline, truncate=truncate)
-            text_rows, truncated = result.embeddings, result.truncated
-        else:
-            text_rows = given_vectors(text_vectors, dim, "text_embeddings")
-        info = self.engine.info
+              image_vectors: list[list[float]] | None, pairwise: bool, truncate: bool, deadline: Deadline,
+              model: str | None = None, templates: list[str] | None = None) -> Scores:
+        """Every image against every text (or images[i] against texts[i]); either side may be given as vectors.
+        ``templates``: the texts are labels, each embedded as the normalized mean over the templates (zero-shot)."""
+        with self.using(model, deadline) as engine:
+            info = engine.info
+            if images is not None:
+                embedded = self.embed_images(images, normalize=True, deadline=deadline, model=info.variant)
+            else:
+                given = given_vectors(image_vectors, info.dim, "image_embeddings")
+                embedded = ImageBatch(given, list(range(len(given))), [], len(given))
+            truncated: list[int] = []
+            if texts is not None and templates:
+                text_rows, truncated = label_vectors(texts, templates, lambda prompts: self.embed_texts(
+                    prompts, normalize=True, deadline=deadline, truncate=truncate, model=info.variant))
+            elif texts is not None:
+                result = self.embed_texts(texts, normalize=True, deadline=deadline, truncate=truncate,
+                                          model=info.variant)
+                text_rows, truncated = result.embeddings, result.truncated
+            else:
+                text_rows = given_vectors(text_vectors, info.dim, "text_embeddings")
         sigmoid = info.score_kind == "sigmoid"
         if pairwise:
             cosine = scoring.cosine_pairwise(embedded.vectors, text_rows[embedded.ok])
@@ -316,17 +364,28 @@ class ClipService:
                 "`clipserve-batch index build --thumbnails`", param="id")
         return data, info.version
 
+    def index_model(self, backend: SearchBackend, asked: str | None) -> str:
+        """The served variant the index was built with: queries and writes are embedded with it. A request that
+        names another model is a 400 naming the index's."""
+        built_with = (backend.info().model or {}).get("variant") or self.engine.default
+        if asked is not None and self.engine.resolve(asked) != built_with:
+            raise InvalidRequest(f"model: this index was built with {built_with!r}, so it is searched and written with "
+                                 f"that model; send model={built_with!r} or leave model out", param="model")
+        return built_with
+
     def find(self, spec: QuerySpec, deadline: Deadline) -> tuple[list[Hit], dict[str, Any]]:
         """The nearest items to the query, best first, and the index that answered (its public description).
         With a shared cache the answer is kept for SEARCH_CACHE_TTL_S under a key of the query's content, the
         options, the model and the index (and a Qdrant collection's write generation)."""
         backend = self.backend()
+        spec = dataclasses.replace(spec, model=self.index_model(backend, spec.model))
         if spec.kind == "image":  # the bytes once: the cache key is their digest, and a miss embeds them
             fetched = fetch_images([spec.value], self.image_limits, timeout_s=deadline.left())[0]
             if not isinstance(fetched, ImageError):
                 spec = dataclasses.replace(spec, value=fetched)
+        vectors = self.engine.engine(spec.model).vectors
         key = self._search_key(spec, backend)
-        cached = self.engine.vectors.get_answer(key) if key is not None else None
+        cached = vectors.get_answer(key) if key is not None else None
         if cached is not None:
             hits = [Hit(h["id"], h["score"], h.get("metadata"), None if h.get("vector") is None
                         else np.asarray(h["vector"], np.float32)) for h in cached["hits"]]
@@ -348,7 +407,7 @@ class ClipService:
                                     filtered=spec.filter is not None)
         index = info.public()
         if key is not None:
-            self.engine.vectors.put_answer(key, {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata,
+            vectors.put_answer(key, {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata,
                                                            "vector": h.vector} for h in hits], "index": index},
                                            self.settings.search_cache_ttl_s)
         return hits, index
@@ -356,7 +415,8 @@ class ClipService:
     def _search_key(self, spec: QuerySpec, backend: SearchBackend) -> bytes | None:
         """The answer's cache key, or None when answers are not cached (no shared cache, TTL 0, an image that could
         not be fetched, or a Qdrant collection whose write generation cannot be read)."""
-        if (not self.engine.vectors.enabled or not self.settings.search_cache_ttl_s
+        vectors = self.engine.engine(spec.model).vectors
+        if (not vectors.enabled or not self.settings.search_cache_ttl_s
                 or (spec.kind == "image" and not isinstance(spec.value, bytes))):
             return None
         info = backend.info()
@@ -364,7 +424,7 @@ class ClipService:
                                    info.details.get("created", ""))))
         generation = 0
         if backend.writable:
-            generation = self.engine.vectors.shared.generation(_generation_name(index))
+            generation = vectors.shared.generation(_generation_name(index))
             if generation is None:
                 return None
         if spec.kind == "vector":
@@ -377,11 +437,11 @@ class ClipService:
                               "score_threshold": spec.score_threshold, "filter": spec.filter,
                               "metadata": spec.include_metadata, "vectors": spec.include_vectors},
                              option=orjson.OPT_SORT_KEYS)
-        return self.engine.vectors.key("search", True, hashlib.sha256(query + b"\0" + value).digest())
+        return vectors.key("search", True, hashlib.sha256(query + b"\0" + value).digest())
 
     def _invalidate_answers(self, backend: SearchBackend) -> None:
         """A write to a collection: its cached answers are never read again (the generation in their key moves)."""
-        if self.engine.vectors.enabled:
+        if self.engine.vectors.enabled:  # the one shared cache, whichever model's handle
             info = backend.info()
             index = "|".join(map(str, (info.backend, info.name, info.version, info.details.get("where", ""),
                                        info.details.get("created", ""))))
@@ -391,12 +451,18 @@ class ClipService:
                       deadline: Deadline) -> tuple[np.ndarray, str | None]:
         """(unit query vector, id to leave out of the results)."""
         if spec.kind == "text":
-            return self.embed_texts([spec.value], normalize=True, deadline=deadline, field="text").embeddings[0], None
+            return self.embed_texts([spec.value], normalize=True, deadline=deadline, field="text",
+                                    model=spec.model).embeddings[0], None
         if spec.kind == "image":
-            return self.embed_every_image([spec.value], deadline=deadline, label=lambda _: "image")[0], None
+            return self.embed_every_image([spec.value], deadline=deadline, label=lambda _: "image",
+                                          model=spec.model)[0], None
         if spec.kind == "id":
             return backend.vector_of(spec.value), spec.value
-        return unit_vector(spec.value, self.engine.info.dim, "vector"), None
+        return unit_vector(spec.value, backend.info().model.get("dim") or self._dim(spec.model), "vector"), None
+
+    def _dim(self, model: str | None) -> int:
+        engine = self.engine.engine(model)
+        return (engine.known_info or engine.info).dim
 
     # index writes ----------------------------------------------------------------------------------
 
@@ -405,15 +471,17 @@ class ClipService:
         backend.check_writable()  # 405 for the read-only index, before reading or embedding anything
         return backend
 
-    def write_items(self, items: list, files: list | None, deadline: Deadline) -> tuple[list[str], list[dict]]:
-        """Embed items with the collection's modality and upsert them: (ids written, per-item errors).
+    def write_items(self, items: list, files: list | None, deadline: Deadline,
+                    model: str | None = None) -> tuple[list[str], list[dict]]:
+        """Embed items with the collection's modality and model and upsert them: (ids written, per-item errors).
         An item that fails (its image, its vector, its metadata) is reported by position and not written."""
         backend = self.writable_backend()
+        model = self.index_model(backend, model)
         if files is not None:
             if len(files) != len(items) or any(i.text or i.image or i.vector for i in items):
                 raise InvalidRequest(f"multipart: one 'images' file part per item ({len(files)} files, "
                                      f"{len(items)} items), and items without text, image or vector")
-        vectors, errors = self._embed_items(items, files, backend.info().modality, deadline)
+        vectors, errors = self._embed_items(items, files, backend.info().modality, deadline, model)
         columns = backend.columns()
         new_columns: dict[str, str] = {}
         kept = []
@@ -434,10 +502,10 @@ class ClipService:
         observability.annotate(upserted=len(kept), item_errors=len(errors))
         return [item.id for item in kept], _error_list(errors)
 
-    def _embed_items(self, items: list, files: list | None, modality: str,
-                     deadline: Deadline) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, str]]]:
+    def _embed_items(self, items: list, files: list | None, modality: str, deadline: Deadline,
+                     model: str) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, str]]]:
         """Each item's unit vector, or its error (code, message): vectors as given, texts and images embedded."""
-        dim = self.engine.info.dim
+        dim = self._dim(model)
         vectors: dict[int, np.ndarray] = {}
         errors: dict[int, tuple[str, str]] = {}
         texts, images = [], []
@@ -458,11 +526,12 @@ class ClipService:
             else:
                 (texts if given[0] == "text" else images).append((i, getattr(item, given[0])))
         if texts:
-            result = self.embed_texts([t for _, t in texts], normalize=True, deadline=deadline, field="items.text")
+            result = self.embed_texts([t for _, t in texts], normalize=True, deadline=deadline, field="items.text",
+                                      model=model)
             vectors.update(zip((i for i, _ in texts), result.embeddings))
         if images:
             embedded, ok, image_errors = self.image_vectors([img for _, img in images], normalize=True,
-                                                            deadline=deadline)
+                                                            deadline=deadline, model=model)
             for e in image_errors:
                 errors[images[e["index"]][0]] = (e["code"], e["message"])
             vectors.update(zip((images[j][0] for j in ok), embedded))

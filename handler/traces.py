@@ -88,7 +88,7 @@ def _request_context() -> Any:
 
 
 def _report_batch(engine: Any, kind: str, batch_size: int, items: list[tuple[Any, float]], started: float,
-                  ended: float) -> None:
+                  ended: float, lane: Any = None) -> None:
     """On the inference thread after a model call: the model span, linked to every request it served, and each
     request's queue wait as a child of that request's span, linked to the model span."""
     to_ns = _monotonic_to_epoch_ns()
@@ -102,15 +102,16 @@ def _report_batch(engine: Any, kind: str, batch_size: int, items: list[tuple[Any
             waiting[key] = (ctx, enqueued)
     links = [tracing.link_to(ctx) for ctx, _ in waiting.values()]
     model = tracing.record_span("clipserve.model", to_ns(started), to_ns(ended), links=links,
-                                **_model_attributes(engine, kind, batch_size, len(waiting)))
+                                **_model_attributes(engine, kind, batch_size, len(waiting), lane))
     for ctx, enqueued in waiting.values():
         tracing.record_span("clipserve.queue_wait", to_ns(enqueued), to_ns(started), parent=ctx,
                             links=[tracing.link(model)] if model is not None else None,
                             **{"clipserve.batch_size": batch_size})
 
 
-def _model_attributes(engine: Any, kind: str, batch_size: int, requests: int) -> dict[str, Any]:
-    info = getattr(engine, "info", None)
+def _model_attributes(engine: Any, kind: str, batch_size: int, requests: int, lane: Any = None) -> dict[str, Any]:
+    """The model call's facts: the model of the batch (its lane in a ModelSet), else the engine's."""
+    info = engine.engine(lane).known_info if lane and hasattr(engine, "engine") else getattr(engine, "info", None)
     facts = info.as_dict() if info is not None and hasattr(info, "as_dict") else {}
     return {"clipserve.kind": kind, "clipserve.batch_size": batch_size, "clipserve.requests": requests,
             "clipserve.precision": facts.get("precision"), "clipserve.runtime": facts.get("runtime"),

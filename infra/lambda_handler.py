@@ -49,7 +49,7 @@ def build_app(settings: Settings) -> Flask:
     api.start()
     if not api.engine.wait_ready():
         error = api.engine.load_error
-        raise ModelLoadFailed(f"model {settings.model_variant} failed to load from {settings.model_dir}: "
+        raise ModelLoadFailed(f"model {settings.default_model} failed to load from {settings.model_dir}: "
                               f"{error!r}") from error
     if api.search is not None and api.search.part_of_health and not api.search.wait():
         raise ModelLoadFailed(f"search index {settings.index_dir} failed to open: {api.search.reason}")

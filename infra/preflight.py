@@ -33,28 +33,30 @@ def baked_variants(model_dir: Path) -> list[str]:
 
 
 def check_model_baked(settings: Settings) -> None:
-    """Raise VariantNotBaked unless MODEL_DIR/MODEL_VARIANT is a complete bundle."""
+    """Raise VariantNotBaked unless every served variant (MODELS, or MODEL_VARIANT) is a complete bundle."""
     from models.bundle import BundleError, check_bundle
 
-    try:
-        check_bundle(settings.model_dir, settings.model_variant)
-    except BundleError as exc:
-        baked = baked_variants(settings.model_dir)
-        held = ", ".join(baked) if baked else "no variant at all"
-        raise VariantNotBaked(
-            f"MODEL_VARIANT={settings.model_variant} is not baked into this image: MODEL_DIR={settings.model_dir} "
-            f"holds {held}. Set MODEL_VARIANT to one of those, or rebuild the image with "
-            f"--build-arg MODEL_VARIANTS=\"{settings.model_variant}\" ({exc})") from exc
+    setting = "MODELS" if settings.models is not None else "MODEL_VARIANT"
+    for variant in settings.served_models:
+        try:
+            check_bundle(settings.model_dir, variant)
+        except BundleError as exc:
+            baked = baked_variants(settings.model_dir)
+            held = ", ".join(baked) if baked else "no variant at all"
+            raise VariantNotBaked(
+                f"{setting} names {variant}, which is not baked into this image: MODEL_DIR={settings.model_dir} "
+                f"holds {held}. Serve those, or rebuild the image with --build-arg "
+                f"MODEL_VARIANTS=\"{' '.join(settings.served_models)}\" ({exc})") from exc
 
 
 def check_search_index(settings: Settings) -> None:
     """Raise IndexUnusable if INDEX_DIR is set and is not a complete index built with the served model."""
     if settings.index_dir is None:
         return
-    from models.bundle import model_identity
+    from models.bundle import served_identities
     from search.configure import check_index_dir
 
-    check_index_dir(settings.index_dir, model_identity(settings.model_dir, settings.model_variant))
+    check_index_dir(settings.index_dir, served_identities(settings.model_dir, settings.served_models))
 
 
 def main(argv: list[str]) -> int:

@@ -28,6 +28,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]i?b?|b?)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, **{f"{u}{suffix}": 1024 ** (i + 1) if "i" in suffix else 1000 ** (i + 1)
+                             for i, u in enumerate("kmgt") for suffix in ("", "b", "i", "ib")}}
 
 
 class SettingsError(ValueError):
@@ -51,8 +54,21 @@ class Settings:
     """Service configuration. Build it with ``Settings.from_env()``; tests may pass fields directly."""
 
     # model
-    model_variant: str = _env("MODEL_VARIANT", "english", "Model variant to serve (a name in models/registry.py).",
-                              choices=tuple(registry.names()))
+    model_variant: str = _env("MODEL_VARIANT", "english", "Model variant to serve (a name in models/registry.py); "
+                              "one model: MODELS lists several.", choices=tuple(registry.names()))
+    models: str | None = _env("MODELS", None,
+                              "Comma-separated variants this deployment serves, e.g. english,siglip2-b16; the first "
+                              "is the default (a request without `model`). Unset = MODEL_VARIANT alone.")
+    model_memory_budget: str | None = _env(
+        "MODEL_MEMORY_BUDGET", None,
+        "Memory the loaded models may take together: bytes, or with a unit (6GiB, 3500MiB, 2G). Models load at "
+        "boot in MODELS order while they fit, the rest on first use; a load that would not fit unloads the least "
+        "recently used idle model. Unset = the container's memory limit (cgroup) less 1.5 GiB, at least half of it.",
+        shown="limit - 1.5 GiB")
+    model_load_wait_s: float = _env("MODEL_LOAD_WAIT_S", 30.0,
+                                    "How long a request for a model that is not loaded (loaded on first use, or "
+                                    "evicted) waits for it, within its deadline, before 503 model_loading.",
+                                    minimum=0, maximum=3600)
     model_dir: Path = _env("MODEL_DIR", Path("/models"), "Folder holding the baked bundles (<MODEL_DIR>/<variant>/).")
     torch_threads: int | None = _env("TORCH_THREADS", None,
                                      "torch intra-op threads; empty = the CPUs the container really has.",
@@ -241,7 +257,9 @@ class Settings:
                                 "(INDEX_DIR: a built index folder; QDRANT_URL or QDRANT_PATH: a Qdrant collection)")
         if self.image_decode == "gpu" and self.device == "cpu":
             raise SettingsError("IMAGE_DECODE=gpu decodes on the GPU: it needs DEVICE=cuda or auto, not cpu")
-        self.aliases()  # a malformed MODEL_ALIASES stops the boot
+        self.served_models  # noqa: B018 - a malformed MODELS stops the boot
+        self.aliases()  # so does a malformed MODEL_ALIASES, or one naming a model not served
+        self.memory_budget_bytes  # noqa: B018 - and a malformed MODEL_MEMORY_BUDGET
         _ = self.cors_origins  # so does a malformed CORS_ORIGINS
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://")):
             raise SettingsError("REDIS_URL: must start with redis:// or rediss:// (TLS)")
@@ -268,16 +286,52 @@ class Settings:
                 raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
         return origins
 
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The variants served, default first: MODELS, else MODEL_VARIANT alone."""
+        if self.models is None:
+            return (self.model_variant,)
+        names = tuple(filter(None, (n.strip() for n in self.models.split(","))))
+        unknown = [n for n in names if n not in registry.names()]
+        if not names or unknown:
+            raise SettingsError(f"MODELS={self.models!r}: every name must be a variant of "
+                                f"{', '.join(registry.names())}" + (f" (not: {', '.join(unknown)})" if unknown else ""))
+        if len(set(names)) != len(names):
+            raise SettingsError(f"MODELS={self.models!r}: a variant is listed twice")
+        return names
+
+    @property
+    def default_model(self) -> str:
+        """The variant a request without `model` gets (the first of MODELS)."""
+        return self.served_models[0]
+
     def aliases(self) -> dict[str, str]:
-        """MODEL_ALIASES as {alias: variant}."""
+        """MODEL_ALIASES as {alias: variant}; every alias names a served variant."""
         out: dict[str, str] = {}
+        served = self.served_models
         for pair in filter(None, (p.strip() for p in (self.model_aliases or "").split(","))):
             alias, sep, variant = (part.strip() for part in pair.partition("="))
-            if not sep or not alias or variant not in registry.names():
-                raise SettingsError(f"MODEL_ALIASES: {pair!r} is not alias=variant with a variant of "
-                                    f"{', '.join(registry.names())}")
+            if not sep or not alias or variant not in served:
+                raise SettingsError(f"MODEL_ALIASES: {pair!r} is not alias=variant with a variant this deployment "
+                                    f"serves ({', '.join(served)})")
+            if alias in served:
+                raise SettingsError(f"MODEL_ALIASES: {alias!r} is a served variant's own name")
             out[alias] = variant
         return out
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        """MODEL_MEMORY_BUDGET in bytes; None = derived from the container's limit (engine.memory)."""
+        if self.model_memory_budget is None:
+            return None
+        match = _SIZE.fullmatch(self.model_memory_budget.replace(" ", ""))
+        if match is None:
+            raise SettingsError(f"MODEL_MEMORY_BUDGET={self.model_memory_budget!r}: expected bytes or a size such "
+                                "as 6GiB, 3500MiB, 2G")
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        if value < MiB:
+            raise SettingsError(f"MODEL_MEMORY_BUDGET={self.model_memory_budget!r}: at least 1 MiB")
+        return int(value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

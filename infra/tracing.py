@@ -63,7 +63,7 @@ def configure(settings: Any, *, exporter: Any = None) -> bool:
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "clipserve"),
                                 "service.version": service_version(), "clipserve.revision": revision(),
                                 "process.pid": os.getpid(),
-                                "clipserve.variant": settings.model_variant})
+                                "clipserve.variant": ",".join(settings.served_models)})
     provider = TracerProvider(resource=resource)
     chosen = exporter if exporter is not None else _exporter(settings.otel_exporter)
     if chosen is not None:  # on Lambda, infra/lambda_handler.py flushes after every invocation

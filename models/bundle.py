@@ -59,6 +59,11 @@ def model_identity(model_dir: Path | str, variant: str) -> dict[str, Any]:
             "weights": weights_fingerprint(manifest)}
 
 
+def served_identities(model_dir: Path | str, variants: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`model_identity` of each variant, in order (a search index must have been built with one of them)."""
+    return {variant: model_identity(model_dir, variant) for variant in variants}
+
+
 def prefetch(paths: list[Path]) -> None:
     """Ask the kernel to start reading the files now (on a cold container they come from the image store),
     so the reads overlap the imports (seconds of CPU) instead of following them. Best effort, returns at once.

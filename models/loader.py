@@ -98,6 +98,36 @@ def resolve_runtime(runtime: str, precision: str, manifest: dict[str, Any], bund
     return runtime, wanted
 
 
+# Bytes in memory per byte of the files a runtime maps, and a fixed part (the tokenizer, buffers, the runtime's
+# own structures); measured on real-size bundles (bench/bench_variants.py, bench/RESULTS.md "Model variants").
+_MEMORY_FACTOR = {"torch": 1.05, "onnx": 1.10}
+_MEMORY_FIXED = 96 * 1024 * 1024
+
+
+def memory_needed(variant: str, model_dir: str | Path, precision: str = "fp32", runtime: str = "torch",
+                  device: str = "cpu") -> int:
+    """Bytes the model takes in memory once loaded, from its bundle's manifest alone (milliseconds, no torch): the
+    weight files (or ONNX graphs) the resolved runtime and precision read, with their runtime's overhead. What the
+    memory budget of several models counts (engine.models)."""
+    from models.device import resolve_device
+
+    bundle_dir, manifest = check_bundle(model_dir, variant)
+    device = resolve_device(device)
+    runtime, resolved = resolve_runtime(runtime, precision, manifest, bundle_dir, device=device)
+    sizes = {name: record["size"] for name, record in manifest["files"].items()}
+    if runtime == "onnx":
+        files = manifest["onnx"]["int8"] if resolved == "int8" else manifest["onnx"]
+        mapped = [files[k]["file"] + ext for k in ("image", "text") for ext in ("", ".data")]
+    else:
+        key = "weights_bf16" if resolved == "bf16" else "weights"
+        mapped = [section.get(key) or section.get("weights") for section in (manifest["clip"], manifest["text"])]
+        mapped = [m for m in mapped if m]
+    tokenizer = sum(size for name, size in sizes.items() if name.startswith("tokenizer"))
+    if device == "cuda":  # the weights live in GPU memory; the process keeps the tokenizer and buffers
+        return _MEMORY_FIXED + tokenizer
+    return int(_MEMORY_FACTOR[runtime] * sum(sizes.get(name, 0) for name in mapped)) + _MEMORY_FIXED + tokenizer
+
+
 def _load_torch(bundle_dir: Path, manifest: dict[str, Any], resolved: str, threads: int | None,
                 device: str = "cpu", image_decode: str = "cpu") -> Encoder:
     from models.threads import configure_torch_threads

@@ -53,9 +53,13 @@ def shrink_clip_config(config: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def tiny_gemma_tokenizer():
+def tiny_gemma_tokenizer(vocab_size: int | None = None, seed: int = 0):
     """A byte-fallback BPE laid out like Gemma's tokenizer as SigLIP 2 uses it: a few words and every ASCII letter
-    and digit as pieces, any other character as its UTF-8 bytes, an EOS appended to each text."""
+    and digit as pieces, any other character as its UTF-8 bytes, an EOS appended to each text. `vocab_size`: fill
+    the vocabulary with random merges up to that size (256,000 at real size, so the tokenizer file loads like the
+    real 34 MB one does)."""
+    import random
+
     from tokenizers import Tokenizer, decoders, models as tokenizer_models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -69,6 +73,14 @@ def tiny_gemma_tokenizer():
             if word[:k] not in vocab:
                 vocab[word[:k]] = len(vocab)
                 merges.append((word[:k - 1], word[k - 1]))
+    rng = random.Random(seed)
+    pieces = [p for p in vocab if not p.startswith("<")]
+    while vocab_size is not None and len(vocab) < vocab_size:
+        left, right = rng.choice(pieces), pieces[rng.randrange(len(pieces) // 4 + 40)]
+        if left + right not in vocab and "\u2581" not in right:
+            vocab[left + right] = len(vocab)
+            merges.append((left, right))
+            pieces.append(left + right)
     tokenizer = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
                                                fuse_unk=True))
     tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
@@ -140,9 +152,10 @@ def make_bundle(variant_name: str, out: Path, size: str = "tiny", seed: int = 0,
     with bundle.stage(out, variant.name) as staging:
         hf_tokenizer = None
         if variant.tokenizer_files:
-            tiny_gemma_tokenizer().save_pretrained(str(staging))
-            if size == "tiny":
-                clip_config["text_cfg"]["vocab_size"] = len(tiny_gemma_tokenizer())
+            real_vocab = clip_config["text_cfg"]["vocab_size"]
+            tokenizer = tiny_gemma_tokenizer(None if size == "tiny" else real_vocab, seed)
+            tokenizer.save_pretrained(str(staging))
+            clip_config["text_cfg"]["vocab_size"] = len(tokenizer) if size == "tiny" else real_vocab
             hf_tokenizer = manifest.hf_tokenizer_section(staging, clip_config)
         model = random_clip(clip_config)
         state = manifest.clip_state_to_save(model, image_only=variant.text is not None)

@@ -16,26 +16,36 @@ log = logging.getLogger(__name__)
 QDRANT_RETRY_S = 5.0
 
 
-def check_index_dir(directory: Path, model: dict[str, Any]) -> dict[str, Any]:
+def served_model(models: dict[str, dict[str, Any]], indexed: dict[str, Any]) -> dict[str, Any]:
+    """Of the served models' identities (by variant, the default first), the one an index was built with: the
+    variant it names, else the default (whose mismatch the caller then reports)."""
+    return models.get(indexed.get("variant"), next(iter(models.values())))
+
+
+def check_index_dir(directory: Path, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The cheap checks that stop a boot (milliseconds, no index read): a complete folder of a known
-    format, files of the recorded sizes, built with the served model. Returns the manifest."""
+    format, files of the recorded sizes, built with a served model. Returns the manifest."""
     manifest = index_format.read_manifest(directory)
     index_format.check_files(directory, manifest)
-    differences = model_mismatch(model, manifest.get("model", {}))
+    indexed = manifest.get("model", {})
+    differences = model_mismatch(served_model(models, indexed), indexed)
     if differences:
-        raise IndexUnusable(f"INDEX_DIR={directory} was built with another model than MODEL_DIR/MODEL_VARIANT "
-                            f"serves ({'; '.join(differences)}). Rebuild the index with this model "
+        raise IndexUnusable(f"INDEX_DIR={directory} was built with another model than MODEL_DIR/MODELS "
+                            f"serves ({'; '.join(differences)}). Rebuild the index with a served model "
                             "(clipserve-batch index build), or serve the model it was built with.")
     return manifest
 
 
-def search_service(settings: Any, model: dict[str, Any]) -> SearchService | None:
-    """The service's search backend, or None when none is configured. Raises IndexUnusable at boot."""
+def search_service(settings: Any, models: dict[str, dict[str, Any]]) -> SearchService | None:
+    """The service's search backend, or None when none is configured. ``models``: the identity of every served
+    model by variant (models.bundle.model_identity), the default first; the index must have been built with one
+    of them, and is searched with that one. Raises IndexUnusable at boot."""
     if settings.qdrant_url is not None or settings.qdrant_path is not None:
-        return qdrant_service(settings, model)
+        return qdrant_service(settings, models)
     if settings.index_dir is None:
         return None
-    check_index_dir(settings.index_dir, model)
+    manifest = check_index_dir(settings.index_dir, models)
+    model = served_model(models, manifest.get("model", {}))
 
     def open_faiss() -> Any:
         from search.faiss_index import FaissIndex
@@ -48,7 +58,7 @@ def search_service(settings: Any, model: dict[str, Any]) -> SearchService | None
     return SearchService(open_faiss, part_of_health=True)
 
 
-def qdrant_service(settings: Any, model: dict[str, Any]) -> SearchService:
+def qdrant_service(settings: Any, models: dict[str, dict[str, Any]]) -> SearchService:
     """Check the collection now (missing, not clipserve's, another model: the boot stops). A Qdrant that
     cannot be reached does not stop the boot: embedding routes work, searches answer 503 and try again."""
     from search import qdrant_index
@@ -61,7 +71,7 @@ def qdrant_service(settings: Any, model: dict[str, Any]) -> SearchService:
     def open_qdrant() -> Any:
         index = qdrant_index.QdrantIndex.open(client, settings.qdrant_collection, where,
                                               timeout_s=settings.qdrant_timeout_s, local=local)
-        index.check_model(model)
+        index.check_model(served_model(models, index.description.get("model", {})))
         return index
 
     try:

@@ -19,8 +19,8 @@ from handler.schemas import (HealthResponse, ImageEmbedResponse, InfoResponse, M
 from handler.service import SERVICE, ClipService
 from infra.tracing import service_version
 
-COMMON_ERRORS = ("invalid_json", "invalid_request", "payload_too_large", "unsupported_media_type", "overloaded",
-                 "internal_error", "model_loading", "timeout")
+COMMON_ERRORS = ("invalid_json", "invalid_request", "unknown_model", "payload_too_large", "unsupported_media_type",
+                 "overloaded", "internal_error", "model_loading", "timeout")
 IMAGE_ERRORS = COMMON_ERRORS + ("all_images_failed",)
 
 
@@ -73,7 +73,7 @@ class NativeApi(Protocol):
         search = self.service.search
         return jsonify(InfoResponse(
             service=SERVICE, version=service_version(), status=status, model=self.service.model_info(),
-            limits=self.service.limits(), search=search.describe() if search is not None else None,
+            models=self.service.served_models(), limits=self.service.limits(), search=search.describe() if search is not None else None,
             endpoints=[f"{doc.method} {openapi_path(doc.path)}" for doc in self.catalogue() if doc.listed],
             links={**({"playground": "/ui"} if self.service.settings.ui_enabled else {}), "docs": "/docs",
                    "openapi": "/openapi.json"},
@@ -95,16 +95,17 @@ class NativeApi(Protocol):
         call = self.receive(self.service.models.text)
         req = call.body
         result = self.service.embed_texts(req.texts, normalize=req.normalize, deadline=call.deadline,
-                                          truncate=req.truncate)
-        return jsonify({**self.service.model_fields(),
+                                          truncate=req.truncate, model=req.model)
+        return jsonify({**self.service.model_fields(req.model),
                         "embeddings": scoring.encode_vectors(result.embeddings, req.encoding_format),
                         "truncated": result.truncated})
 
     def embed_image(self) -> Response:
         call = self.receive(self.service.models.image, images="images")
         req = call.body
-        batch = self.service.embed_images(call.images, normalize=req.normalize, deadline=call.deadline)
-        return jsonify({**self.service.model_fields(),
+        batch = self.service.embed_images(call.images, normalize=req.normalize, deadline=call.deadline,
+                                          model=req.model)
+        return jsonify({**self.service.model_fields(req.model),
                         "embeddings": batch.placed(scoring.encode_vectors(batch.vectors, req.encoding_format)),
                         "errors": batch.errors})
 
@@ -115,17 +116,17 @@ class NativeApi(Protocol):
         errors: list[dict[str, Any]] = []
         if call.images is not None:
             batch = self.service.embed_images(call.images, normalize=req.normalize, deadline=call.deadline,
-                                              all_fail_ok=req.texts is not None)
+                                              all_fail_ok=req.texts is not None, model=req.model)
             image_embeddings = batch.placed(scoring.encode_vectors(batch.vectors, req.encoding_format))
             errors = batch.errors
         text_embeddings: list = []
         truncated: list[int] = []
         if req.texts is not None:
             result = self.service.embed_texts(req.texts, normalize=req.normalize, deadline=call.deadline,
-                                              truncate=req.truncate)
+                                              truncate=req.truncate, model=req.model)
             text_embeddings = scoring.encode_vectors(result.embeddings, req.encoding_format)
             truncated = result.truncated
-        return jsonify({**self.service.model_fields(), "text_embeddings": text_embeddings,
+        return jsonify({**self.service.model_fields(req.model), "text_embeddings": text_embeddings,
                         "image_embeddings": image_embeddings, "errors": errors, "truncated": truncated})
 
     def score(self) -> Response:
@@ -133,8 +134,9 @@ class NativeApi(Protocol):
         req = call.body
         scores = self.service.score(texts=req.texts, text_vectors=req.text_embeddings, images=call.images,
                                     image_vectors=req.image_embeddings, pairwise=req.pairwise,
-                                    truncate=req.truncate, deadline=call.deadline)
-        return jsonify({**self.service.model_fields(), "pairwise": scores.pairwise, "clip_score": scores.clip_score,
+                                    truncate=req.truncate, deadline=call.deadline, model=req.model,
+                                    templates=req.templates)
+        return jsonify({**self.service.model_fields(req.model), "pairwise": scores.pairwise, "clip_score": scores.clip_score,
                         "cosine": scores.cosine, "probs": scores.probs, "probs_kind": scores.probs_kind,
                         "errors": scores.errors,
                         "truncated": scores.truncated})

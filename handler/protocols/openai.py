@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Response, jsonify
 
+from engine.models import UnknownModel
 from handler import scoring
 from handler.errors import ApiError, InvalidRequest, ModelNotFound
 from handler.openapi import RouteDoc
@@ -58,21 +59,25 @@ class OpenAIApi(Protocol):
         ]
 
     def models(self) -> Response:
-        return jsonify({"object": "list", "data": [{"id": self.service.engine.info.variant, "object": "model",
-                                                    "created": self.created, "owned_by": OWNER}]})
+        """Every served model (default first), as OpenAI lists models; `dim` once it has loaded."""
+        return jsonify({"object": "list", "data": [
+            {"id": m["id"], "object": "model", "created": self.created, "owned_by": OWNER, "dim": m["dim"]}
+            for m in self.service.served_models()]})
 
     def embeddings(self) -> Response:
         call = self.receive(self.service.models.openai_embeddings)
         req = call.body
         model_id = self._served_model(req.model)
-        self._check_dimensions(req.dimensions)
         if req.modality == "image":
-            vectors = self.service.embed_every_image(self._images(req), deadline=call.deadline,
-                                                     label=lambda i: f"input[{i}]")
+            images = self._images(req)
+            self._check_dimensions(req.dimensions, model_id, call.deadline)
+            vectors = self.service.embed_every_image(images, deadline=call.deadline, label=lambda i: f"input[{i}]",
+                                                     model=model_id)
             tokens = 0
         else:
+            self._check_dimensions(req.dimensions, model_id, call.deadline)
             result = self.service.embed_texts(self._texts(req), normalize=True, deadline=call.deadline,
-                                              field="input")
+                                              field="input", model=model_id)
             vectors, tokens = result.embeddings, sum(result.tokens)
         data = [{"object": "embedding", "embedding": vector, "index": i}
                 for i, vector in enumerate(scoring.encode_vectors(vectors, req.encoding_format))]
@@ -112,16 +117,24 @@ class OpenAIApi(Protocol):
         return texts
 
     def _served_model(self, name: str) -> str:
-        """The variant's id when ``name`` is it, its architecture name or an alias of it; else OpenAI's 404
-        model_not_found."""
-        info = self.service.engine.info
-        if name not in (info.variant, info.architecture) and self.aliases.get(name) != info.variant:
+        """The served variant ``name`` is, or is an alias or the architecture name of; else OpenAI's 404
+        model_not_found (what OpenAI's clients expect for a model that does not exist) naming the served ones."""
+        served = self.service.served_models()
+        by_architecture = {m["architecture"]: m["id"] for m in served if m["architecture"]}
+        if name in by_architecture and name not in self.aliases:
+            return by_architecture[name]
+        try:
+            return self.service.model_name(name)
+        except UnknownModel:
             raise ModelNotFound(f"The model `{name[:100]}` does not exist here; this service serves "
-                                f"`{info.variant}` (see GET /v1/models)", param="model")
-        return info.variant
+                                f"{', '.join(f'`{m}`' for m in self.service.engine.names)} (see GET /v1/models)",
+                                param="model") from None
 
-    def _check_dimensions(self, dimensions: int | None) -> None:
-        dim = self.service.engine.info.dim
+    def _check_dimensions(self, dimensions: int | None, model: str, deadline: Any) -> None:
+        if dimensions is None:
+            return
+        with self.service.engine.use(model, deadline.left()) as engine:
+            dim = engine.info.dim
         if dimensions is not None and dimensions != dim:
             raise InvalidRequest(f"dimensions={dimensions} is not supported: this model's embeddings have {dim} "
                                  "dimensions and CLIP vectors are not trained to be shortened (not Matryoshka), so "

@@ -54,9 +54,10 @@ class SearchApi(Protocol):
         value = call.images[0] if req.kind == "image" else getattr(req, req.kind)
         spec = QuerySpec(kind=req.kind, value=value, top_k=req.top_k, score_threshold=req.score_threshold,
                          filter=req.filter, include_metadata=req.include_metadata,
-                         include_vectors=req.include_vectors)
+                         include_vectors=req.include_vectors, model=req.model)
         hits, index = self.service.find(spec, call.deadline)
-        return jsonify({**self.service.model_fields(), "results": [_hit(h, spec) for h in hits], "index": index})
+        model = self.service.index_model(self.service.backend(), None)
+        return jsonify({**self.service.model_fields(model), "results": [_hit(h, spec) for h in hits], "index": index})
 
     def thumbnail(self, item_id: str) -> Response:
         """The JPEG, revalidated by ETag. Asked for with ``?v=<the index version>`` (as the playground does)
@@ -73,8 +74,9 @@ class SearchApi(Protocol):
     def write(self) -> Response:
         self.service.writable_backend()  # 404 / 405 / 503 before reading or embedding anything
         call = self.receive(self.service.models.index_write, images="images")
-        ids, errors = self.service.write_items(call.body.items, call.images, call.deadline)
-        return jsonify({**self.service.model_fields(), "upserted": len(ids), "ids": ids, "errors": errors,
+        ids, errors = self.service.write_items(call.body.items, call.images, call.deadline, model=call.body.model)
+        model = self.service.index_model(self.service.backend(), None)
+        return jsonify({**self.service.model_fields(model), "upserted": len(ids), "ids": ids, "errors": errors,
                         "index": self.service.backend().info().public()})
 
     def delete(self) -> Response:

@@ -181,10 +181,18 @@ def test_the_vocabulary_is_the_pinned_one(tmp_path):
 
 
 def test_model_aliases_name_the_served_variant(apps):
-    client = apps("english", model_aliases="text-embedding-3-small=english,other=multilingual").test_client()
+    client = apps("english", model_aliases="text-embedding-3-small=english").test_client()
     body = ok(client.post("/v1/embeddings", json={"input": "a cat", "model": "text-embedding-3-small"}))
     assert body["model"] == "english"
-    openai_error(client.post("/v1/embeddings", json={"input": "a cat", "model": "other"}), 404, "model_not_found")
+    missing = openai_error(client.post("/v1/embeddings", json={"input": "a cat", "model": "multilingual"}), 404,
+                           "model_not_found")
+    assert "`english`" in missing["message"]  # names what is served
+    import pytest
+
+    from infra.settings import SettingsError, Settings
+
+    with pytest.raises(SettingsError, match="serves"):  # an alias of a variant not served stops the boot
+        Settings(model_aliases="other=multilingual")
 
 
 def test_every_error_under_v1_has_openais_shape(apps):

@@ -2,13 +2,15 @@
 # Deploy clipserve to Google Cloud Run or AWS Lambda: build and push the image, apply Terraform,
 # then smoke-test the new URL with infra/smoke.sh.
 #
-#   ./deploy.sh cloudrun|lambda [--variant english|multilingual] [--project ID] [--region R] [--dry-run]
+#   ./deploy.sh cloudrun|lambda [--variant V[,V2...]] [--project ID] [--region R] [--dry-run]
 #   ./deploy.sh cloudrun|lambda --canary PERCENT [...]     a new revision / version with PERCENT of the traffic
 #   ./deploy.sh cloudrun|lambda --promote | --rollback     all traffic to the canary / back to the stable one
 #
-#   --variant V      model variant to serve (default english)
-#   --bake B         variants baked into the image: all (default; switch MODEL_VARIANT later without a
-#                    rebuild) or just one of them (smaller image, faster cold starts)
+#   --variant V      model variant to serve (default english), or several, comma-separated, the first the
+#                    default (MODELS=english,siglip2-b16: one deployment, each request picks by `model`)
+#   --bake B         variants baked into the image, comma-separated (they must include --variant's): clip
+#                    (default: english,multilingual; switch MODEL_VARIANT later without a rebuild), all (every
+#                    variant, SigLIP 2 included: 1.6-11 GB each), or a list (smaller image, faster cold starts)
 #   --project ID     Cloud Run: Google Cloud project (default: GOOGLE_CLOUD_PROJECT, then gcloud config)
 #   --region R       Cloud Run default us-central1; Lambda default AWS_REGION, then us-east-1
 #   --name N         service / function name (default clipserve)
@@ -46,7 +48,9 @@ fail() { local code=$1; shift; echo "deploy: $*" >&2; exit "$code"; }
 usage_error() { echo "deploy: $*" >&2; echo "usage: ./deploy.sh cloudrun|lambda [--variant V] [--project ID] [--region R] [--dry-run] (see --help)" >&2; exit "$EXIT_USAGE"; }
 
 # ---------------------------------------------------------------- arguments
-target="" variant=english bake=all project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
+# models/registry.py's variants (tests/deploy/test_deploy_script.py keeps this list equal to the registry's).
+VARIANTS="english multilingual siglip2-b32 siglip2-b16 siglip2-so400m"
+target="" variant=english bake=clip project=${GOOGLE_CLOUD_PROJECT:-} region="" name=clipserve tag=""
 builder="" public=false allow_unpinned=false skip_build=false skip_smoke=false dry_run=false index="" gpu=false
 canary="" release=""
 need_value() { [ "$2" -ge 2 ] && [[ "${3:-}" != --* ]] || usage_error "$1 needs a value"; }
@@ -78,13 +82,17 @@ if [ -n "$canary" ]; then
   [[ "$canary" =~ ^[1-9][0-9]?$ ]] || usage_error "--canary: a percent from 1 to 99 (100 is --promote)"
   [ -z "$release" ] || usage_error "--canary deploys; --$release moves the traffic of a canary already deployed"
 fi
-case "$variant" in english|multilingual) ;; *) usage_error "--variant must be english or multilingual" ;; esac
+is_variant() { [[ " $VARIANTS " == *" $1 "* ]]; }
+served=${variant//,/ }
+for v in $served; do is_variant "$v" || usage_error "--variant: '$v' is not a variant ($VARIANTS)"; done
+[ "$(echo "$served" | tr ' ' '\n' | sort | uniq -d)" = "" ] || usage_error "--variant: a variant is listed twice"
 case "$bake" in
-  all) baked="english multilingual" ;;
-  english|multilingual) baked=$bake ;;
-  *) usage_error "--bake must be all, english or multilingual" ;;
+  clip) baked="english multilingual" ;;
+  all) baked=$VARIANTS ;;
+  *) baked=${bake//,/ }; for v in $baked; do is_variant "$v" || usage_error "--bake: '$v' is not a variant ($VARIANTS)"; done ;;
 esac
-[[ " $baked " == *" $variant "* ]] || usage_error "--variant $variant is not in --bake $bake"
+for v in $served; do [[ " $baked " == *" $v "* ]] || usage_error "--variant $v is not in --bake $bake"; done
+default_variant=${served%% *}
 case "$target:$builder" in
   cloudrun:) builder=cloudbuild ;;
   cloudrun:cloudbuild|cloudrun:buildx|lambda:|lambda:buildx) ;;
@@ -99,7 +107,12 @@ fi
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || usage_error "--tag: letters, digits, '_', '.', '-' (at most 128)"
 if [ "$target" = cloudrun ]; then region=${region:-us-central1}; else region=${region:-${AWS_REGION:-us-east-1}}; fi
 
-build_args=(--build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$variant")
+build_args=(--build-arg "MODEL_VARIANTS=$baked" --build-arg "MODEL_VARIANT=$default_variant")
+# Several models: Terraform's models list (MODELS); one: model_variant as before.
+model_vars=(-var "model_variant=$default_variant")
+if [[ "$variant" == *,* ]]; then
+  model_vars+=(-var "models=[\"${variant//,/\",\"}\"]")
+fi
 "$allow_unpinned" && build_args+=(--build-arg "BAKE_FLAGS=--allow-unpinned")
 if "$gpu"; then
   [ "$target" = cloudrun ] || usage_error "--gpu: Lambda has no GPUs; GPU serving runs on Cloud Run (./deploy.sh cloudrun --gpu)"
@@ -109,8 +122,9 @@ index_mib=0 index_var=()
 if [ -n "$index" ]; then
   [ -f "$index/manifest.json" ] || usage_error "--index $index: not an index version folder (no manifest.json)"
   "$skip_build" && usage_error "--index needs a build (it goes into the image); drop --skip-build"
-  grep -q "\"variant\": \"$variant\"" "$index/manifest.json" \
-    || usage_error "--index $index was not built with variant $variant (see its manifest.json)"
+  built=$(sed -n 's/.*"variant": "\([^"]*\)".*/\1/p' "$index/manifest.json" | head -1)
+  [[ " $served " == *" $built "* ]] \
+    || usage_error "--index $index was not built with variant $variant (its manifest.json says ${built:-none})"
   [ "$builder" != cloudbuild ] \
     || usage_error "--index needs --builder buildx (Cloud Build gets the repository only; on Cloud Run serve the index from a bucket: TF_VAR_index_bucket/TF_VAR_index_path)"
   # The Dockerfile's empty search-index stage, replaced by the folder itself (a BuildKit named context): nothing
@@ -122,8 +136,8 @@ fi
 gpu_var=()
 "$gpu" && gpu_var=(-var "gpu_type=nvidia-l4")
 
-# Dimension each variant must report (checked by the smoke test): a wrong one means a wrong deploy.
-case "$variant" in english) dim=512 ;; multilingual) dim=640 ;; esac
+# Dimension the default variant must report (checked by the smoke test): a wrong one means a wrong deploy.
+case "$default_variant" in english) dim=512 ;; multilingual) dim=640 ;; siglip2-so400m) dim=1152 ;; *) dim=768 ;; esac
 
 # ---------------------------------------------------------------- running (or printing) commands
 # show CMD...: print a command as it would be typed (placeholders like <url> left readable).
@@ -253,7 +267,7 @@ deploy_cloudrun() {
 
   local public_var=false
   "$public" && public_var=true
-  local app_vars=("${tfvars[@]}" -var "image=$image" -var "model_variant=$variant" -var "allow_unauthenticated=$public_var"
+  local app_vars=("${tfvars[@]}" -var "image=$image" "${model_vars[@]}" -var "allow_unauthenticated=$public_var"
     ${index_var[@]+"${index_var[@]}"} ${gpu_var[@]+"${gpu_var[@]}"})
   local stable=""
   if [ -n "$canary" ]; then
@@ -343,7 +357,7 @@ deploy_lambda() {
 
   local auth=AWS_IAM
   "$public" && auth=NONE
-  local app_vars=("${tfvars[@]}" -var "image_tag=$tag" -var "model_variant=$variant" -var "function_url_auth=$auth"
+  local app_vars=("${tfvars[@]}" -var "image_tag=$tag" "${model_vars[@]}" -var "function_url_auth=$auth"
     ${index_var[@]+"${index_var[@]}"})
   local signed=()
   "$public" || signed=(--aws-sigv4 "$region")

@@ -43,10 +43,12 @@ def check_model_baked(settings: Settings) -> None:
         except BundleError as exc:
             baked = baked_variants(settings.model_dir)
             held = ", ".join(baked) if baked else "no variant at all"
+            what = (f"MODEL_VARIANT={variant} is" if setting == "MODEL_VARIANT"
+                    else f"MODELS={settings.models} names {variant}, which is")
             raise VariantNotBaked(
-                f"{setting} names {variant}, which is not baked into this image: MODEL_DIR={settings.model_dir} "
-                f"holds {held}. Serve those, or rebuild the image with --build-arg "
-                f"MODEL_VARIANTS=\"{' '.join(settings.served_models)}\" ({exc})") from exc
+                f"{what} not baked into this image: MODEL_DIR={settings.model_dir} holds {held}. Serve those, or "
+                f"rebuild the image with --build-arg MODEL_VARIANTS=\"{' '.join(settings.served_models)}\" "
+                f"({exc})") from exc
 
 
 def check_search_index(settings: Settings) -> None:

@@ -1,21 +1,26 @@
 # Values derived from the variables only (no resources): tests evaluate this file with
 # `terraform console` alongside variables.tf, which needs no Google provider.
 locals {
-  default_cpu        = { english = 2, multilingual = 4 }
-  default_memory_gib = { english = 4, multilingual = 6 }
-  gpu                = var.gpu_type != null
-  cpu                = coalesce(var.cpu, local.gpu ? 4 : local.default_cpu[var.model_variant])
-  concurrency        = local.gpu ? var.gpu_concurrency : var.concurrency
-  # model + index + headroom: the variant's default (model and image decoding) + 1.25 x the index.
+  # Per variant: the vCPUs it wants, and the GiB its model takes once used (weights, tokenizer, buffers: see
+  # bench/RESULTS.md "Model variants"); the process itself (runtime libraries, image decoding) takes base_gib.
+  default_cpu = { english = 2, multilingual = 4, "siglip2-b32" = 2, "siglip2-b16" = 4, "siglip2-so400m" = 8 }
+  model_gib   = { english = 2.5, multilingual = 4.5, "siglip2-b32" = 2.5, "siglip2-b16" = 2.5, "siglip2-so400m" = 5.5 }
+  base_gib    = 1.5
+  models      = var.models != null ? var.models : [var.model_variant]
+  gpu         = var.gpu_type != null
+  cpu         = coalesce(var.cpu, local.gpu ? 4 : max([for m in local.models : local.default_cpu[m]]...))
+  concurrency = local.gpu ? var.gpu_concurrency : var.concurrency
+  # Every model of the list in memory at once (else MODEL_MEMORY_BUDGET evicts) + 1.25 x the index.
   index_gib          = var.index_size_gib + var.baked_index_mib / 1024
-  memory_default_gib = max(local.gpu ? 16 : 0, ceil(local.default_memory_gib[var.model_variant] + 1.25 * local.index_gib))
-  memory_gib         = coalesce(var.memory_gib, local.memory_default_gib)
-  serves_index       = var.index_bucket != null
-  deploy_app         = var.image != null
-  port               = 8080
+  memory_default_gib = max(local.gpu ? 16 : 0, ceil(local.base_gib + sum([for m in local.models : local.model_gib[m]]) + 1.25 * local.index_gib))
+  # One model: MODEL_VARIANT as before; several: MODELS, the first the default.
+  model_env    = length(local.models) > 1 ? { MODELS = join(",", local.models) } : { MODEL_VARIANT = local.models[0] }
+  memory_gib   = coalesce(var.memory_gib, local.memory_default_gib)
+  serves_index = var.index_bucket != null
+  deploy_app   = var.image != null
+  port         = 8080
 
-  app_env = merge(var.extra_env, {
-    MODEL_VARIANT = var.model_variant
+  app_env = merge(var.extra_env, local.model_env, {
     # One worker process; one spare thread beyond the concurrency so probes never queue.
     HTTP_THREADS      = tostring(local.concurrency + 1)
     TORCH_THREADS     = tostring(local.cpu)
@@ -37,8 +42,7 @@ locals {
     { type = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", revision = null, percent = var.canary_percent, tag = var.canary_tag },
   ]
   # The batch job: same image, no HTTP server.
-  job_env = merge(var.extra_env, {
-    MODEL_VARIANT        = var.model_variant
+  job_env = merge(var.extra_env, local.model_env, {
     TORCH_THREADS        = tostring(local.cpu)
     GOOGLE_CLOUD_PROJECT = var.project_id
   }, local.gpu_env, local.qdrant_env)

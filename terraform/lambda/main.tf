@@ -1,11 +1,18 @@
 locals {
-  # Memory per variant when memory_mb is null: torch + the towers + headroom for a batch of images.
-  default_memory_mb = {
-    english      = 3008
-    multilingual = 6144
+  # Memory when memory_mb is null: the process (runtime libraries, a batch of images) + each model once used
+  # (bench/RESULTS.md "Model variants"); english alone stays at 3008 and multilingual at 6144, as measured before.
+  base_memory_mb = 1536
+  model_memory_mb = {
+    english          = 1472
+    multilingual     = 4608
+    "siglip2-b32"    = 2560
+    "siglip2-b16"    = 2560
+    "siglip2-so400m" = 5632
   }
-  # A baked search index (deploy.sh --index) is read at start: the variant's memory plus 1.25 x its size.
-  memory_mb = coalesce(var.memory_mb, min(10240, local.default_memory_mb[var.model_variant] + ceil(1.25 * var.index_mib)))
+  models = var.models != null ? var.models : [var.model_variant]
+  # A baked search index (deploy.sh --index) is read at start: the models' memory plus 1.25 x its size.
+  memory_mb = coalesce(var.memory_mb, min(10240, local.base_memory_mb + sum([for m in local.models : local.model_memory_mb[m]]) + ceil(1.25 * var.index_mib)))
+  model_env = length(local.models) > 1 ? { MODELS = join(",", local.models) } : { MODEL_VARIANT = local.models[0] }
   image_uri = (var.image_uri != null ? var.image_uri
   : var.image_tag != null ? "${aws_ecr_repository.images.repository_url}:${var.image_tag}" : null)
   deploy_app = var.image_uri != null || var.image_tag != null # known at plan time, unlike image_uri
@@ -139,7 +146,7 @@ resource "aws_lambda_function" "service" {
       # floats fit as JSON numbers, 2048 (OpenAI's limit) do not.
       { MAX_BODY_BYTES = "6291456", BATCH_MAX_WAIT_MS = "0", OPENAI_MAX_INPUTS = "512" },
       var.extra_env,
-      { MODEL_VARIANT = var.model_variant },
+      local.model_env,
       var.qdrant_url == null ? {} : { QDRANT_URL = var.qdrant_url, QDRANT_COLLECTION = var.qdrant_collection },
       var.qdrant_api_key_secret_arn == null ? {} : { QDRANT_API_KEY_SECRET_ARN = var.qdrant_api_key_secret_arn },
       var.redis_url == null ? {} : { REDIS_URL = var.redis_url },

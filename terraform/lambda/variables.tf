@@ -37,8 +37,18 @@ variable "model_variant" {
   type        = string
   default     = "english"
   validation {
-    condition     = contains(["english", "multilingual"], var.model_variant)
-    error_message = "model_variant: english or multilingual."
+    condition     = contains(["english", "multilingual", "siglip2-b32", "siglip2-b16", "siglip2-so400m"], var.model_variant)
+    error_message = "model_variant: one of models/registry.py's variants (english, multilingual, siglip2-b32, siglip2-b16, siglip2-so400m)."
+  }
+}
+
+variable "models" {
+  description = "Several baked variants to serve from one deployment (MODELS), the first the default; null: model_variant alone. The default memory fits all of them at once."
+  type        = list(string)
+  default     = null
+  validation {
+    condition     = var.models == null ? true : (length(var.models) > 0 && length(distinct(var.models)) == length(var.models) && alltrue([for m in var.models : contains(["english", "multilingual", "siglip2-b32", "siglip2-b16", "siglip2-so400m"], m)]))
+    error_message = "models: distinct variants of models/registry.py, at least one."
   }
 }
 

@@ -107,6 +107,32 @@ def test_public_and_single_variant_options_reach_the_commands():
     assert "gcloud auth print-identity-token" not in lines
 
 
+def test_several_models_are_baked_and_passed_as_a_list():
+    result = deploy("lambda", "--variant", "english,siglip2-b16", "--bake", "english,siglip2-b16,multilingual",
+                    "--tag", "v4", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = commands(result.stdout)
+    build = next(c for c in lines if c.startswith("docker buildx build"))
+    assert "'MODEL_VARIANTS=english siglip2-b16 multilingual'" in build and "MODEL_VARIANT=english " in build
+    apply = next(c for c in lines if "-var image_tag=v4" in c)
+    assert "-var model_variant=english" in apply and """-var 'models=["english","siglip2-b16"]'""" in apply
+    assert lines[-1].endswith("--expect-dim 512 --wait 300")  # the default model's dimension
+    assert deploy("lambda", "--variant", "siglip2-b16", "--bake", "siglip2-b16", "--tag", "v4",
+                  "--dry-run").stdout.splitlines()[-1].endswith("--expect-dim 768 --wait 300")
+    for args, message in ((["--variant", "english,klingon"], "'klingon' is not a variant"),
+                          (["--variant", "english,english"], "listed twice"),
+                          (["--variant", "english,siglip2-b16"], "not in --bake")):
+        refused = deploy("--dry-run", "cloudrun", *args)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_the_scripts_variant_list_is_the_registrys():
+    from models import registry
+
+    line = next(l for l in (REPO / "deploy.sh").read_text().splitlines() if l.startswith("VARIANTS="))
+    assert sorted(line.split("=", 1)[1].strip('"').split()) == registry.names()
+
+
 def test_dry_run_without_a_project_asks_gcloud_for_it():
     result = deploy("cloudrun", "--tag", "v1", "--dry-run", env={"GOOGLE_CLOUD_PROJECT": ""})
     assert result.returncode == 0

@@ -108,7 +108,11 @@ def test_cloud_run_boosts_cpu_at_start_and_sizes_per_variant(cloudrun):
     assert container["resources"][0]["startup_cpu_boost"] == "${var.startup_cpu_boost}"
     assert default(cloudrun, "startup_cpu_boost") is True
     assert container["resources"][0]["limits"] == "${local.resource_limits}"
-    assert cloudrun["locals"]["default_cpu"] == {"english": 2, "multilingual": 4}
+    from models import registry
+
+    assert cloudrun["locals"]["default_cpu"]["english"] == 2 and cloudrun["locals"]["default_cpu"]["multilingual"] == 4
+    for sizes in ("default_cpu", "model_gib"):  # every registry variant is sized
+        assert {k.strip('"') for k in cloudrun["locals"][sizes]} == set(registry.names()), sizes
 
 
 def test_cloud_run_runs_as_a_service_account_with_no_roles_but_reading_its_index(cloudrun):
@@ -164,7 +168,7 @@ def test_cloud_run_service_and_job_pass_the_variant_and_project(cloudrun):
     container = job["template"][0]["template"][0]["containers"][0]
     assert container["dynamic"][0]['"env"']["for_each"] == "${local.job_env}"
     for env in (cloudrun["locals"]["app_env"], cloudrun["locals"]["job_env"]):
-        assert "MODEL_VARIANT = var.model_variant" in env
+        assert "local.model_env" in env
         # Cloud Run does not set GOOGLE_CLOUD_PROJECT; without it trace headers give no Cloud Logging trace link.
         assert "GOOGLE_CLOUD_PROJECT = var.project_id" in env
 
@@ -305,6 +309,16 @@ def test_cloud_run_defaults_per_variant(cloudrun_vars_only):
                                 model_variant="multilingual", concurrency=4)
     assert limits == {"cpu": "4", "memory": "6Gi"}
     assert env["MODEL_VARIANT"] == "multilingual" and env["HTTP_THREADS"] == "5"
+
+
+def test_cloud_run_serves_several_models_sized_for_all_of_them(cloudrun_vars_only):
+    limits, env, job_env = cloudrun_eval(cloudrun_vars_only, "[local.resource_limits, local.app_env, local.job_env]",
+                                         models='["english","siglip2-b16"]')
+    assert env["MODELS"] == job_env["MODELS"] == "english,siglip2-b16" and "MODEL_VARIANT" not in env
+    assert limits == {"cpu": "4", "memory": "7Gi"}  # the larger model's vCPUs; 1.5 + 2.5 + 2.5 GiB, rounded up
+    for bad in ('["english","english"]', '["klingon"]', "[]"):
+        status, output = cloudrun_plan(cloudrun_vars_only, models=bad)
+        assert status != 0 and 'variable "models"' in output, bad
 
 
 def test_cloud_run_takes_the_qdrant_key_by_secret_reference(cloudrun_vars_only, cloudrun):

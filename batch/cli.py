@@ -5,6 +5,7 @@
     clipserve-batch score --input pairs.csv --output scores.csv --endpoint URL --compare   # one per request vs batches
     clipserve-batch merge --input items.csv --output emb.npy   # after sharded runs
     clipserve-batch index build --input items.csv --output indexes/items/v1 --local   # see batch/index_cmd.py
+    clipserve-batch eval --zero-shot photos/ --model english --model siglip2-b16 --local   # see batch/eval.py
 
 Re-running the same command resumes. Exit status: 0 done, 1 bad arguments or input,
 2 the target failed for good (re-run to resume), 3 merge found rows missing, 4 score --compare found
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch import compare, index_cmd, options
+from batch import compare, eval as evaluation, index_cmd, options
 from batch.export import MergeError, merge, output_format
 from batch.reader import InputError, iter_records
 from batch.retry import RetryTally
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options.add_column_args(merge_parser)
     index_cmd.add_parser(commands)
+    evaluation.add_parser(commands)
     return parser
 
 
@@ -158,10 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    assert args.command in (*COMMANDS, "merge", "index")
+    assert args.command in (*COMMANDS, "merge", "index", "eval")
     try:
         if args.command == "index":
             return index_cmd.run(args)
+        if args.command == "eval":
+            return evaluation.cmd_eval(args)
         return cmd_merge(args) if args.command == "merge" else cmd_job(args)
     except (InputError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)

@@ -23,8 +23,20 @@ def add_column_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-column")
 
 
-def add_target_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    """--endpoint / --local and how to reach or load the model (shared with `index build` and `index push`)."""
+def add_model_arg(group: Any) -> None:
+    group.add_argument(
+        "--model",
+        "--variant",
+        dest="model",
+        default=None,
+        help="the model: with --endpoint a model the service serves, or an alias (default: its default model); "
+        "with --local the variant to load (default: $MODEL_VARIANT or english). --variant is the older name",
+    )
+
+
+def add_target_args(parser: argparse.ArgumentParser, required: bool, with_model: bool = True) -> None:
+    """--endpoint / --local and how to reach or load the model (shared with `index build` and `index push`).
+    ``with_model``: add --model (eval adds its own, repeatable)."""
     target = parser.add_argument_group("target (one of --endpoint / --local)")
     where = target.add_mutually_exclusive_group(required=required)
     where.add_argument("--endpoint", metavar="URL", help="base URL of a clipserve service")
@@ -35,14 +47,8 @@ def add_target_args(parser: argparse.ArgumentParser, required: bool) -> None:
         default=Path(os.environ.get("MODEL_DIR", "/models")),
         help="--local: folder of baked bundles (default: $MODEL_DIR or /models)",
     )
-    target.add_argument(
-        "--model",
-        "--variant",
-        dest="model",
-        default=None,
-        help="the model: with --endpoint a model the service serves, or an alias (default: its default model); "
-        "with --local the variant to load (default: $MODEL_VARIANT or english). --variant is the older name",
-    )
+    if with_model:
+        add_model_arg(target)
     target.add_argument(
         "--allow-private-urls", action="store_true", help="--local: let image URLs point at private/loopback addresses"
     )

@@ -61,13 +61,17 @@ def fill(template: str, label: str) -> str:
     return template.replace(PLACEHOLDER, label)
 
 
+def mean_of_templates(vectors: np.ndarray, templates: int) -> np.ndarray:
+    """Unit vectors of labels from the unit vectors of their prompts, label by label, ``templates`` each: the
+    normalized mean (float32, as open_clip computes it)."""
+    per_label = np.asarray(vectors, dtype=np.float64).reshape(-1, templates, vectors.shape[-1]).mean(axis=1)
+    return (per_label / np.linalg.norm(per_label, axis=1, keepdims=True)).astype(np.float32)
+
+
 def label_vectors(labels: list[str], templates: tuple[str, ...] | list[str],
                   embed: Callable[[list[str]], Any]) -> tuple[np.ndarray, list[int]]:
     """(one unit vector per label: the normalized mean of its templates' unit vectors, the labels one of whose
     prompts was cut to the context). ``embed``: unit text embeddings, the engine's TextResult (cached like texts)."""
-    prompts = [fill(t, label) for label in labels for t in templates]
-    result = embed(prompts)
-    per_label = result.embeddings.astype(np.float64).reshape(len(labels), len(templates), -1).mean(axis=1)
-    rows = per_label / np.linalg.norm(per_label, axis=1, keepdims=True)
+    result = embed([fill(t, label) for label in labels for t in templates])
     cut = {i // len(templates) for i in result.truncated}
-    return rows.astype(np.float32), sorted(cut)
+    return mean_of_templates(result.embeddings, len(templates)), sorted(cut)

@@ -6,7 +6,9 @@
 Each of `concurrency` threads keeps one keep-alive connection and sends the next request as soon as
 the last answer arrived. Every 200 is checked (the right number of vectors of the right dimension;
 for `"workload": "file"`, `"path"` and `"bodies"` (a JSONL file of request bodies): the answer has
-`results`); requests completed during the `seconds` after `warmup` are counted. Prints one JSON object.
+`results`); requests completed during the `seconds` after `warmup` are counted. With `"models": [a, b]` (and
+`"dims": {a: 512, b: 640}`) each client's requests name the models in turn (half each) and the answer adds
+`by_model`: requests, items/s and latency percentiles per model. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -58,14 +60,20 @@ def run(spec: dict) -> dict:
     cpu_begin = time.process_time()
     window = (begin + warmup, begin + warmup + seconds)
     lock = threading.Lock()
-    done: list[tuple[float, float, int]] = []   # (finished at, latency, status)
+    done: list[tuple[float, float, int, str | None]] = []   # (finished at, latency, status, model)
     failures: Counter = Counter()
+    models = spec.get("models") or [None]
+    by_model = {m: payloads if m is None else [orjson.dumps({**orjson.loads(b), "model": m}) for b in payloads]
+                for m in models}
+    dims = spec.get("dims") or {}
 
     def client(index: int) -> None:
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
-        n = index
+        n, sent = index, 0
         while time.perf_counter() < window[1]:
-            body = payloads[n % len(payloads)]
+            model = models[(index + sent) % len(models)]
+            sent += 1
+            body = by_model[model][n % len(payloads)]
             n += spec["concurrency"]
             started = time.perf_counter()
             try:
@@ -80,10 +88,10 @@ def run(spec: dict) -> dict:
                 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
                 continue
             finished = time.perf_counter()
-            if status == 200 and not answer_ok(data, per_request, spec["dim"], path):
+            if status == 200 and not answer_ok(data, per_request, dims.get(model, spec["dim"]), path):
                 status = -1  # a 200 with the wrong answer
             with lock:
-                done.append((finished, finished - started, status))
+                done.append((finished, finished - started, status, model))
             if status == 429:
                 time.sleep(pause_after_429)
         conn.close()
@@ -94,16 +102,22 @@ def run(spec: dict) -> dict:
     for t in threads:
         t.join(timeout + seconds + warmup + 30)
     cpu_s = time.process_time() - cpu_begin
-    counted = [(lat, status) for finished, lat, status in done if window[0] <= finished <= window[1]]
-    ok = np.array([lat for lat, status in counted if status == 200]) * 1000
-    statuses = Counter(str(status) for _, status in counted)
+    counted = [(lat, status, model) for finished, lat, status, model in done if window[0] <= finished <= window[1]]
+    ok = np.array([lat for lat, status, _ in counted if status == 200]) * 1000
+    statuses = Counter(str(status) for _, status, _ in counted)
+    per_model = {}
+    for m in models if models != [None] else []:
+        mine = np.array([lat for lat, status, model in counted if status == 200 and model == m]) * 1000
+        per_model[m] = {"requests": len(mine), "items_per_s": len(mine) * per_request / seconds,
+                        "p50_ms": _pct(mine, 50), "p99_ms": _pct(mine, 99)}
     return {
         "workload": spec["workload"], "concurrency": spec["concurrency"], "seconds": seconds,
         "requests": len(ok), "req_per_s": len(ok) / seconds, "items_per_s": len(ok) * per_request / seconds,
         "p50_ms": _pct(ok, 50), "p95_ms": _pct(ok, 95), "p99_ms": _pct(ok, 99),
         "max_ms": float(ok.max()) if len(ok) else None,
-        "max_any_ms": max((lat for _, lat, _ in done), default=0) * 1000,
-        "statuses": dict(statuses), "all_statuses": dict(Counter(str(s) for _, _, s in done)),
+        "max_any_ms": max((lat for _, lat, _, _ in done), default=0) * 1000,
+        "statuses": dict(statuses), "all_statuses": dict(Counter(str(s) for _, _, s, _ in done)),
+        **({"by_model": per_model} if per_model else {}),
         "client_errors": dict(failures),
         # the load generator's own CPU per request sent (warm-up included): when it nears the service's, the
         # client shares the cores enough to be the bound

@@ -94,6 +94,7 @@ class IndexRef(BaseModel):
     version: str
     count: Optional[int]
     modality: Literal["image", "text"] = Field(description="What the items' vectors were embedded from.")
+    model: Optional[str] = Field(None, description="The model (variant) it was built with: searches and writes use it.")
 
 
 class SearchResponse(_Embedded):

@@ -99,8 +99,11 @@ def resolve_runtime(runtime: str, precision: str, manifest: dict[str, Any], bund
 
 
 # Bytes in memory per byte of the files a runtime maps, and a fixed part (the tokenizer, buffers, the runtime's
-# own structures); measured on real-size bundles (bench/bench_variants.py, bench/RESULTS.md "Model variants").
-_MEMORY_FACTOR = {"torch": 1.05, "onnx": 1.10}
+# own structures). Measured on real-size bundles after a batch of 16 images and texts (bench/bench_variants.py,
+# bench/RESULTS.md "Model variants"): torch keeps about its weights (english 1.3 GB RSS for 0.58 GB of weights
+# with torch's own 0.7 GB; so400m 4.4 GB for 4.4 GB), ONNX Runtime its weights plus its arena's activations, which
+# grow with the model (english 1.0x, siglip2-b16 1.3x, so400m 1.65x: 7.5 GB for 4.4 GB).
+_MEMORY_FACTOR = {"torch": 1.05, "onnx": 1.3}
 _MEMORY_FIXED = 96 * 1024 * 1024
 
 

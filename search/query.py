@@ -60,7 +60,8 @@ class IndexInfo:
     thumbnails: bool = False  # GET /items/<id>/thumbnail has something to serve
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "count": self.count, "modality": self.modality}
+        return {"name": self.name, "version": self.version, "count": self.count, "modality": self.modality,
+                "model": (self.model or {}).get("variant")}
 
 
 class SearchBackend(Protocol):

@@ -4,7 +4,7 @@ locals {
   # Per variant: the vCPUs it wants, and the GiB its model takes once used (weights, tokenizer, buffers: see
   # bench/RESULTS.md "Model variants"); the process itself (runtime libraries, image decoding) takes base_gib.
   default_cpu = { english = 2, multilingual = 4, "siglip2-b32" = 2, "siglip2-b16" = 4, "siglip2-so400m" = 8 }
-  model_gib   = { english = 2.5, multilingual = 4.5, "siglip2-b32" = 2.5, "siglip2-b16" = 2.5, "siglip2-so400m" = 5.5 }
+  model_gib   = { english = 2.5, multilingual = 4.5, "siglip2-b32" = 2.5, "siglip2-b16" = 2.5, "siglip2-so400m" = 7 }
   base_gib    = 1.5
   models      = var.models != null ? var.models : [var.model_variant]
   gpu         = var.gpu_type != null

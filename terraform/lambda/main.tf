@@ -7,7 +7,7 @@ locals {
     multilingual     = 4608
     "siglip2-b32"    = 2560
     "siglip2-b16"    = 2560
-    "siglip2-so400m" = 5632
+    "siglip2-so400m" = 7168
   }
   models = var.models != null ? var.models : [var.model_variant]
   # A baked search index (deploy.sh --index) is read at start: the models' memory plus 1.25 x its size.

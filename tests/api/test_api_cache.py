@@ -296,3 +296,34 @@ def test_settings_refuse_a_bad_redis_url_or_rate_limit():
         Settings.from_env({"RATE_LIMIT": "lots"})
     assert dataclasses.replace(Settings(), redis_url="rediss://x:6380").redis_url.startswith("rediss")
     assert "secret" not in repr(Settings(redis_url="redis://:secret@x:6379", redis_password="pw"))
+
+
+def test_two_models_in_one_app_never_get_each_others_vectors(tiny_model_dir, redis, english_encoder,
+                                                             multilingual_encoder):
+    """One Redis, one app serving english and multilingual (both 32-d): the same text embedded by each model is
+    cached under each model's identity; a fresh app (empty in-process caches) reads each model's own vector back
+    from Redis, bit for bit."""
+    def app():
+        settings = tiny_settings(tiny_model_dir, redis_url=redis.url, models="english,multilingual")
+        made = create_app(settings)
+        made.extensions["clipserve"].start()
+        assert made.extensions["clipserve"].engine.wait_ready(READY_TIMEOUT_S)
+        return made
+
+    first, second = app(), app()
+    try:
+        want = {}
+        for model in ("english", "multilingual"):
+            body = first.test_client().post("/embed/text", json={"texts": ["a cat"], "model": model}).get_json()
+            want[model] = np.array(body["embeddings"][0], np.float32)
+        assert not np.array_equal(want["english"], want["multilingual"])
+        client = second.test_client()
+        for model, encoder in (("english", english_encoder), ("multilingual", multilingual_encoder)):
+            body = client.post("/embed/text", json={"texts": ["a cat"], "model": model}).get_json()
+            got = np.array(body["embeddings"][0], np.float32)
+            assert np.array_equal(got, want[model]) and body["model"]["variant"] == model
+            np.testing.assert_allclose(got, encoder.encode_text(["a cat"]).embeddings[0], atol=1e-6)
+        assert l2(stats(client), "text") == (2, 0)  # both from Redis, each under its own model's key
+    finally:
+        for made in (first, second):
+            made.extensions["clipserve"].shutdown(1)

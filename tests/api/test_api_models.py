@@ -335,3 +335,60 @@ def test_items_of_two_models_never_share_a_batch(two):
     after = {m["name"]: m["batches"]["text"] for m in models.describe()}
     for name in ("english", "multilingual"):  # each model encoded exactly its own 8 texts
         assert after[name]["items"] - seen_before[name].get("items", 0) == 8
+
+
+# --- search uses the index's model; Weaviate the default ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multilingual_index(tiny_model_dir, tmp_path_factory):
+    import csv
+
+    from batch.cli import main
+
+    root = tmp_path_factory.mktemp("models_index")
+    with (root / "items.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        for i, text in enumerate(["a red bicycle", "ein blaues Auto", "a green tree", "un chat"]):
+            writer.writerow([f"sku-{i}", text])
+    assert main(["index", "build", "--input", str(root / "items.csv"), "--output", str(root / "idx/v1"), "--local",
+                 "--model-dir", str(tiny_model_dir), "--model", "multilingual"]) == 0
+    return root / "idx/v1"
+
+
+def test_search_embeds_with_the_model_its_index_was_built_with(tiny_model_dir, multilingual_index,
+                                                               multilingual_encoder):
+    app = ready(create_app(tiny_settings(tiny_model_dir, models=BOTH, index_dir=multilingual_index)))
+    client = app.test_client()
+    deadline = time.monotonic() + WAIT
+    while client.get("/health").status_code != 200:  # the index opens beside the model
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        answer = client.post("/search", json={"text": "ein blaues Auto", "top_k": 4}).json
+        assert answer["model"]["variant"] == "multilingual" and answer["index"]["model"] == "multilingual"
+        query = multilingual_encoder.encode_text(["ein blaues Auto"]).embeddings[0]
+        items = multilingual_encoder.encode_text(["a red bicycle", "ein blaues Auto", "a green tree", "un chat"])
+        want = [f"sku-{i}" for i in np.argsort(-(items.embeddings @ query), kind="stable")]
+        assert [r["id"] for r in answer["results"]] == want  # brute force with the index's model
+        assert client.post("/search", json={"text": "x", "model": "multilingual"}).status_code == 200
+        refused = client.post("/search", json={"text": "x", "model": "english"})
+        assert refused.status_code == 400 and "'multilingual'" in refused.json["error"]["message"]
+        assert client.get("/").json["search"]["index"]["model"] == "multilingual"
+    finally:
+        app.extensions["clipserve"].engine.shutdown()
+
+
+def test_an_index_built_with_a_model_not_served_stops_the_boot(tiny_model_dir, multilingual_index):
+    from search.errors import IndexUnusable
+
+    with pytest.raises(IndexUnusable, match="multilingual"):
+        create_app(tiny_settings(tiny_model_dir, model_variant="english", index_dir=multilingual_index))
+
+
+def test_weaviate_uses_the_default_model(two, english_encoder):
+    client = two.test_client()
+    body = client.post("/vectorize", json={"texts": ["a cat"]}).json
+    np.testing.assert_allclose(body["textVectors"][0], english_encoder.encode_text(["a cat"]).embeddings[0], atol=1e-6)
+    assert client.get("/meta").json["model"]["variant"] == "english"

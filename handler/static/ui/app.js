@@ -4,7 +4,7 @@
 (() => {
   const KEY = "clipserve.key";
   const $ = (id) => document.getElementById(id);
-  const state = { info: null, tab: "score", query: null, shown: 0, hits: [], itemUrls: [] };
+  const state = { info: null, tab: "score", query: null, shown: 0, hits: [], itemUrls: [], model: null };
 
   // --- talking to the service ------------------------------------------------------------------
 
@@ -73,6 +73,7 @@
     const m = state.info.model;
     $("model").textContent = m ? `${m.variant} · ${m.architecture} · ${m.dim}-d · ${m.precision} on ${m.device}`
       : `model ${state.info.status}`;
+    buildModelPicker(state.info.models || []);
     const search = state.info.search;
     $("tab-search").hidden = !search;
     if (search) buildColumnOptions(search.columns || {});
@@ -114,6 +115,7 @@
       $(tab.getAttribute("aria-controls")).hidden = !on;
       if (on && focus) tab.focus();
     }
+    noteModel();
     writeUrl();
   }
 
@@ -128,8 +130,32 @@
     });
   }
 
+  // --- models: one picker for every tab (search always uses the model its index was built with) ----------
+
+  function buildModelPicker(models) {
+    const select = $("model-select");
+    select.replaceChildren(...models.map((m) => {
+      const facts = [m.dim && `${m.dim}-d`, m.score_kind, m.license, m.state !== "ready" && m.state].filter(Boolean);
+      return el("option", { value: m.id, textContent: `${m.id}${m.default ? " (default)" : ""} · ${facts.join(" · ")}` });
+    }));
+    $("model-pick").hidden = models.length < 2;
+    select.addEventListener("change", () => { state.model = select.value; noteModel(); writeUrl(); });
+  }
+
+  function noteModel() {
+    const index = state.info.search && state.info.search.index;
+    const built = index ? index.model : null;
+    $("model-note").textContent = state.tab === "search" && built ? `search uses ${built}, the index's model` : "";
+    $("model-select").disabled = state.tab === "search";
+  }
+
+  // What every embedding or scoring request carries: the picked model (nothing when there is one model).
+  const withModel = (body) => (state.model ? { ...body, model: state.model } : body);
+
   function readUrl() {
     const p = new URLSearchParams(location.search);
+    const known = (state.info.models || []).map((m) => m.id);
+    if (known.includes(p.get("model"))) { state.model = p.get("model"); $("model-select").value = state.model; }
     state.tab = p.get("tab") || (state.info.search ? "search" : "score");
     if (p.get("top_k")) $("top-k").value = p.get("top_k");
     if (p.get("threshold")) $("threshold").value = p.get("threshold");
@@ -141,6 +167,7 @@
 
   function writeUrl() {
     const p = new URLSearchParams({ tab: state.tab });
+    if (state.model) p.set("model", state.model);
     if (state.tab === "search") {
       const q = state.query || {};
       if (q.text) p.set("q", q.text);
@@ -431,7 +458,7 @@
       if (!scoreImage) throw new Error("choose an image first");
       if (!labels.length) throw new Error("write at least one label");
       const template = $("template").value.includes("{}") ? $("template").value : "{}";
-      const answer = await api("score", { images: [scoreImage], texts: labels.map((l) => template.replace("{}", l)) });
+      const answer = await api("score", withModel({ images: [scoreImage], texts: labels, templates: [template] }));
       if (!answer.probs[0]) throw new Error(answer.errors.map((e) => e.message).join("; "));
       $("probs-kind").textContent = answer.probs_kind === "sigmoid"
         ? "Sigmoid probabilities (SigLIP): each label on its own, so several can be likely, or none."
@@ -444,7 +471,7 @@
       const files = Array.from($("score-files").files);
       if (!text || !files.length) throw new Error("write a text and choose images");
       const images = await Promise.all(files.map(readAsDataUrl));
-      const answer = await api("score", { images, texts: [text] });
+      const answer = await api("score", withModel({ images, texts: [text] }));
       $("probs-kind").hidden = true;
       $("bars").replaceChildren(...files.map((f, i) => answer.clip_score[i] === null
         ? bar(f.name, 0, "failed") : bar(f.name, answer.clip_score[i][0] / 100,
@@ -474,6 +501,7 @@
       path = "embed/image";
       body = { images: [image] };
     }
+    body = withModel(body);
     const started = performance.now();
     const answer = await api(path, body);
     const ms = performance.now() - started;
@@ -495,7 +523,7 @@
 
   function python() {
     const base = new URL("v1", location.href.split("?")[0].replace(/ui$/, ""));
-    const model = state.info.model ? state.info.model.variant : "english";
+    const model = embedded.body.model || (state.info.model ? state.info.model.variant : "english");
     const text = embedded.path === "embed/text";
     const input = JSON.stringify(text ? embedded.body.texts : embedded.body.images);
     return ["from openai import OpenAI", "",

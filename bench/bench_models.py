@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--workloads", default="texts,images", help="which throughput rows to run (none: '')")
+    parser.add_argument("--skip-cold", action="store_true", help="no cold start, memory or reload section")
     args = parser.parse_args()
     models = args.models.split(",")
     ensure_bundles(args.bundles, models)
@@ -79,7 +81,8 @@ def main() -> None:
     base = {"MODEL_DIR": str(args.bundles), "PRECISION": args.precision, "TEXT_CACHE_SIZE": "0",
             "REQUEST_TIMEOUT_S": "120"}
     results: dict = {"machine": machine(), "load_before": load_average(), "models": models, "alone": {}, "both": {}}
-    for kind, workload in WORKLOADS.items():
+    for kind in filter(None, args.workloads.split(",")):
+        workload = WORKLOADS[kind]
         for m in models:
             with serving({**base, "MODEL_VARIANT": m}, LOG) as server:
                 results["alone"].setdefault(kind, {})[m] = load(server.url, workload, 16, args.seconds, 3,
@@ -91,6 +94,11 @@ def main() -> None:
         print(f"{kind} both: {results['both'][kind]['items_per_s']:.1f}/s", file=sys.stderr, flush=True)
         save_json(args.json, results)
 
+    if args.skip_cold:
+        results["load_after"] = load_average()
+        save_json(args.json, results)
+        print(report(results))
+        return
     # cold start and memory
     server = Server({**base, "MODELS": ",".join(models)}, LOG)
     try:
@@ -107,7 +115,7 @@ def main() -> None:
     # a budget that holds one: an eviction and a load
     from models.loader import memory_needed
 
-    budget = max(memory_needed(m, args.bundles, precision=args.precision) for m in models) + 2**20
+    budget = max(memory_needed(m, args.bundles, precision=args.precision, runtime="auto") for m in models) + 2**20
     with serving({**base, "MODELS": ",".join(models), "MODEL_MEMORY_BUDGET": str(budget)}, LOG) as server:
         timings = []
         for m in (models[1], models[0], models[1]):
@@ -132,7 +140,7 @@ def report(results: dict) -> str:
              "| workload | " + " | ".join(f"{m} alone: items/s, p99" for m in models)
              + " | alternation | both: items/s (vs alternation) | " + " | ".join(f"{m} p99 (vs alone)" for m in models)
              + " |", "|---|" + "---|" * (2 * len(models) + 2)]
-    for kind in WORKLOADS:
+    for kind in results["both"]:
         alone, both = results["alone"][kind], results["both"][kind]
         alternation = len(models) / sum(1 / alone[m]["items_per_s"] for m in models)
         cells = [f"{alone[m]['items_per_s']:.1f}, {alone[m]['p99_ms']:.0f} ms" for m in models]
@@ -140,6 +148,8 @@ def report(results: dict) -> str:
         cells += [f"{both['by_model'][m]['p99_ms']:.0f} ms ({both['by_model'][m]['p99_ms'] / alone[m]['p99_ms']:.2f}x)"
                   for m in models]
         lines.append(f"| {kind}, 1 per request, 16 clients | " + " | ".join(cells) + " |")
+    if "cold" not in results:
+        return "\n".join(lines)
     cold = results["cold"]
     lines += ["", f"Cold start with both: default ready {cold['default_ready_s']:.1f} s, both ready "
               f"{cold['both_ready_s']:.1f} s; worker RSS {cold['worker_rss_one_mb']:,.0f} MB with {models[0]} alone, "

@@ -149,3 +149,23 @@ def test_bad_input_says_what_is_wrong(tmp_path):
     assert main(["eval", "--local", "--model-dir", str(tmp_path)]) == 1  # nothing to evaluate
     with pytest.raises(ValueError, match="has no"):
         evaluation.templates_of("a photo|of")
+
+
+def test_through_a_service_serving_two_models_each_request_names_its_model(tiny_model_dir, tmp_path,
+                                                                          multilingual_encoder):
+    """clipserve-batch embed --model and eval --model against a real gunicorn with MODELS=english,multilingual."""
+    from servers import gunicorn
+
+    (tmp_path / "items.csv").write_text("id,text\na,ein Hund\nb,a red car\n")
+    for name in ("red", "blue"):
+        picture(tmp_path / "photos" / name / "0.png", name)
+    with gunicorn(tiny_model_dir, tmp_path / "gunicorn.log", MODELS="english,multilingual",
+                  MODEL_ALIASES="accurate=multilingual") as server:
+        assert main(["embed", "--input", str(tmp_path / "items.csv"), "--output", str(tmp_path / "out.jsonl"),
+                     "--endpoint", server.url, "--model", "accurate"]) == 0
+        rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        want = multilingual_encoder.encode_text(["ein Hund", "a red car"]).embeddings
+        np.testing.assert_allclose([r["text_embedding"] for r in rows], want, atol=1e-6)
+        assert main(["eval", "--zero-shot", str(tmp_path / "photos"), "--templates", "{}", "--endpoint", server.url,
+                     "--model", "english", "--model", "accurate", "--json", str(tmp_path / "e.json")]) == 0
+    assert list(json.loads((tmp_path / "e.json").read_text())) == ["english", "multilingual"]

@@ -47,3 +47,10 @@ def test_multilingual_imports_transformers_because_it_needs_it_but_not_timm(tiny
     child = run_child("multilingual", tiny_model_dir)
     assert child["loaded"]["transformers"] and not child["loaded"]["timm"]
     assert child["complete"] == [True, True, True]
+
+
+def test_siglip_imports_timm_for_its_image_tower_but_not_transformers(siglip_model_dir):
+    """Its tokenizer is read with the tokenizers library: transformers is never imported to serve it."""
+    child = run_child("siglip2-b16", siglip_model_dir)
+    assert child["loaded"]["timm"] and not child["loaded"]["transformers"]
+    assert child["complete"] == [True, True, True]

@@ -142,7 +142,7 @@ def test_every_query_kind_equals_brute_force(server, stored):
 def test_answer_shape_names_the_index_and_model(server):
     body = search(server, text="a picture", top_k=2).json()
     version = body["index"].pop("version")
-    assert body["index"] == {"name": "catalog", "count": IMAGES, "modality": "image"}
+    assert body["index"] == {"name": "catalog", "count": IMAGES, "modality": "image", "model": "english"}
     assert version == "v1" if server.backend == "faiss" else version.startswith("20")  # Qdrant: created at
     assert body["model"]["variant"] == "english" and body["dim"] == 32
     assert set(body["results"][0]) == {"id", "score", "clip_score", "metadata"}

@@ -48,7 +48,8 @@ def cors_origin_port() -> int:
 @pytest.fixture(scope="session")
 def ui_server(tiny_model_dir, demo_index, cors_origin_port, tmp_path_factory):
     log = tmp_path_factory.mktemp("ui-logs") / "gunicorn.log"
-    with gunicorn(tiny_model_dir, log, INDEX_DIR=str(demo_index),
+    # Two models (english, the index's, is the default): the page's model picker is there to be tested.
+    with gunicorn(tiny_model_dir, log, INDEX_DIR=str(demo_index), MODELS="english,multilingual",
                   CORS_ORIGINS=f"http://127.0.0.1:{cors_origin_port}") as server:
         yield server
 

@@ -179,6 +179,44 @@ def test_embed_copies_a_vector_of_the_model_dimension(ui, ui_server):
     ui.screenshot("embed")
 
 
+def test_the_model_picker_sends_the_chosen_model_from_every_tab(ui, ui_server, demo_index):
+    open_ui(ui, "?tab=score")
+    page = ui.page
+    assert page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)") == ["english",
+                                                                                               "multilingual"]
+    page.select_option("#model-select", "multilingual")
+    assert "model=multilingual" in page.url
+    data = picture(demo_index, 3)
+    page.set_input_files("#score-file", {"name": "q.png", "mimeType": "image/png", "buffer": data})
+    page.wait_for_selector("#score-preview:not([hidden])")
+    page.fill("#labels", "red\nblue")
+    page.fill("#template", "a {} shape")
+    page.click("#score-run")
+    page.wait_for_function("() => document.querySelectorAll('#bars li').length === 2")
+    shown = page.eval_on_selector_all("#bars li", "bars => bars.map(b => Number(b.dataset.share))")
+    answer = requests.post(f"{ui_server.url}/score", timeout=30, json={
+        "images": [base64.b64encode(data).decode()], "texts": ["red", "blue"], "templates": ["a {} shape"],
+        "model": "multilingual"}).json()
+    np.testing.assert_allclose(shown, answer["probs"][0], rtol=1e-6)
+    assert "Softmax" in page.inner_text("#probs-kind")
+
+    page.click("#tab-embed")
+    assert not page.is_disabled("#model-select")
+    page.fill("#embed-text", "ein Hund")
+    page.click("#embed-run")
+    page.wait_for_selector("#embed-out:not([hidden])")
+    page.click("#copy-vector")
+    copied = json.loads(page.evaluate("navigator.clipboard.readText()"))
+    want = requests.post(f"{ui_server.url}/embed/text", timeout=30,
+                         json={"texts": ["ein Hund"], "model": "multilingual"}).json()["embeddings"][0]
+    other = requests.post(f"{ui_server.url}/embed/text", timeout=30, json={"texts": ["ein Hund"]}).json()
+    np.testing.assert_allclose(copied, want, atol=1e-6)
+    assert not np.allclose(copied, other["embeddings"][0], atol=1e-3)  # not the default's vector
+
+    page.click("#tab-search")
+    assert page.is_disabled("#model-select") and "english" in page.inner_text("#model-note")
+
+
 def test_without_thumbnails_metadata_image_urls_are_shown_and_broken_ones_hidden(context, url_server):
     ui = watch(context, url_server.url)
     page = ui.page

@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 variant=${MODEL_VARIANT:-english}
+indexes=${INDEXES_DIR:-./indexes-local}  # where --demo and --images keep the indexes they build
+log=.serve.log                             # what the set-up steps printed (shown only if one fails)
 port=${PORT:-8080}
 demo=0
 images=""
@@ -29,9 +31,21 @@ done
 
 source scripts/venv.sh
 
+# Run a set-up step with its output (progress bars, libraries' notices) kept in $log; shown if it fails.
+quietly() {
+  if ! "$@" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "serve.sh: '$*' failed (its whole output is in $log)" >&2
+    exit 1
+  fi
+}
+
 if [ "$demo" = 1 ]; then
   model_dir=${MODEL_DIR:-./model_bundles-demo}
-  [ -f "$model_dir/$variant/manifest.json" ] || python -m models.tiny --variant "$variant" --out "$model_dir" --size tiny
+  if [ ! -f "$model_dir/$variant/manifest.json" ]; then
+    echo "serve.sh: making a tiny $variant bundle with random weights in $model_dir..." >&2
+    quietly python -m models.tiny --variant "$variant" --out "$model_dir" --size tiny
+  fi
   cat >&2 <<EOF
 ################################################################################
 # DEMO MODE: serving a tiny bundle with RANDOM weights from $model_dir.
@@ -57,19 +71,19 @@ fi
 # and model into ./indexes-local (versions are immutable: a changed folder needs rm -r of its index).
 if [ -z "${INDEX_DIR:-}" ] && { [ -n "$images" ] || [ "$demo" = 1 ]; }; then
   if [ -z "$images" ]; then
-    images=./indexes-local/demo-pictures
-    [ -f "$images/items.csv" ] || python -m batch.demo_images --output "$images" >/dev/null
+    images=$indexes/demo-pictures
+    [ -f "$images/items.csv" ] || quietly python -m batch.demo_images --output "$images"
     rows=$images/items.csv
   else
     rows=$images
   fi
   weights=$(python -c "import sys; from models.bundle import model_identity as m
 print(m(sys.argv[1], sys.argv[2])['weights'].split(':')[-1][:12])" "$model_dir" "$variant")
-  INDEX_DIR=./indexes-local/$(basename "$(realpath "$images")")-$variant-$weights/v1
+  INDEX_DIR=$indexes/$(basename "$(realpath "$images")")-$variant-$weights/v1
   if [ ! -f "$INDEX_DIR/manifest.json" ]; then
     echo "serve.sh: indexing $rows into $INDEX_DIR (with thumbnails)..." >&2
-    python -m batch index build --input "$rows" --output "$INDEX_DIR" --local --model-dir "$model_dir" \
-      --variant "$variant" --thumbnails >/dev/null
+    quietly python -m batch index build --input "$rows" --output "$INDEX_DIR" --local --model-dir "$model_dir" \
+      --model "$variant" --thumbnails
   fi
   export INDEX_DIR
 fi

@@ -333,6 +333,10 @@ class ModelSet:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._slots[self.default].engine.wait_ready(timeout)
 
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, on the loader's thread, when the default model has loaded (the service is up)."""
+        self._slots[self.default].engine.on_first_ready = callback
+
     def loop_health(self) -> Any:
         return (self._batcher or self._slots[self.default].engine._batcher).health()
 

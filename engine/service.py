@@ -123,6 +123,7 @@ class EmbeddingEngine:
         self._window = max_batch_size  # a request's items queued or running at once (_Flow)
         self.device_error: str | None = None  # a CUDA error that left the context unusable
         self.load_seconds: float | None = None  # how long the last load took
+        self.on_first_ready: Callable[[], None] | None = None  # called once, after the first load (a log line)
         self.batch_counts: collections.Counter = collections.Counter()  # (kind, "calls" | "items") -> count
         self._batcher: Batcher | Unbatched
         self._owns_batcher = batcher is None
@@ -223,9 +224,15 @@ class EmbeddingEngine:
                 self.vectors.bind(encoder.info)
             if self._owns_batcher:
                 self._batcher.start()
+            first = self.load_seconds is None
             self.load_seconds = time.monotonic() - started
             self._state = ModelState.READY
             log.info("model %s loaded in %.1f s", self.name or encoder.info.variant, self.load_seconds)
+            if first and self.on_first_ready is not None:
+                try:
+                    self.on_first_ready()
+                except Exception:  # noqa: BLE001 - a log line must not fail the load
+                    log.exception("the ready callback failed")
         finally:
             self._ready.set()
 

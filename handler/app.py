@@ -8,6 +8,7 @@ request or from gunicorn's worker hook (after fork), via ``ClipService.start()``
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from flask import Flask
@@ -31,6 +32,7 @@ from search.configure import search_service
 from search.service import SearchService
 
 EXTENSION = "clipserve"
+log = logging.getLogger("clipserve")
 
 
 def load_bundle_encoder(settings: Settings, variant: str | None = None) -> Any:
@@ -59,6 +61,14 @@ def model_set(settings: Settings, shared: Any = None) -> ModelSet:
                                   sizes, shared)
 
 
+def say_where_to_go(settings: Settings) -> None:
+    """The one line a person starting the service locally needs: where the playground, the docs and the API are."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{settings.port}" if settings.log_as_text else ""
+    pages = ([f"playground {base}/ui"] if settings.ui_enabled else []) + [f"API docs {base}/docs", f"API {base}/"]
+    log.info("ready: %s", ", ".join(pages))
+
+
 def create_app(settings: Settings | None = None, engine: ModelSet | EmbeddingEngine | None = None,
                search: SearchService | None = None) -> Flask:
     """Build the app. Tests pass ``settings`` and an engine around a tiny (or failing) encoder (it serves the default
@@ -77,6 +87,7 @@ def create_app(settings: Settings | None = None, engine: ModelSet | EmbeddingEng
         search = search_service(settings, served_identities(settings.model_dir, settings.served_models))
     service = ClipService(settings, engine, search)
     engine = service.engine
+    engine.when_ready(functools.partial(say_where_to_go, settings))
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

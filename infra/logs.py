@@ -1,4 +1,5 @@
-"""Process-wide logging: one JSON object per line, shaped the way Cloud Logging reads it.
+"""Process-wide logging: one JSON object per line, shaped the way Cloud Logging reads it (or, for a person at a
+terminal, one short line: LOG_FORMAT).
 
 Why JSON lines on stdout everywhere: Cloud Run and Lambda both ship stdout to their log stores,
 and Cloud Logging turns a JSON line into a structured entry (``severity``, trace correlation,
@@ -161,6 +162,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """One short line per record, for a terminal: `12:04:05 POST /embed/text 200 14 ms` for a request (with its
+    error code and model when it has them), `12:04:05 warning message` otherwise. What JSON lines carry for
+    machines (ids, traces, sizes) stays out; tracebacks stay in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        fields = getattr(record, "json_fields", None)
+        if isinstance(fields, Mapping) and "route" in fields and "status" in fields:
+            line = f"{when} {fields.get('method', '')} {fields['route']} {fields['status']} " \
+                   f"{float(fields.get('latency_ms', 0)):.0f} ms"
+            line += "".join(f" {fields[k]}" for k in ("error_code",) if fields.get(k))
+            line += f" model={fields['model']}" if fields.get("model") else ""
+        else:
+            level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()} "
+            line = f"{when} {level}{record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 class _StdoutHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` is when a record is emitted (Lambda's runtime and test runners swap it)."""
 
@@ -176,8 +198,14 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
-def make_handler(*, cloud_run: bool, project: str | None, stream: IO[str] | None = None) -> logging.Handler:
-    """StructuredLogHandler on Cloud Run, else a stream handler with JsonFormatter; both write JSON lines."""
+def make_handler(*, cloud_run: bool, project: str | None, stream: IO[str] | None = None,
+                 text: bool = False) -> logging.Handler:
+    """StructuredLogHandler on Cloud Run, else a stream handler with JsonFormatter; both write JSON lines. ``text``:
+    short lines for a terminal instead (TextFormatter)."""
+    if text:
+        handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
+        handler.setFormatter(TextFormatter())
+        return handler
     if cloud_run:
         from google.cloud.logging_v2.handlers import StructuredLogHandler  # imported only where it is used
 
@@ -197,7 +225,8 @@ def configure_logging(settings: Any, stream: IO[str] | None = None) -> logging.H
     Replaces the root logger's handlers; gunicorn's own loggers are routed here too
     (see ``gunicorn_logconfig``) so the whole output of a container is machine-readable.
     """
-    handler = make_handler(cloud_run=bool(settings.k_service), project=settings.google_cloud_project, stream=stream)
+    handler = make_handler(cloud_run=bool(settings.k_service), project=settings.google_cloud_project, stream=stream,
+                           text=settings.log_as_text)
     handler._clipserve = True  # type: ignore[attr-defined] - lets a second call find and replace it
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_clipserve", False) or _is_default_handler(h)
@@ -207,6 +236,11 @@ def configure_logging(settings: Any, stream: IO[str] | None = None) -> logging.H
     root.setLevel(settings.log_level)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Libraries' Python warnings (deprecations and the like) become log records: JSON lines where machines read
+    # them; at a terminal only with LOG_LEVEL=DEBUG, since none asks the person running it to act.
+    logging.captureWarnings(True)
+    quiet = settings.log_as_text and root.level > logging.DEBUG
+    logging.getLogger("py.warnings").setLevel(logging.ERROR if quiet else logging.NOTSET)
     return handler
 
 
@@ -214,19 +248,22 @@ def gunicorn_logconfig(settings: Any) -> dict[str, Any]:
     """A ``logconfig_dict`` for gunicorn.conf.py: gunicorn's own lines (boot, signals, worker exits) as JSON on stdout.
 
     The access log is off because the app logs one richer line per request itself. The root
-    logger is left to ``configure_logging``, which the app runs in the worker.
+    logger is left to ``configure_logging``, which the app runs in the worker. At a terminal (LOG_FORMAT text)
+    gunicorn's boot chatter is left out (warnings and errors stay): the service says itself when it is ready.
     """
+    text = settings.log_as_text
+    level = "WARNING" if text and settings.log_level in ("DEBUG", "INFO") else settings.log_level
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "infra.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "infra.logs.TextFormatter" if text else "infra.logs.JsonFormatter"}},
         "filters": {"context": {"()": "infra.logs.ContextFilter"},
                     "stalled_client": {"()": "infra.logs.StalledClientFilter"}},
         "handlers": {"json_stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
                                      "formatter": "json", "filters": ["context", "stalled_client"]}},
         "root": {"level": settings.log_level, "handlers": []},
         "loggers": {
-            "gunicorn.error": {"level": settings.log_level, "handlers": ["json_stdout"], "propagate": False},
+            "gunicorn.error": {"level": level, "handlers": ["json_stdout"], "propagate": False},
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
         },
     }

@@ -235,8 +235,13 @@ class Settings:
                                     "A folder for qdrant-client's embedded local mode instead of a server: one "
                                     "process at a time, brute force; for tests, demos and a single instance.")
     # operations: logs, metrics, API keys
-    log_level: str = _env("LOG_LEVEL", "INFO", "Lowest severity logged (JSON lines on stdout).",
+    log_level: str = _env("LOG_LEVEL", "INFO", "Lowest severity logged (on stdout, in LOG_FORMAT).",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _env("LOG_FORMAT", "auto",
+                           "json = Cloud Logging's structured JSON lines (one object per request); text = one "
+                           "short line per request (time, method, route, status, latency, error code) for a person "
+                           "at a terminal; auto = json on Cloud Run, on Lambda or when stdout is not a terminal, "
+                           "else text.", choices=("auto", "json", "text"))
     metrics_enabled: bool = _env("METRICS_ENABLED", False, "Serve Prometheus metrics at GET /metrics.")
     api_keys: str | None = _env("API_KEYS", None,
                                 "Comma-separated API keys; when set (or API_KEYS_FILE), every route but /health "
@@ -248,6 +253,8 @@ class Settings:
                                             "GCP project id: turns trace headers into Cloud Logging trace links.")
     k_service: str | None = _env("K_SERVICE", None,
                                  "Set by Cloud Run; selects google-cloud-logging's structured log handler.")
+    lambda_function: str | None = _env("AWS_LAMBDA_FUNCTION_NAME", None,
+                                       "Set by Lambda; LOG_FORMAT=auto writes JSON lines there.")
 
     def __post_init__(self) -> None:
         backends = [name for name, value in (("INDEX_DIR", self.index_dir), ("QDRANT_URL", self.qdrant_url),
@@ -285,6 +292,15 @@ class Settings:
             if origin != "*" and not _ORIGIN.fullmatch(origin):
                 raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
         return origins
+
+    @property
+    def log_as_text(self) -> bool:
+        """LOG_FORMAT resolved: text for a person at a terminal, JSON for the platforms and pipes."""
+        if self.log_format != "auto":
+            return self.log_format == "text"
+        import sys
+
+        return self.k_service is None and self.lambda_function is None and sys.stdout.isatty()
 
     @property
     def served_models(self) -> tuple[str, ...]:

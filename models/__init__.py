@@ -18,3 +18,5 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(OFFLINE_ENV)
+# Download progress bars (a bake at image build time) say nothing a person must act on; bake prints what it fetched.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

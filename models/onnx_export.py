@@ -18,8 +18,12 @@ manifest says why and PRECISION=int8 refuses that bundle.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +150,41 @@ def probe_images() -> list:
     return images
 
 
+class _DropLibraryRecords(logging.Filter):
+    """Records of torch's exporter and ONNX Runtime's quantizer (their progress, and the quantizer's advice to run
+    another project's pre-processing script): nothing a person baking or serving a bundle can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.pathname for part in ("onnxruntime", "torch/onnx", "onnxscript"))
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """While exporting and quantizing: the exporter's printed progress, its warnings and the quantizer's log lines
+    stay off the console (our own check results are logged by this module). A root handler is put in place if
+    there is none, so a library's `logging.warning` cannot configure one that prints to stderr."""
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    drop = _DropLibraryRecords()
+    handlers = list(root.handlers)
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, names: list[str], dims: dict[str, dict[int, Any]]) -> None:
     module.eval()
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), quiet_libraries():
         program = torch.onnx.export(module, args, dynamo=True, input_names=names, output_names=["features"],
                                     dynamic_shapes=dims, opset_version=OPSET, verbose=False)
     # Weights as external data (PATH.data) for every graph: ONNX Runtime then maps them instead of parsing them
@@ -254,7 +290,8 @@ def _quantize(staging: Path, section: dict[str, Any], feeds: dict[str, dict[str,
     for name in ("image", "text"):
         fp32 = staging / section[name]["file"]
         int8 = staging / section[name]["file"].replace(".onnx", ".int8.onnx")
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, use_external_data_format=True)
+        with quiet_libraries():
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, use_external_data_format=True)
         ref = _session(fp32).run(None, feeds[name])[0]
         got = _session(int8).run(None, feeds[name])[0]
         cosines[name] = float((_unit(ref) * _unit(got)).sum(axis=1).min())
@@ -266,6 +303,6 @@ def _quantize(staging: Path, section: dict[str, Any], feeds: dict[str, dict[str,
         worst = min(cosines, key=cosines.get)
         reason = (f"int8 {worst} tower reached cosine {cosines[worst]:.4f} to fp32 on the probe set, below "
                   f"{INT8_MIN_COSINE}: int8 files not written")
-        log.warning("%s", reason)
+        log.info("%s", reason)  # int8 is opt-in: the manifest keeps the reason, PRECISION=int8 shows it
         return {"written": False, "reason": reason, "min_cosine": {k: round(v, 6) for k, v in cosines.items()}}
     return {"written": True, **result}

@@ -173,3 +173,18 @@ def serve_images(host: str = "127.0.0.1") -> Iterator[ImageServer]:
         server.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def build_text_index(model_dir, root, texts: list[str], model: str = "english"):
+    """An index version folder of `texts` (ids sku-0, sku-1, ...) built by the real `clipserve-batch index build`."""
+    import csv
+
+    from batch.cli import main
+
+    with (root / "items.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows([f"sku-{i}", text] for i, text in enumerate(texts))
+    assert main(["index", "build", "--input", str(root / "items.csv"), "--output", str(root / "idx" / "v1"),
+                 "--local", "--model-dir", str(model_dir), "--model", model]) == 0
+    return root / "idx" / "v1"

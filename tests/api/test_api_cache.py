@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from api_helpers import b64, image_bytes, serve_images
+from api_helpers import b64, build_text_index, image_bytes, serve_images
 from app_helpers import READY_TIMEOUT_S, tiny_settings
 from engine import EmbeddingEngine
 from engine.cache import TEXT, text_digest
@@ -63,19 +63,8 @@ def l2(body: dict, kind: str) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def index_dir(tiny_model_dir, tmp_path_factory):
-    import csv
-
-    from batch.cli import main
-
-    root = tmp_path_factory.mktemp("cache_index")
-    with (root / "items.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "text"])
-        for i, text in enumerate(["a red bicycle", "a blue car", "a green tree", "a cat", "a dog"]):
-            writer.writerow([f"sku-{i}", text])
-    assert main(["index", "build", "--input", str(root / "items.csv"), "--output", str(root / "idx" / "v1"),
-                 "--local", "--model-dir", str(tiny_model_dir)]) == 0
-    return root / "idx" / "v1"
+    return build_text_index(tiny_model_dir, tmp_path_factory.mktemp("cache_index"),
+                            ["a red bicycle", "a blue car", "a green tree", "a cat", "a dog"])
 
 
 def test_two_instances_share_texts_images_and_searches(tiny_model_dir, redis, index_dir, tmp_path):

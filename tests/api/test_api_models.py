@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from api_helpers import b64, image_bytes
+from api_helpers import b64, build_text_index, image_bytes
 from app_helpers import Gate, ready, tiny_settings
 from engine import Batcher
 from engine.models import ModelSet, ModelTooLarge
@@ -342,19 +342,8 @@ def test_items_of_two_models_never_share_a_batch(two):
 
 @pytest.fixture(scope="module")
 def multilingual_index(tiny_model_dir, tmp_path_factory):
-    import csv
-
-    from batch.cli import main
-
-    root = tmp_path_factory.mktemp("models_index")
-    with (root / "items.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "text"])
-        for i, text in enumerate(["a red bicycle", "ein blaues Auto", "a green tree", "un chat"]):
-            writer.writerow([f"sku-{i}", text])
-    assert main(["index", "build", "--input", str(root / "items.csv"), "--output", str(root / "idx/v1"), "--local",
-                 "--model-dir", str(tiny_model_dir), "--model", "multilingual"]) == 0
-    return root / "idx/v1"
+    return build_text_index(tiny_model_dir, tmp_path_factory.mktemp("models_index"),
+                            ["a red bicycle", "ein blaues Auto", "a green tree", "un chat"], model="multilingual")
 
 
 def test_search_embeds_with_the_model_its_index_was_built_with(tiny_model_dir, multilingual_index,

@@ -140,17 +140,21 @@ def test_a_filter_built_in_the_editor_returns_only_matching_items(ui, ui_server)
     ui.screenshot("search-filtered")
 
 
-def test_zero_shot_shows_one_bar_per_label_with_the_probabilities_score_gives(ui, ui_server, demo_index):
-    open_ui(ui, "?tab=score")
-    page = ui.page
-    data = picture(demo_index, 5)
+def zero_shot(page, data: bytes, labels: list[str], template: str) -> list[tuple[str, float]]:
+    """Score a picture against labels on the zero-shot tab; the bars as (label, share)."""
     page.set_input_files("#score-file", {"name": "q.png", "mimeType": "image/png", "buffer": data})
     page.wait_for_selector("#score-preview:not([hidden])")
-    page.fill("#labels", "red\nblue\ngreen\nyellow")
-    page.fill("#template", "a photo of a {} shape")
+    page.fill("#labels", "\n".join(labels))
+    page.fill("#template", template)
     page.click("#score-run")
-    page.wait_for_function("() => document.querySelectorAll('#bars li').length === 4")
-    shown = page.eval_on_selector_all("#bars li", "bars => bars.map(b => [b.dataset.label, Number(b.dataset.share)])")
+    page.wait_for_function(f"() => document.querySelectorAll('#bars li').length === {len(labels)}")
+    return page.eval_on_selector_all("#bars li", "bars => bars.map(b => [b.dataset.label, Number(b.dataset.share)])")
+
+
+def test_zero_shot_shows_one_bar_per_label_with_the_probabilities_score_gives(ui, ui_server, demo_index):
+    open_ui(ui, "?tab=score")
+    data = picture(demo_index, 5)
+    shown = zero_shot(ui.page, data, ["red", "blue", "green", "yellow"], "a photo of a {} shape")
     answer = requests.post(f"{ui_server.url}/score", timeout=30, json={
         "images": [base64.b64encode(data).decode()],
         "texts": [f"a photo of a {c} shape" for c in ("red", "blue", "green", "yellow")]}).json()
@@ -187,13 +191,7 @@ def test_the_model_picker_sends_the_chosen_model_from_every_tab(ui, ui_server, d
     page.select_option("#model-select", "multilingual")
     assert "model=multilingual" in page.url
     data = picture(demo_index, 3)
-    page.set_input_files("#score-file", {"name": "q.png", "mimeType": "image/png", "buffer": data})
-    page.wait_for_selector("#score-preview:not([hidden])")
-    page.fill("#labels", "red\nblue")
-    page.fill("#template", "a {} shape")
-    page.click("#score-run")
-    page.wait_for_function("() => document.querySelectorAll('#bars li').length === 2")
-    shown = page.eval_on_selector_all("#bars li", "bars => bars.map(b => Number(b.dataset.share))")
+    shown = [share for _, share in zero_shot(page, data, ["red", "blue"], "a {} shape")]
     answer = requests.post(f"{ui_server.url}/score", timeout=30, json={
         "images": [base64.b64encode(data).decode()], "texts": ["red", "blue"], "templates": ["a {} shape"],
         "model": "multilingual"}).json()

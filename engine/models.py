@@ -123,15 +123,17 @@ class ModelSet:
         """The set MODELS names, on one batcher; the default model starts loading at ``start``, the others wait."""
         stats = CacheStats()
         engines: dict[str, EmbeddingEngine] = {}
+
+        def run(kind: str, options: Any, payloads: list[Any]) -> list[Any]:  # options: (model name, normalize)
+            return engines[options[0]]._run_batch(kind, options, payloads)
+
         if settings.batching:
             batcher: Batcher | Unbatched = Batcher(
-                lambda kind, options, payloads: engines[options[0]]._run_batch(kind, options, payloads),
-                max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
+                run, max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
                 queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s,
                 more_coming=lambda: any(e.busy_preparing for e in engines.values()))
         else:
-            batcher = Unbatched(lambda kind, options, payloads: engines[options[0]]._run_batch(kind, options, payloads),
-                                stall_timeout_s=settings.stall_timeout_s)
+            batcher = Unbatched(run, stall_timeout_s=settings.stall_timeout_s)
         for i, name in enumerate(settings.served_models):
             engines[name] = EmbeddingEngine.from_settings(
                 settings, loader_for(name), shared_cache, name=name, batcher=batcher, cache_stats=stats,
@@ -160,6 +162,11 @@ class ModelSet:
 
     def engine(self, name: str | None = None) -> EmbeddingEngine:
         return self._slots[self.resolve(name)].engine
+
+    def info_of(self, name: str | None = None) -> Any:
+        """A model's facts, also while it is unloaded (from its last load); NotReady before its first load."""
+        engine = self.engine(name)
+        return engine.known_info or engine.info
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -315,8 +322,7 @@ class ModelSet:
     @property
     def info(self) -> Any:
         """The default model's facts (NotReady before its first load)."""
-        engine = self._slots[self.default].engine
-        return engine.known_info or engine.info
+        return self.info_of()
 
     @property
     def device_error(self) -> str | None:

@@ -103,7 +103,8 @@ class EmbeddingEngine:
                  cache_stats: CacheStats | None = None, initial_state: ModelState = ModelState.LOADING) -> None:
         """``shared_cache``: the level-2 cache every instance shares (texts behind the in-process LRU, and images);
         None = none. ``batcher``: a batcher shared with other engines (None: this engine makes its own);
-        ``cache_stats``: counts shared with them; ``initial_state`` UNLOADED: not loaded until ``begin_load``."""
+        ``cache_stats``: counts shared with them; ``initial_state`` UNLOADED: not loaded until its ModelSet loads it
+        (``reserve``, then ``load_now``)."""
         self.name = name
         self._load = load
         self._encoder: Any = None
@@ -214,7 +215,7 @@ class EmbeddingEngine:
         try:
             encoder = self._load()
         except BaseException as exc:  # noqa: BLE001 - report it through health, never crash silently
-            log.error("model failed to load", exc_info=exc, extra={"model": self.name})
+            log.error("model %s failed to load", self.name or "", exc_info=exc)
             self._load_error = exc
             self._state = ModelState.FAILED
         else:

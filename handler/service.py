@@ -24,11 +24,11 @@ from engine.models import ModelSet
 from handler import observability, scoring
 from handler.errors import (AllImagesFailed, AllItemsFailed, ImageFailed, IndexNotConfigured, InvalidRequest,
                             ThumbnailNotFound, Timeout)
-from models.prompts import label_vectors
 from handler.schemas import RequestModels, build_request_models
 from infra import tracing
 from infra.settings import Settings
 from inputs import ImageError, ImageLimits, draft_size_for, fetch_images, load_images
+from models.prompts import label_vectors
 from search.filters import parse_filter
 from search.query import Hit, IndexInfo, Item, Query, SearchBackend
 from search.service import SearchService, State
@@ -197,8 +197,7 @@ class ClipService:
 
     def model_fields(self, model: str | None = None) -> dict[str, Any]:
         """The model a response's vectors came from, as every native answer names it."""
-        engine = self.engine.engine(model)
-        info = engine.known_info or engine.info
+        info = self.engine.info_of(model)
         observability.annotate(model=info.variant)
         return {"model": {"variant": info.variant, "architecture": info.architecture}, "dim": info.dim}
 
@@ -384,7 +383,7 @@ class ClipService:
             if not isinstance(fetched, ImageError):
                 spec = dataclasses.replace(spec, value=fetched)
         vectors = self.engine.engine(spec.model).vectors
-        key = self._search_key(spec, backend)
+        key = self._search_key(spec, backend, vectors)
         cached = vectors.get_answer(key) if key is not None else None
         if cached is not None:
             hits = [Hit(h["id"], h["score"], h.get("metadata"), None if h.get("vector") is None
@@ -408,14 +407,14 @@ class ClipService:
         index = info.public()
         if key is not None:
             vectors.put_answer(key, {"hits": [{"id": h.id, "score": h.score, "metadata": h.metadata,
-                                                           "vector": h.vector} for h in hits], "index": index},
-                                           self.settings.search_cache_ttl_s)
+                                               "vector": h.vector} for h in hits], "index": index},
+                               self.settings.search_cache_ttl_s)
         return hits, index
 
-    def _search_key(self, spec: QuerySpec, backend: SearchBackend) -> bytes | None:
-        """The answer's cache key, or None when answers are not cached (no shared cache, TTL 0, an image that could
-        not be fetched, or a Qdrant collection whose write generation cannot be read)."""
-        vectors = self.engine.engine(spec.model).vectors
+    def _search_key(self, spec: QuerySpec, backend: SearchBackend, vectors: Any) -> bytes | None:
+        """The answer's cache key in the query model's ``vectors`` cache, or None when answers are not cached (no
+        shared cache, TTL 0, an image that could not be fetched, or a Qdrant collection whose write generation cannot
+        be read)."""
         if (not vectors.enabled or not self.settings.search_cache_ttl_s
                 or (spec.kind == "image" and not isinstance(spec.value, bytes))):
             return None
@@ -461,8 +460,7 @@ class ClipService:
         return unit_vector(spec.value, backend.info().model.get("dim") or self._dim(spec.model), "vector"), None
 
     def _dim(self, model: str | None) -> int:
-        engine = self.engine.engine(model)
-        return (engine.known_info or engine.info).dim
+        return self.engine.info_of(model).dim
 
     # index writes ----------------------------------------------------------------------------------
 

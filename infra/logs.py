@@ -173,7 +173,7 @@ class TextFormatter(logging.Formatter):
         if isinstance(fields, Mapping) and "route" in fields and "status" in fields:
             line = f"{when} {fields.get('method', '')} {fields['route']} {fields['status']} " \
                    f"{float(fields.get('latency_ms', 0)):.0f} ms"
-            line += "".join(f" {fields[k]}" for k in ("error_code",) if fields.get(k))
+            line += f" {fields['error_code']}" if fields.get("error_code") else ""
             line += f" model={fields['model']}" if fields.get("model") else ""
         else:
             level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()} "
@@ -202,11 +202,7 @@ def make_handler(*, cloud_run: bool, project: str | None, stream: IO[str] | None
                  text: bool = False) -> logging.Handler:
     """StructuredLogHandler on Cloud Run, else a stream handler with JsonFormatter; both write JSON lines. ``text``:
     short lines for a terminal instead (TextFormatter)."""
-    if text:
-        handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
-        handler.setFormatter(TextFormatter())
-        return handler
-    if cloud_run:
+    if cloud_run and not text:
         from google.cloud.logging_v2.handlers import StructuredLogHandler  # imported only where it is used
 
         handler: logging.Handler = StructuredLogHandler(stream=stream or sys.stdout, project_id=project)
@@ -214,7 +210,7 @@ def make_handler(*, cloud_run: bool, project: str | None, stream: IO[str] | None
         handler.filters[0:0] = [ContextFilter(), OwnTraceOnlyFilter()]
     else:
         handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(TextFormatter() if text else JsonFormatter())
         handler.addFilter(ContextFilter())
     return handler
 

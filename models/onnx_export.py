@@ -5,7 +5,8 @@ the image tower with a dynamic batch (timm's MAP-pooled SigLIP towers included);
 with a dynamic batch *and* length, taking token ids already cut after the batch's longest EOT (the
 runtime cuts them, as the torch tower does); SigLIP's text tower with a dynamic batch on the full
 context (no causal mask: padding is part of the input); M-CLIP's XLM-R + mean pooling + linear map
-with dynamic batch and length (truncation happens in the tokenizer). Before a graph is written into the manifest, ONNX Runtime runs it on probe inputs (texts
+with dynamic batch and length (truncation happens in the tokenizer). Before a graph is written into
+the manifest, ONNX Runtime runs it on probe inputs (texts
 of several lengths, one over the context, images) and its normalized vectors must equal the torch
 tower's within EXPORT_TOLERANCE, else the bake stops.
 

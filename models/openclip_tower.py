@@ -38,11 +38,9 @@ def model_class_for(config: dict[str, Any]) -> type[nn.Module]:
     return CustomTextCLIP
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """An open_clip model with parameters on `meta` and real buffers (see models.weights)."""
-    if "hf_model_name" in config.get("text_cfg", {}):
-        raise NotImplementedError("open_clip configs with a Hugging Face text model need that model's config "
-                                  "baked into the bundle; not supported yet")
+def model_class_and_kwargs(config: dict[str, Any]) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The open_clip class for ``config`` and the keyword arguments that build it offline: a timm image tower never
+    fetches weights, and a tiny one (models.tiny_timm) is registered with timm first."""
     cfg = copy.deepcopy(config)
     cls = model_class_for(cfg)
     cfg.pop("custom_text", None)
@@ -51,8 +49,17 @@ def build_model(config: dict[str, Any]) -> nn.Module:
 
         ensure_registered(cfg["vision_cfg"]["timm_model_name"])
         cfg["vision_cfg"]["timm_model_pretrained"] = False  # never fetch timm weights
+    return cls, cfg
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """An open_clip model with parameters on `meta` and real buffers (see models.weights)."""
+    if "hf_model_name" in config.get("text_cfg", {}):
+        raise NotImplementedError("open_clip configs with a Hugging Face text model need that model's config "
+                                  "baked into the bundle; not supported yet")
+    cls, kwargs = model_class_and_kwargs(config)
     with parameters_on_meta():
-        model = cls(**cfg)
+        model = cls(**kwargs)
     return model.eval()
 
 
@@ -132,7 +139,6 @@ class HfTokenizerTextTower:
     def __init__(self, model: nn.Module, tokenizer: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer  # a models.hf_tokenizer.BundleTokenizer
-        self.context_length = tokenizer.context_length
 
     def prepare(self, text: str) -> PreparedText:
         return self.tokenizer.prepare(text)

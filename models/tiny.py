@@ -109,16 +109,10 @@ def random_clip(config: dict[str, Any]):
     """An open_clip model with open_clip's own random initialisation."""
     import torch
 
-    from models.openclip_tower import model_class_for
-    from models.tiny_timm import ensure_registered
+    from models.openclip_tower import model_class_and_kwargs
 
-    cfg = copy.deepcopy(config)
-    cls = model_class_for(cfg)
-    cfg.pop("custom_text", None)
-    if "timm_model_name" in cfg["vision_cfg"]:
-        ensure_registered(cfg["vision_cfg"]["timm_model_name"])
-        cfg["vision_cfg"]["timm_model_pretrained"] = False
-    model = cls(**cfg).eval()
+    cls, kwargs = model_class_and_kwargs(config)
+    model = cls(**kwargs).eval()
     if getattr(model, "logit_bias", None) is not None:  # SigLIP: open_clip's init (-10) is one value; any will do
         with torch.no_grad():
             model.logit_bias.normal_(-10.0, 1.0)
@@ -152,10 +146,10 @@ def make_bundle(variant_name: str, out: Path, size: str = "tiny", seed: int = 0,
     with bundle.stage(out, variant.name) as staging:
         hf_tokenizer = None
         if variant.tokenizer_files:
-            real_vocab = clip_config["text_cfg"]["vocab_size"]
-            tokenizer = tiny_gemma_tokenizer(None if size == "tiny" else real_vocab, seed)
+            tokenizer = tiny_gemma_tokenizer(None if size == "tiny" else clip_config["text_cfg"]["vocab_size"], seed)
             tokenizer.save_pretrained(str(staging))
-            clip_config["text_cfg"]["vocab_size"] = len(tokenizer) if size == "tiny" else real_vocab
+            if size == "tiny":
+                clip_config["text_cfg"]["vocab_size"] = len(tokenizer)
             hf_tokenizer = manifest.hf_tokenizer_section(staging, clip_config)
         model = random_clip(clip_config)
         state = manifest.clip_state_to_save(model, image_only=variant.text is not None)

@@ -73,7 +73,8 @@ class NativeApi(Protocol):
         search = self.service.search
         return jsonify(InfoResponse(
             service=SERVICE, version=service_version(), status=status, model=self.service.model_info(),
-            models=self.service.served_models(), limits=self.service.limits(), search=search.describe() if search is not None else None,
+            models=self.service.served_models(), limits=self.service.limits(),
+            search=search.describe() if search is not None else None,
             endpoints=[f"{doc.method} {openapi_path(doc.path)}" for doc in self.catalogue() if doc.listed],
             links={**({"playground": "/ui"} if self.service.settings.ui_enabled else {}), "docs": "/docs",
                    "openapi": "/openapi.json"},
@@ -136,7 +137,6 @@ class NativeApi(Protocol):
                                     image_vectors=req.image_embeddings, pairwise=req.pairwise,
                                     truncate=req.truncate, deadline=call.deadline, model=req.model,
                                     templates=req.templates)
-        return jsonify({**self.service.model_fields(req.model), "pairwise": scores.pairwise, "clip_score": scores.clip_score,
-                        "cosine": scores.cosine, "probs": scores.probs, "probs_kind": scores.probs_kind,
-                        "errors": scores.errors,
-                        "truncated": scores.truncated})
+        return jsonify({**self.service.model_fields(req.model), "pairwise": scores.pairwise,
+                        "clip_score": scores.clip_score, "cosine": scores.cosine, "probs": scores.probs,
+                        "probs_kind": scores.probs_kind, "errors": scores.errors, "truncated": scores.truncated})

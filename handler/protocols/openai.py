@@ -68,14 +68,12 @@ class OpenAIApi(Protocol):
         call = self.receive(self.service.models.openai_embeddings)
         req = call.body
         model_id = self._served_model(req.model)
+        self._check_dimensions(req.dimensions, model_id, call.deadline)
         if req.modality == "image":
-            images = self._images(req)
-            self._check_dimensions(req.dimensions, model_id, call.deadline)
-            vectors = self.service.embed_every_image(images, deadline=call.deadline, label=lambda i: f"input[{i}]",
-                                                     model=model_id)
+            vectors = self.service.embed_every_image(self._images(req), deadline=call.deadline,
+                                                     label=lambda i: f"input[{i}]", model=model_id)
             tokens = 0
         else:
-            self._check_dimensions(req.dimensions, model_id, call.deadline)
             result = self.service.embed_texts(self._texts(req), normalize=True, deadline=call.deadline,
                                               field="input", model=model_id)
             vectors, tokens = result.embeddings, sum(result.tokens)
@@ -133,9 +131,9 @@ class OpenAIApi(Protocol):
     def _check_dimensions(self, dimensions: int | None, model: str, deadline: Any) -> None:
         if dimensions is None:
             return
-        with self.service.engine.use(model, deadline.left()) as engine:
+        with self.service.using(model, deadline) as engine:
             dim = engine.info.dim
-        if dimensions is not None and dimensions != dim:
+        if dimensions != dim:
             raise InvalidRequest(f"dimensions={dimensions} is not supported: this model's embeddings have {dim} "
                                  "dimensions and CLIP vectors are not trained to be shortened (not Matryoshka), so "
                                  f"a cut vector would not keep its similarities; omit `dimensions` or send {dim}",

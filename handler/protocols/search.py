@@ -56,8 +56,8 @@ class SearchApi(Protocol):
                          filter=req.filter, include_metadata=req.include_metadata,
                          include_vectors=req.include_vectors, model=req.model)
         hits, index = self.service.find(spec, call.deadline)
-        model = self.service.index_model(self.service.backend(), None)
-        return jsonify({**self.service.model_fields(model), "results": [_hit(h, spec) for h in hits], "index": index})
+        return jsonify({**self.service.model_fields(index.get("model")), "results": [_hit(h, spec) for h in hits],
+                        "index": index})
 
     def thumbnail(self, item_id: str) -> Response:
         """The JPEG, revalidated by ETag. Asked for with ``?v=<the index version>`` (as the playground does)
@@ -75,9 +75,9 @@ class SearchApi(Protocol):
         self.service.writable_backend()  # 404 / 405 / 503 before reading or embedding anything
         call = self.receive(self.service.models.index_write, images="images")
         ids, errors = self.service.write_items(call.body.items, call.images, call.deadline, model=call.body.model)
-        model = self.service.index_model(self.service.backend(), None)
-        return jsonify({**self.service.model_fields(model), "upserted": len(ids), "ids": ids, "errors": errors,
-                        "index": self.service.backend().info().public()})
+        index = self.service.backend().info().public()
+        return jsonify({**self.service.model_fields(index.get("model")), "upserted": len(ids), "ids": ids,
+                        "errors": errors, "index": index})
 
     def delete(self) -> Response:
         self.service.writable_backend()

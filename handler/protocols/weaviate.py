@@ -63,7 +63,8 @@ class WeaviateApi(Protocol):
         return response
 
     def meta(self) -> Response:
-        return jsonify({"service": SERVICE, "version": service_version(), "model": self.service.engine.engine().info.as_dict()})
+        return jsonify({"service": SERVICE, "version": service_version(),
+                        "model": self.service.engine.engine().info.as_dict()})
 
     def vectorize(self) -> Response:
         call = self.receive(self.service.models.weaviate_vectorize)

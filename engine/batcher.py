@@ -9,8 +9,13 @@ batch) also yields the model to interactive requests while they keep coming: its
 the batches they start rather than keeping the cores busy between them. Several models can share the one
 thread (engine.models): each submits in its own lane, items of two lanes never share a batch, and the next
 batch goes to the lane served least recently among those with items waiting, so a busy model cannot starve
-a quiet one. Three failure rules keep a bad batch from hurting others:
-- a full queue refuses the whole request at once (``Overloaded``, mapped to 429), never half of it;
+a quiet one. Admission is by expected wait, not item count: the loop measures what an item of each kind costs in each lane (seconds
+of model call per item, a moving average), and a request is refused at once (``Overloaded``, mapped to 429 with a
+``Retry-After`` from the same estimate) when the work queued ahead of it plus its own would take longer than the
+budget (``max_queue_wait_s``). A text and an image then weigh what they cost, and a queue holding a second of work
+takes requests it can answer in time. The item count (``queue_size``) stays as a hard bound on memory.
+Three failure rules keep a bad batch from hurting others:
+- a request the queue cannot take is refused whole at once, never half of it;
 - when ``run_batch`` raises, every future of that batch gets an exception: nobody waits forever;
 - the loop records its progress, so a model call that hangs shows up in ``health()``.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -35,6 +41,8 @@ _INTERACTIVE_RECENT_S = 0.1
 _BULK_YIELD_S = 0.02
 # Bulk items a batch with interactive ones may carry at least (see _take_matching).
 _BULK_FLOOR = 2
+# Weight of the newest batch in the moving average of an item's cost (about the last ten batches count).
+_COST_WEIGHT = 0.2
 
 
 class Overloaded(RuntimeError):
@@ -64,6 +72,7 @@ class LoopHealth:
     batches_done: int
     batches_failed: int
     oldest_wait_s: float = 0.0  # how long the oldest queued item has waited (0 when the queue is empty)
+    expected_wait_s: float = 0.0  # the queued and running work's measured cost: what a new item would wait
 
     @property
     def healthy(self) -> bool:
@@ -95,16 +104,44 @@ class _Item:
 BatchTracer = tuple[Callable[[], object], Callable[[str, int, list[tuple[object, float]], float, float], None]]
 
 
+class CostModel:
+    """Seconds of model call per item, per (lane, kind): a moving average of the batches run. Unknown (None) until
+    a batch of that kind ran in that lane; admission then counts it as free, as the count bound did."""
+
+    def __init__(self) -> None:
+        self._per_item: dict[tuple[Hashable, str], float] = {}
+
+    def observe(self, lane: Hashable, kind: str, seconds: float, items: int) -> None:
+        per_item = seconds / items
+        old = self._per_item.get((lane, kind))
+        self._per_item[lane, kind] = per_item if old is None else old + _COST_WEIGHT * (per_item - old)
+
+    def per_item(self, lane: Hashable, kind: str) -> float:
+        return self._per_item.get((lane, kind), 0.0)
+
+    def of(self, counts: collections.Counter) -> float:
+        """Seconds the items counted per (lane, kind) would take the model."""
+        return sum(n * self.per_item(lane, kind) for (lane, kind), n in counts.items())
+
+
 class Batcher:
     """Bounded queue + one inference thread. ``start``/``shutdown`` come as a pair."""
 
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int = 32, max_wait_s: float = 0.005,
                  queue_size: int = 256, stall_timeout_s: float = 120.0, idle_poll_s: float = 0.25,
-                 isolate_failures: bool = True, more_coming: Callable[[], bool] | None = None) -> None:
+                 isolate_failures: bool = True, more_coming: Callable[[], bool] | None = None,
+                 max_queue_wait_s: float | None = None) -> None:
         """``more_coming``: whether items are on their way (requests still preparing inputs); a batch waits
-        up to ``max_wait_s`` for more only while it says so, so a lone request at idle never waits."""
+        up to ``max_wait_s`` for more only while it says so, so a lone request at idle never waits.
+        ``max_queue_wait_s``: the expected-wait budget a request must fit (None: the item count alone)."""
         if max_batch_size < 1 or queue_size < 1:
             raise ValueError("max_batch_size and queue_size must be positive")
+        if max_queue_wait_s is not None and max_queue_wait_s <= 0:
+            raise ValueError("max_queue_wait_s must be positive")
+        self._max_queue_wait = max_queue_wait_s
+        self.costs = CostModel()
+        self._queued: collections.Counter = collections.Counter()  # (lane, kind) -> items waiting
+        self._running: tuple[collections.Counter, float] | None = None  # the batch in the model: its counts, start
         self._run_batch = run_batch
         self._max_batch = max_batch_size
         self._max_wait = max_wait_s
@@ -136,6 +173,7 @@ class Batcher:
             if self._pid != os.getpid():
                 # A forked child inherits the parent's queue but not its thread: drop what cannot be served.
                 self._pending.clear()
+                self._queued.clear()
             self._stop.clear()
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._loop, name="clipserve-inference", daemon=True)
@@ -150,6 +188,7 @@ class Batcher:
             self._thread.join(timeout)
         with self._cond:
             leftovers, self._pending = list(self._pending), collections.deque()
+            self._queued.clear()
         for item in leftovers:
             _fail(item.future, EngineStopped("the service is shutting down"))
 
@@ -176,13 +215,41 @@ class Batcher:
         tag = self._tracer[0]() if self._tracer is not None else None
         items = [_Item((kind, options), p, ItemFuture(), now, group, bulk, tag, lane) for p in payloads]
         with self._cond:
-            if len(self._pending) + len(items) > self._capacity:
-                raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)")
+            self._admit(kind, lane, len(items))
             if not bulk:
                 self._interactive_at = now
             self._pending.extend(items)
+            self._queued[lane, kind] += len(items)
             self._cond.notify()
         return [i.future for i in items]
+
+    def _admit(self, kind: str, lane: Hashable, count: int) -> None:
+        """Raise Overloaded unless ``count`` items fit: the item bound, then the expected-wait budget. A request
+        alone in an idle queue is always taken (waiting would not make it fit); otherwise Retry-After is the time
+        until the work ahead has drained enough for it to fit."""
+        ahead = self._expected_wait()
+        if len(self._pending) + count > self._capacity:
+            excess = len(self._pending) + count - self._capacity
+            drain = ahead * excess / max(1, len(self._pending))
+            raise Overloaded(f"the model queue is full ({len(self._pending)} of {self._capacity} items waiting)",
+                             retry_after_s=_whole_seconds(drain))
+        if self._max_queue_wait is None or ahead <= 0:
+            return
+        own = count * self.costs.per_item(lane, kind)
+        if ahead + own > self._max_queue_wait:
+            drain = ahead - max(0.0, self._max_queue_wait - own)
+            raise Overloaded(f"the model has {ahead:.1f} s of work queued; this request's {own:.1f} s more would "
+                             f"exceed the {self._max_queue_wait:g} s budget", retry_after_s=_whole_seconds(drain))
+
+    def _expected_wait(self) -> float:
+        """Seconds until the model would start on an item queued now: the queued items' measured cost and what is
+        left of the batch in the model."""
+        queued = self.costs.of(self._queued)
+        running = self._running
+        if running is None:
+            return queued
+        counts, started = running
+        return queued + max(0.0, self.costs.of(counts) - (time.monotonic() - started))
 
     def poke(self) -> None:
         """Wake a batch that is waiting for more items, so it checks ``more_coming`` again."""
@@ -200,9 +267,12 @@ class Batcher:
         oldest_wait = self._oldest_wait()
         # Either a model call hangs, or the loop stopped taking work (alive but stuck elsewhere): no progress.
         stalled = max(busy_for, oldest_wait) > self._stall_timeout
+        with self._cond:
+            expected = self._expected_wait()
         return LoopHealth(running=running, stalled=stalled, busy_for_s=busy_for,
                           queue_depth=len(self._pending), batches_done=self._batches_done,
-                          batches_failed=self._batches_failed, oldest_wait_s=oldest_wait)
+                          batches_failed=self._batches_failed, oldest_wait_s=oldest_wait,
+                          expected_wait_s=expected)
 
     def _oldest_wait(self) -> float:
         try:
@@ -290,12 +360,16 @@ class Batcher:
         take([item for item in matching if item.bulk], bulk_limit)
         chosen = set(map(id, taken))
         self._pending = collections.deque(item for item in self._pending if id(item) not in chosen)
+        if taken:
+            self._queued[taken[0].lane, key[0]] -= len(taken)
         return taken
 
     def _run(self, batch: list[_Item]) -> None:
         kind, options = batch[0].key
+        lane = batch[0].lane
         started = time.monotonic()
         self._busy_since = started
+        self._running = (collections.Counter({(lane, kind): len(batch)}), started)
         try:
             results = self._call(kind, options, [i.payload for i in batch])
         except BaseException as exc:  # noqa: BLE001 - every future must hear about it, whatever it is
@@ -310,11 +384,14 @@ class Batcher:
                     _fail(item.future, exc)
         else:
             self._batches_done += 1
+            with self._cond:
+                self.costs.observe(lane, kind, time.monotonic() - started, len(batch))
             for item, result in zip(batch, results, strict=True):
                 item.future.batch_size, item.future.queue_wait_s = len(batch), started - item.enqueued_at
                 item.future.set_result(result)
         finally:
             self._busy_since = None
+            self._running = None
         if self._on_batch is not None:
             try:
                 self._on_batch(kind, len(batch), started - min(i.enqueued_at for i in batch))
@@ -422,6 +499,11 @@ def call_batch(run_batch: RunBatch, kind: str, options: Hashable, payloads: list
     if len(results) != len(payloads):
         raise BatchFailed(f"{kind} batch returned {len(results)} results for {len(payloads)} items")
     return results
+
+
+def _whole_seconds(seconds: float) -> int:
+    """Retry-After takes whole seconds: rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
 
 
 def _fail(future: Future, exc: BaseException) -> None:

@@ -131,6 +131,7 @@ class ModelSet:
             batcher: Batcher | Unbatched = Batcher(
                 run, max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
                 queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s,
+                max_queue_wait_s=settings.queue_wait_budget_s,
                 more_coming=lambda: any(e.busy_preparing for e in engines.values()))
         else:
             batcher = Unbatched(run, stall_timeout_s=settings.stall_timeout_s)

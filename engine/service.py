@@ -98,6 +98,7 @@ class EmbeddingEngine:
 
     def __init__(self, load: Callable[[], Any], *, max_batch_size: int = 32, max_wait_s: float = 0.005,
                  queue_size: int = 256, stall_timeout_s: float = 120.0, batching: bool = True,
+                 max_queue_wait_s: float | None = None,
                  text_cache_size: int = 0, shared_cache: SharedCache | None = None, cache_ttl_s: int = 86400,
                  name: str = "", batcher: Batcher | Unbatched | None = None,
                  cache_stats: CacheStats | None = None, initial_state: ModelState = ModelState.LOADING) -> None:
@@ -133,6 +134,7 @@ class EmbeddingEngine:
         elif batching:
             self._batcher = Batcher(self._run_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
                                     queue_size=queue_size, stall_timeout_s=stall_timeout_s,
+                                    max_queue_wait_s=max_queue_wait_s,
                                     more_coming=lambda: self._preparing > 0)
         else:
             self._batcher = Unbatched(self._run_batch, stall_timeout_s=stall_timeout_s)
@@ -142,6 +144,7 @@ class EmbeddingEngine:
                       shared_cache: SharedCache | None = None, **kwargs: Any) -> "EmbeddingEngine":
         return cls(load, max_batch_size=settings.batch_max_size, max_wait_s=settings.batch_max_wait_ms / 1000,
                    queue_size=settings.queue_size, stall_timeout_s=settings.stall_timeout_s,
+                   max_queue_wait_s=settings.queue_wait_budget_s,
                    batching=settings.batching, text_cache_size=settings.text_cache_size, shared_cache=shared_cache,
                    cache_ttl_s=settings.cache_ttl_s, **kwargs)
 

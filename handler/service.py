@@ -190,6 +190,7 @@ class ClipService:
                      **({"backend": described["backend"]} if "backend" in described else {})}
         loop = self.engine.loop_health() if self.engine.booted else None
         queue = None if loop is None else {"depth": loop.queue_depth, "oldest_wait_s": round(loop.oldest_wait_s, 3),
+                                           "expected_wait_s": round(loop.expected_wait_s, 3),
                                            "model_calls": loop.batches_done, "failed_calls": loop.batches_failed}
         models = {m["name"]: {k: v for k, v in m.items() if k not in ("name", "info")} for m in self.engine.describe()}
         return {"cache": cache, "redis": redis, "index": index, "queue": queue, "models": models,

@@ -147,8 +147,15 @@ class Settings:
                                minimum=1, maximum=1024)
     batch_max_wait_ms: float = _env("BATCH_MAX_WAIT_MS", 5.0,
                                     "How long a batch waits for more items before it runs.", minimum=0, maximum=1000)
-    queue_size: int = _env("QUEUE_SIZE", 256, "Items waiting for the model before requests get 429.",
+    queue_size: int = _env("QUEUE_SIZE", 1024, "Most items waiting for the model, a bound on memory: beyond it "
+                           "requests get 429. What refuses work under load is QUEUE_MAX_WAIT_S.",
                            minimum=1, maximum=100_000)
+    queue_max_wait_s: float | None = _env(
+        "QUEUE_MAX_WAIT_S", None,
+        "Admission by expected wait: a request is refused (429, Retry-After from the estimate) when the work queued "
+        "ahead of it plus its own would keep the model busy longer than this many seconds, by each kind's measured "
+        "cost per item in each model. Must be below REQUEST_TIMEOUT_S. Unset = 10, or half REQUEST_TIMEOUT_S when "
+        "that is shorter.", minimum=0.1, maximum=3600, shown="min(10, REQUEST_TIMEOUT_S / 2)")
     text_cache_size: int = _env("TEXT_CACHE_SIZE", 4096,
                                 "Text embeddings kept in an in-process LRU cache (repeated labels and prompts "
                                 "skip the model); 0 disables it.", minimum=0, maximum=10_000_000)
@@ -278,9 +285,17 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"RATE_LIMIT={self.rate_limit!r}: expected e.g. 100/minute or "
                                     "10/second;1000/hour") from None
+        if self.queue_max_wait_s is not None and self.queue_max_wait_s >= self.request_timeout_s:
+            raise SettingsError(f"QUEUE_MAX_WAIT_S ({self.queue_max_wait_s:g}) must be below REQUEST_TIMEOUT_S "
+                                f"({self.request_timeout_s:g}): admitted work must be answered before it times out")
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")
+
+    @property
+    def queue_wait_budget_s(self) -> float:
+        """QUEUE_MAX_WAIT_S in force (see its description)."""
+        return self.queue_max_wait_s if self.queue_max_wait_s is not None else min(10.0, self.request_timeout_s / 2)
 
     @property
     def cors_origins(self) -> tuple[str, ...]:

@@ -30,6 +30,9 @@ def session(path: Path, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spin while a call runs (each op's threads start at once), sleep as soon as it returns: spinning between calls
+    # took a core from the request threads on a 2-vCPU instance (bench/RESULTS.md, "The text path").
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

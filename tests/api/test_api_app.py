@@ -476,6 +476,55 @@ def test_full_queue_is_429_with_retry_after(app_with_encoder):
     assert len(results["second"].json["embeddings"]) == 8
 
 
+class SlowEncoder:
+    """The tiny encoder, made to take ``per_text`` seconds per text: a model whose cost admission can measure."""
+
+    def __init__(self, encoder, per_text: float) -> None:
+        self._encoder, self.info, self.per_text = encoder, encoder.info, per_text
+
+    def prepare_text(self, text):
+        return self._encoder.prepare_text(text)
+
+    def encode_prepared_texts(self, items, normalize=True):
+        time.sleep(self.per_text * len(items))
+        return self._encoder.encode_prepared_texts(items, normalize=normalize)
+
+
+def test_admission_by_expected_wait_over_http(app_with_encoder):
+    """QUEUE_MAX_WAIT_S=1 and 0.3 s per text: a burst of three one-text requests (at most 0.9 s of work) is answered
+    in full; three texts behind three running is 1.8 s: 429 at once, Retry-After from the estimate, /stats says
+    the expected wait; retried after it, the same request is answered."""
+    app = app_with_encoder(lambda encoder: SlowEncoder(encoder, 0.3), queue_max_wait_s=1.0, request_timeout_s=10)
+    client = app.test_client()
+    assert client.post("/embed/text", json={"texts": ["prime the cost"]}).status_code == 200
+    burst: list = []
+    threads = [threading.Thread(target=lambda i=i: burst.append(client.post("/embed/text", json={"texts": [f"b{i}"]})))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(r.status_code for r in burst) == [200, 200, 200]
+
+    running = threading.Thread(target=lambda: burst.append(client.post("/embed/text", json={"texts": ["r1", "r2", "r3"]})))
+    running.start()
+    deadline = time.monotonic() + 5
+    while app.extensions["clipserve"].engine.loop_health().busy_for_s == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    asked = time.monotonic()
+    response = client.post("/embed/text", json={"texts": ["x1", "x2", "x3"]})
+    assert time.monotonic() - asked < 0.5
+    error(response, 429, "overloaded")
+    assert response.headers["Retry-After"] == "1"  # 0.9 s running - elapsed + 0.9 s own - 1 s budget: under 1 s
+    stats = client.get("/stats").get_json()
+    assert 0 < stats["queue"]["expected_wait_s"] <= 0.95
+    time.sleep(int(response.headers["Retry-After"]))
+    assert client.post("/embed/text", json={"texts": ["x1", "x2", "x3"]}).status_code == 200
+    running.join(10)
+    assert burst[-1].status_code == 200
+
+
 def test_wedged_model_times_out_and_health_turns_unhealthy(app_with_encoder):
     gates = []
 

@@ -529,3 +529,104 @@ def test_a_large_request_is_tokenized_a_window_at_a_time(counting_engine):
     assert engine.embed_texts(texts, normalize=True, timeout=WAIT).embeddings[:, 0].tolist() == [2] * 10 + [3] * 2
     assert events.index("encode") < events.index("prepare") + 5  # the model started before all 12 were tokenized
     assert events.count("prepare") == 12
+
+
+# -- admission by expected wait --------------------------------------------------------------------------------
+# Costs are set on the batcher's cost model (binary fractions, so the sums are exact) and the loop is held by a
+# blocker of a kind with no measured cost: the expected wait is then exactly the queued items' cost.
+
+def held_with_costs(make_batcher, recorder, budget, **costs):
+    batcher = make_batcher(max_queue_wait_s=budget, queue_size=1000)
+    for kind, per_item in costs.items():
+        batcher.costs.observe(None, kind, per_item, 1)
+    recorder.hold()
+    blocker = batcher.submit("warmup", True, ["blocker"])
+    assert recorder.entered.wait(WAIT)
+    return batcher, blocker
+
+
+def test_a_burst_that_fits_the_budget_is_taken_and_answered_in_full(make_batcher, recorder):
+    batcher, blocker = held_with_costs(make_batcher, recorder, 3.0, text=0.125)
+    burst = [batcher.submit("text", True, [f"t{i}"]) for i in range(24)]  # 24 x 0.125 = 3.0 s: the budget exactly
+    assert batcher.health().expected_wait_s == 3.0
+    recorder.gate.set()
+    assert [results(f) for f in burst] == [[f"text/True/t{i}"] for i in range(24)]
+    results(blocker)
+
+
+def test_a_request_beyond_the_budget_is_refused_at_once_with_retry_after_from_the_estimate(make_batcher, recorder):
+    batcher, blocker = held_with_costs(make_batcher, recorder, 3.0, text=0.125, image=1.5)
+    queued = batcher.submit("text", True, [f"t{i}" for i in range(22)])  # 2.75 s queued
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as image:
+        batcher.submit("image", True, ["i"])  # 2.75 + 1.5 > 3: fits once 1.25 s have drained
+    assert image.value.retry_after_s == 2
+    with pytest.raises(Overloaded) as texts:
+        batcher.submit("text", True, ["a", "b", "c"])  # 2.75 + 0.375 > 3: fits after 0.125 s
+    assert texts.value.retry_after_s == 1
+    assert time.monotonic() - started < 0.5  # refused at once, not after waiting
+    assert batcher.health().queue_depth == 22  # nothing of the refused requests was queued
+    two = batcher.submit("text", True, ["x", "y"])  # 2.75 + 0.25 = 3.0: taken
+    recorder.gate.set()
+    assert len(results(queued)) == 22 and results(two) == ["text/True/x", "text/True/y"]
+    results(blocker)
+
+
+def test_an_image_weighs_its_cost_not_one_item(make_batcher, recorder):
+    """The count bound would take both; by cost, eight queued images leave no room for a ninth."""
+    batcher, blocker = held_with_costs(make_batcher, recorder, 4.0, text=0.0625, image=0.5)
+    images = batcher.submit("image", True, [f"i{i}" for i in range(8)])   # 4.0 s: the budget
+    with pytest.raises(Overloaded):
+        batcher.submit("image", True, ["one more"])
+    with pytest.raises(Overloaded):
+        batcher.submit("text", True, ["a text"])
+    recorder.gate.set()
+    assert len(results(images)) == 8
+    results(blocker)
+
+
+def test_each_model_has_its_own_cost(make_batcher, recorder):
+    batcher = make_batcher(max_queue_wait_s=2.0, queue_size=1000)
+    batcher.costs.observe("big", "text", 1.0, 1)
+    batcher.costs.observe("small", "text", 0.125, 1)
+    recorder.hold()
+    blocker = batcher.submit("warmup", True, ["blocker"])
+    assert recorder.entered.wait(WAIT)
+    small = batcher.submit("text", "small", [f"s{i}" for i in range(8)], lane="small")   # 1.0 s
+    big = batcher.submit("text", "big", ["b"], lane="big")                               # + 1.0 s = 2.0
+    with pytest.raises(Overloaded):
+        batcher.submit("text", "small", ["one more"], lane="small")
+    recorder.gate.set()
+    assert len(results(small)) == 8 and len(results(big)) == 1
+    results(blocker)
+
+
+def test_a_request_alone_is_taken_whatever_its_cost_and_unknown_costs_count_as_free(make_batcher, recorder):
+    batcher = make_batcher(max_queue_wait_s=1.0, queue_size=1000)
+    batcher.costs.observe(None, "image", 2.0, 1)
+    alone = batcher.submit("image", True, ["i0", "i1"])  # 4 s of work, nothing ahead: refusing would not help
+    assert len(results(alone)) == 2
+    recorder.hold()
+    blocker = batcher.submit("warmup", True, ["blocker"])
+    assert recorder.entered.wait(WAIT)
+    unknown = batcher.submit("text", True, [f"t{i}" for i in range(50)])  # texts not measured yet: the count bound
+    recorder.gate.set()
+    assert len(results(unknown)) == 50
+    results(blocker)
+
+
+def test_the_cost_model_follows_the_measured_batches(make_batcher):
+    def slow(kind, options, payloads):
+        time.sleep(0.02 * len(payloads))
+        return payloads
+
+    batcher = Batcher(slow, max_wait_s=0.0, max_queue_wait_s=5.0)
+    batcher.start()
+    try:
+        for size in (1, 4, 2):
+            results(batcher.submit("text", True, list(range(size))))
+        assert 0.02 <= batcher.costs.per_item(None, "text") < 0.03
+        assert batcher.costs.per_item(None, "image") == 0.0
+        assert batcher.health().expected_wait_s == 0.0
+    finally:
+        batcher.shutdown()

@@ -89,9 +89,11 @@ COPY handler/ handler/
 COPY search/ search/
 COPY batch/ batch/
 COPY infra/ infra/
+COPY clients/python/ clients/python/
 # Editable install, as in development: the code stays in /app, the package gets its version
-# metadata and the clipserve-batch console script; then byte-compile for faster cold starts.
-RUN pip install --no-cache-dir --no-deps --editable . \
+# metadata and the clipserve-batch console script; the Python client (batch's HTTP target, handler/local.py)
+# beside it; then byte-compile for faster cold starts.
+RUN pip install --no-cache-dir --no-deps --editable . --editable clients/python \
  && python -m compileall -q /app \
  && chmod -R a+rX /app
 USER 10001:10001

@@ -141,18 +141,19 @@ def headers(args: argparse.Namespace) -> dict[str, str]:
 
 
 def request_signer(args: argparse.Namespace) -> Any:
-    """requests auth for --aws-sigv4 or --google-id-token (None without either); fails before any row."""
+    """The client's auth for --aws-sigv4 or --google-id-token (None without either); fails before any row."""
     if args.aws_sigv4 and args.google_id_token:
         raise ValueError("--aws-sigv4 and --google-id-token: choose one")
     if args.aws_sigv4:
-        from batch.auth import SigV4Auth, region_from_url
+        from clipserve_client.auth import AwsSigV4, region_from_url
 
-        return SigV4Auth(args.aws_region or region_from_url(args.endpoint))
+        return AwsSigV4(args.aws_region or region_from_url(args.endpoint))
     if args.google_id_token:
-        from batch.auth import GoogleIdTokenAuth
+        from clipserve_client.auth import GoogleIdToken
 
-        auth = GoogleIdTokenAuth(args.endpoint.rstrip("/"))
-        auth.token()  # no credentials: say so now
+        audience = args.endpoint.rstrip("/")
+        auth = GoogleIdToken(audience)
+        auth.token(audience)  # no credentials: say so now
         return auth
     return None
 
@@ -186,7 +187,6 @@ def make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
         timeout_s=args.timeout,
         max_retries=args.max_retries,
         backoff_max_s=args.backoff_max,
-        pool_size=max(2, args.concurrency),
         model=args.model,
     )
     return HttpTarget(http, search_dirs=search_dirs, on_retry=tally.add)

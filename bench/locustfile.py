@@ -41,6 +41,12 @@ _IMAGES = [photo_jpeg(seed) for seed in range(16)]
 _TEXTS = prompts(5000)
 
 
+def _with_headers(request: Any, headers: dict[str, str]) -> Any:
+    """A requests auth hook: the client's credentials (clipserve_client.auth) on Locust's requests."""
+    request.headers.update(headers)
+    return request
+
+
 class _Clipserve(HttpUser):
     """What every user shares: credentials, the model, distinct texts, checked answers."""
 
@@ -55,13 +61,15 @@ class _Clipserve(HttpUser):
         if key:
             self.client.headers["Authorization"] = f"Bearer {key}"
         if os.environ.get("CLIPSERVE_GOOGLE_ID_TOKEN"):
-            from batch.auth import GoogleIdTokenAuth
+            from clipserve_client.auth import GoogleIdToken
 
-            self.client.auth = GoogleIdTokenAuth(self.host.rstrip("/"))
+            token, audience = GoogleIdToken(), self.host.rstrip("/")
+            self.client.auth = lambda r: _with_headers(r, {"Authorization": f"Bearer {token.token(audience)}"})
         elif os.environ.get("CLIPSERVE_AWS_SIGV4"):
-            from batch.auth import SigV4Auth
+            from clipserve_client.auth import AwsSigV4
 
-            self.client.auth = SigV4Auth(os.environ["CLIPSERVE_AWS_SIGV4"])
+            signer = AwsSigV4(os.environ["CLIPSERVE_AWS_SIGV4"])
+            self.client.auth = lambda r: _with_headers(r, signer.signed_headers(r.method, r.url, r.body, r.headers))
         info = self.client.get("/", name="GET /").json()
         self.has_index = bool(info.get("search"))
 

@@ -38,7 +38,6 @@ from bench.common import DEFAULT_BUNDLES, OUT, REPO, Server, machine, save_json,
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 CELLS = [("text1", 1), ("text1", 16), ("text32", 16)]
-PER_REQUEST = {"text1": 1, "text32": 32}
 
 # Python stages, innermost first: a py-spy stack is charged to the first of these its innermost frames match.
 STAGES = [
@@ -51,6 +50,8 @@ STAGES = [
     ("metrics and tracing", re.compile(r"observability\.py|prometheus|traces\.py|tracing\.py")),
     ("HTTP (gunicorn, Flask, werkzeug)", re.compile(r"gunicorn/|flask/|werkzeug/|socket|selectors|http/|email/")),
 ]
+# An innermost frame that only blocks (a condition's or a lock's wait): not CPU, whatever py-spy's idle check says.
+_WAITING = re.compile(r"^(wait|acquire|_wait_for_tstate_lock|select|poll) \((threading|selectors|concurrent|queue)")
 LIBRARIES = [("model runtime", re.compile(r"onnxruntime|libtorch|libgomp|libiomp|mkl|dnnl|libc10")),
              ("Python interpreter", re.compile(r"libpython|python3")),
              ("kernel", re.compile(r"kernel")),
@@ -134,8 +135,8 @@ def group_of(tid: int, pid: int, names: dict[int, str], decode_pool: set[int]) -
 
 def counts(url: str) -> tuple[float, float]:
     text = requests.get(f"{url}/metrics", timeout=10).text
-    calls = sum(float(v) for v in re.findall(r'^clipserve_batch_size_count\{kind="text"[^}]*\} (\S+)$', text, re.M))
-    items = sum(float(v) for v in re.findall(r'^clipserve_batch_size_sum\{kind="text"[^}]*\} (\S+)$', text, re.M))
+    calls = sum(float(v) for v in re.findall(r'^clipserve_batch_size_count\{[^}]*\} (\S+)$', text, re.M))
+    items = sum(float(v) for v in re.findall(r'^clipserve_batch_size_sum\{[^}]*\} (\S+)$', text, re.M))
     return calls, items
 
 
@@ -202,6 +203,8 @@ def pyspy_pass(server: Server, pid: int, workload: str, concurrency: int, second
         if "ThreadPoolExecutor" not in stack or "handle_request" not in stack:
             continue  # request threads serving a request only
         frames = stack.split(";")[::-1]
+        if _WAITING.match(frames[0]):
+            continue  # blocked in a lock or condition: py-spy's idle check missed it; no CPU
         stage = next((name for frame in frames for name, pattern in STAGES if pattern.search(frame)), "other")
         stages[stage] += int(count)
     total = sum(stages.values()) or 1
@@ -218,9 +221,29 @@ def profile_cell(server: Server, workload: str, concurrency: int, seconds: float
     if with_profilers:
         cell["libraries"] = perf_pass(server, pid, names, workload, concurrency, seconds, warmup)
         cell["request_stages"] = pyspy_pass(server, pid, workload, concurrency, seconds, warmup)
-    print(f"  {workload} c{concurrency}: {cell['items_per_s']:.1f} texts/s p50 {cell['p50_ms']:.1f} ms, batch "
+    print(f"  {workload} c{concurrency}: {cell['items_per_s']:.1f} items/s p50 {cell['p50_ms']:.1f} ms, batch "
           f"{cell['mean_batch']:.1f}, core-ms/text {sum(cell['core_ms_per_text'].values()):.2f}", file=sys.stderr)
     return cell
+
+
+def naive_one_text(env: dict[str, str], seconds: float, warmup: float) -> dict:
+    """One text, one client, against the naive app (bench/naive_app.py: one Flask view calling open_clip, fp32)."""
+    naive = Server({**env, "PRECISION": "fp32"}, OUT / "serving-logs" / "naive.log", "bench.naive_app:app")
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the naive app has no /health: ready once it embeds
+            try:
+                if requests.post(f"{naive.url}/embed/text", json={"texts": ["a cat"]}, timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or naive.proc.poll() is not None:
+                raise RuntimeError(f"the naive app did not start; see {naive.log_path}")
+            time.sleep(0.2)
+        row = load(naive.url, "text1", 1, seconds, warmup)
+        return {k: row[k] for k in ("items_per_s", "p50_ms", "p99_ms", "statuses")}
+    finally:
+        naive.stop()
 
 
 def table(results: dict) -> str:
@@ -231,8 +254,13 @@ def table(results: dict) -> str:
              "| core-ms per text | " + " | ".join(f"{v:.2f}" for v in cpu.values()) + " |",
              "| wall ms per call | " + " | ".join(f"{v:.2f}" for v in results["bare"]["wall_ms"].values()) + " |", ""]
     for cell in results["cells"]:
-        model = at_batch(cpu, cell["mean_batch"] or 1)
         total = sum(cell["core_ms_per_text"].values())
+        if not cell["workload"].startswith("text"):  # images: the check that they did not get worse
+            lines += [f"**{cell['workload']}, {cell['clients']} clients**: {cell['items_per_s']:.1f} images/s, p50 "
+                      f"{cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, mean model call {cell['mean_batch']:.1f}, "
+                      f"{total:.2f} core-ms per image.", ""]
+            continue
+        model = at_batch(cpu, cell["mean_batch"] or 1)
         lines += [f"**{cell['workload']}, {cell['clients']} clients**: {cell['items_per_s']:.1f} texts/s, p50 "
                   f"{cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, mean model call {cell['mean_batch']:.1f}; "
                   f"{total:.2f} core-ms per text against the bare model's {model:.2f} at that batch "
@@ -260,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", default=",".join(f"{w}:{c}" for w, c in CELLS), help="workload:clients,...")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the service (repeatable)")
     parser.add_argument("--no-profilers", action="store_true", help="the clean pass only")
+    parser.add_argument("--naive", action="store_true", help="also one text, one client, against bench/naive_app.py")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
@@ -271,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         for workload, concurrency in cells:
             results["cells"].append(profile_cell(server, workload, concurrency, args.seconds, args.warmup,
                                                  not args.no_profilers))
+    if args.naive:
+        results["naive_text1_c1"] = naive_one_text(service_env, args.seconds, args.warmup)
     print(table(results))
+    if "naive_text1_c1" in results:
+        naive = results["naive_text1_c1"]
+        print(f"naive app (bench/naive_app.py, fp32), one text, one client: {naive['items_per_s']:.1f} texts/s, "
+              f"p50 {naive['p50_ms']:.1f} ms, p99 {naive['p99_ms']:.1f} ms")
     save_json(args.json, results)
     return 0
 

@@ -51,8 +51,9 @@ def free_port() -> int:
 class GunicornServer:
     """The production command (gunicorn -c infra/gunicorn.conf.py handler.wsgi:app) on a free loopback port."""
 
-    def __init__(self, model_dir: Path, log_path: Path, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, model_dir: Path, log_path: Path, port: int | None = None, **env: str) -> None:
+        """``port``: a given one (a test that restarts the service on the same address), else a free one."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         environ = {k: v for k, v in os.environ.items() if k not in ("K_SERVICE", "API_KEYS", "API_KEYS_FILE")}

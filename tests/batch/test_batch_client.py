@@ -295,7 +295,7 @@ def test_aws_sigv4_without_botocore_says_what_to_install(tmp_path, capsys, servi
 
 
 def test_google_id_token_is_sent_and_fetched_again_before_it_expires(tmp_path, capsys, service, monkeypatch):
-    from batch import auth
+    from clipserve_client import auth
 
     fetched = []
 
@@ -303,7 +303,7 @@ def test_google_id_token_is_sent_and_fetched_again_before_it_expires(tmp_path, c
         fetched.append(audience)
         return f"id-token-{len(fetched)}"
 
-    monkeypatch.setattr(auth, "_fetch_google_id_token", fake_fetch)
+    monkeypatch.setattr(auth, "fetch_google_id_token", fake_fetch)
     src = write_csv(tmp_path / "in.csv", [{"id": str(i), "text": f"t{i}"} for i in range(4)])
     status, _ = run_cli(
         capsys,
@@ -323,12 +323,12 @@ def test_google_id_token_is_sent_and_fetched_again_before_it_expires(tmp_path, c
     assert [h["Authorization"] for h in service.headers] == ["Bearer id-token-1"] * 2
 
     now = [0.0]
-    token = auth.GoogleIdTokenAuth("https://x.run.app", fetch=lambda a: f"tok@{now[0]}", clock=lambda: now[0])
-    assert token.token() == "tok@0.0"
+    token = auth.GoogleIdToken("https://x.run.app", fetch=lambda a: f"tok@{now[0]}", clock=lambda: now[0])
+    assert token.token("https://x.run.app") == "tok@0.0"
     now[0] = 44 * 60.0
-    assert token.token() == "tok@0.0"
+    assert token.token("https://x.run.app") == "tok@0.0"
     now[0] = 46 * 60.0
-    assert token.token() == "tok@2760.0"
+    assert token.token("https://x.run.app") == "tok@2760.0"
 
 
 def test_an_answer_that_breaks_the_contract_stops_the_job_without_writing_rows(tmp_path, capsys, service):
@@ -396,9 +396,9 @@ def test_a_service_that_stays_overloaded_stops_the_job_with_advice(tmp_path, cap
 
 def test_a_long_retry_after_is_capped(tmp_path, capsys, service, monkeypatch):
     """Retry-After: 3600 (a confused proxy) waits max(--backoff-max, RETRY_AFTER_MAX_S), not an hour."""
-    from batch import retry
+    from clipserve_client import _core
 
-    monkeypatch.setattr(retry, "RETRY_AFTER_MAX_S", 0.5)  # 60 s in a real job
+    monkeypatch.setattr(_core, "RETRY_AFTER_MAX_S", 0.5)  # 60 s in a real job
     service.script.append((503, {"Retry-After": "3600"}))
     src = write_csv(tmp_path / "in.csv", [{"id": "1", "text": "a"}])
     args = ("embed", "--input", src, "--output", tmp_path / "o.jsonl", "--endpoint", service.url)
@@ -407,10 +407,10 @@ def test_a_long_retry_after_is_capped(tmp_path, capsys, service, monkeypatch):
     assert 0.5 <= service.times[1] - service.times[0] < 3.0
 
     # A --backoff-max longer than the cap raises it: the job is willing to wait that long anyway.
-    assert retry.make_retry(3, backoff_max=0.05).parse_retry_after("3600") == 0.5
-    assert retry.make_retry(3, backoff_max=120).parse_retry_after("3600") == 120
-    assert retry.make_retry(3, backoff_max=120).parse_retry_after("2") == 2
-    assert retry.make_retry(3, backoff_max=0.05, retry_after_max=7).parse_retry_after("3600") == 7
+    assert _core.RetryPolicy(3, backoff_max_s=0.05).delay(0, 3600) == 0.5
+    assert _core.RetryPolicy(3, backoff_max_s=120).delay(0, 3600) == 120
+    assert _core.RetryPolicy(3, backoff_max_s=120).delay(0, 2) == 2
+    assert _core.RetryPolicy(3, backoff_max_s=0.05, retry_after_max_s=7).delay(0, 3600) == 7
 
 
 @pytest.mark.parametrize("batch_size", [8, 1])

@@ -17,16 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch import compare, eval as evaluation, index_cmd, options
+from batch import compare, eval as evaluation, index_cmd, index_push, options
+from batch.auth import bearer_headers
 from batch.export import MergeError, merge, output_format
-from batch.reader import InputError, iter_records
+from batch.reader import Columns, InputError, iter_records
 from batch.retry import RetryTally
 from batch.runner import COMMANDS, JobSpec, JobStopped, run_job
-from batch.sharding import find_parts, part_path
+from batch.sharding import Shard, find_parts, parse_shard, part_path, shard_from_env
+from batch.specs import BuildSpec, EvalSpec, JobArgs, PushSpec, RunSpec, SourceSpec, TargetSpec
+from search.build import IndexOptions
 
 log = logging.getLogger("batch")
 
@@ -75,37 +79,104 @@ def work_path(output: Path) -> Path:
     return output.with_name(output.name + ".jsonl")
 
 
-def cmd_job(args: argparse.Namespace) -> int:
-    fmt = output_format(args.output)
-    allowed = {"embed": (".jsonl", ".npy"), "score": (".jsonl", ".csv")}[args.command]
-    if fmt not in allowed:
-        raise ValueError(f"{args.command} writes {' or '.join(allowed)}, not {fmt}")
+# -- the flags, read once into typed specs: nothing below this file sees the namespace ------------------------------
+
+
+def columns_of(args: argparse.Namespace) -> Columns:
+    return Columns(id=args.id_column, text=args.text_column, image=args.image_column)
+
+
+def shard_of(args: argparse.Namespace) -> Shard:
+    if args.shard:
+        return parse_shard(args.shard, args.shard_by)
+    return shard_from_env(os.environ, args.shard_by) or Shard(0, 1, args.shard_by)
+
+
+def headers_of(args: argparse.Namespace) -> dict[str, str]:
+    result = bearer_headers(args.token, args.api_key)
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header {header!r}: expected 'NAME: VALUE'")
+        result[name.strip()] = value.strip()
+    return result
+
+
+def target_of(args: argparse.Namespace, model: str | None = None) -> TargetSpec:
+    return TargetSpec(endpoint=None if args.local else args.endpoint, model=model or getattr(args, "model", None),
+                      model_dir=args.model_dir, allow_private_urls=args.allow_private_urls, headers=headers_of(args),
+                      google_id_token=args.google_id_token, aws_sigv4=args.aws_sigv4, aws_region=args.aws_region,
+                      timeout_s=args.timeout, max_retries=args.max_retries, backoff_max_s=args.backoff_max)
+
+
+def run_of(args: argparse.Namespace) -> RunSpec:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if args.concurrency is None:
-        args.concurrency = 2 if args.local else 4
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise ValueError("--concurrency must be at least 1")
-    if getattr(args, "compare", False):
-        return compare.cmd_compare(args, args.output if fmt == ".jsonl" else work_path(args.output))
-    shard = options.shard(args)
+    return RunSpec(batch_size=args.batch_size, concurrency=args.concurrency,
+                   progress_interval_s=args.progress_interval, retry_errors=args.retry_errors,
+                   normalize=getattr(args, "normalize", True))
+
+
+def source_of(args: argparse.Namespace) -> SourceSpec:
+    return SourceSpec(input=args.input, columns=columns_of(args), target=target_of(args), run=run_of(args),
+                      embeddings=args.embeddings, metadata=args.metadata, metadata_columns=args.metadata_columns,
+                      modality=args.modality)
+
+
+def build_of(args: argparse.Namespace) -> BuildSpec:
+    return BuildSpec(source=source_of(args), output=args.output, name=args.name, thumbnails=args.thumbnails,
+                     options=IndexOptions(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search))
+
+
+def push_of(args: argparse.Namespace) -> PushSpec:
+    return PushSpec(source=source_of(args), collection=args.collection, qdrant_url=args.qdrant_url,
+                    qdrant_path=args.qdrant_path, qdrant_api_key=args.qdrant_api_key,
+                    qdrant_timeout_s=args.qdrant_timeout, push_batch_size=args.push_batch_size)
+
+
+def eval_of(args: argparse.Namespace) -> EvalSpec:
+    return EvalSpec(target=target_of(args), models=tuple(args.models or [None]), zero_shot=args.zero_shot,
+                    retrieval=args.retrieval, clip_score=args.clip_score, image_column=args.image_column,
+                    text_column=args.text_column, templates=args.templates, batch_size=args.batch_size,
+                    concurrency=args.concurrency or 2, json=args.json)
+
+
+def job_of(args: argparse.Namespace) -> JobArgs:
+    return JobArgs(command=args.command, input=args.input, output=args.output, columns=columns_of(args),
+                   target=target_of(args), run=run_of(args), shard=shard_of(args),
+                   compare_tolerance=args.compare_tolerance if getattr(args, "compare", False) else None)
+
+
+# -- the commands -----------------------------------------------------------------------------------------------
+
+
+def cmd_job(job: JobArgs) -> int:
+    fmt = output_format(job.output)
+    allowed = {"embed": (".jsonl", ".npy"), "score": (".jsonl", ".csv")}[job.command]
+    if fmt not in allowed:
+        raise ValueError(f"{job.command} writes {' or '.join(allowed)}, not {fmt}")
+    if job.compare_tolerance is not None:
+        return compare.cmd_compare(job, job.output if fmt == ".jsonl" else work_path(job.output))
+    shard = job.shard
     sharded = shard.count > 1
-    part = part_path(args.output, shard) if sharded else (args.output if fmt == ".jsonl" else work_path(args.output))
+    part = part_path(job.output, shard) if sharded else (job.output if fmt == ".jsonl" else work_path(job.output))
     spec = JobSpec(
-        command=args.command,
-        input=args.input,
+        command=job.command,
+        input=job.input,
         part=part,
         shard=shard,
-        columns=options.columns(args),
-        batch_size=args.batch_size,
-        concurrency=args.concurrency,
-        normalize=getattr(args, "normalize", True),
-        progress_interval_s=args.progress_interval,
-        retry_errors=args.retry_errors,
+        columns=job.columns,
+        batch_size=job.run.batch_size,
+        concurrency=job.run.concurrency_for(job.target),
+        normalize=job.run.normalize,
+        progress_interval_s=job.run.progress_interval_s,
+        retry_errors=job.run.retry_errors,
     )
-    iter_records(args.input)  # a missing or unknown input fails now, not after loading a model
+    iter_records(job.input)  # a missing or unknown input fails now, not after loading a model
     tally = RetryTally()
-    target = options.make_target(args, tally)
+    target = options.make_target(job.target, job.input, tally)
     try:
         summary = run_job(spec, target, tally)
         summary.model = options.describe(target)
@@ -117,14 +188,14 @@ def cmd_job(args: argparse.Namespace) -> int:
         target.close()
     result = summary.as_dict()
     if summary.complete and not sharded and fmt != ".jsonl":
-        report = merge(args.input, [part], args.output, spec.columns)
+        report = merge(job.input, [part], job.output, spec.columns)
         result["files"] = report.files
     elif sharded:
         log.info(
             "shard %s done; when every shard is: clipserve-batch merge --input %s --output %s",
             summary.shard,
-            args.input,
-            args.output,
+            job.input,
+            job.output,
         )
     options.report(result)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
@@ -133,7 +204,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     parts = args.parts or find_parts(args.output)
     try:
-        report = merge(args.input, parts, args.output, options.columns(args), allow_missing=args.allow_missing)
+        report = merge(args.input, parts, args.output, columns_of(args), allow_missing=args.allow_missing)
     except MergeError as exc:
         log.error("%s", exc)
         return EXIT_INCOMPLETE
@@ -163,10 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert args.command in (*COMMANDS, "merge", "index", "eval")
     try:
         if args.command == "index":
-            return index_cmd.run(args)
+            if args.index_command == "verify":
+                return index_cmd.cmd_verify(args.directory)
+            return index_push.cmd_push(push_of(args)) if args.index_command == "push" else index_cmd.cmd_build(
+                build_of(args))
         if args.command == "eval":
-            return evaluation.cmd_eval(args)
-        return cmd_merge(args) if args.command == "merge" else cmd_job(args)
+            return evaluation.cmd_eval(eval_of(args))
+        return cmd_merge(args) if args.command == "merge" else cmd_job(job_of(args))
     except (InputError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE

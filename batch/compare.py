@@ -9,7 +9,6 @@ largest clip_score difference between the two.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -24,6 +23,7 @@ from batch.output import iter_records
 from batch.reader import read_rows
 from batch.retry import RetryTally
 from batch.runner import JobSpec, JobStopped, Summary, run_job
+from batch.specs import JobArgs
 
 log = logging.getLogger("batch")
 
@@ -38,20 +38,20 @@ def comparison_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}_comparison.csv")
 
 
-def cmd_compare(args: argparse.Namespace, work_part: Path) -> int:
+def cmd_compare(job: JobArgs, work_part: Path) -> int:
     """0 when both modes gave the same scores within the tolerance, 4 when not, 2 when the target failed; the
     summary goes to stdout as one JSON object, as every command's does."""
-    if options.shard(args).count > 1:
+    if job.shard.count > 1:
         raise ValueError("--compare times one whole job: it does not run as a shard")
-    if any(p.exists() for p in (args.output, work_part)):
-        raise ValueError(f"--compare times both runs from the start: {args.output} (or its part) already exists")
+    if any(p.exists() for p in (job.output, work_part)):
+        raise ValueError(f"--compare times both runs from the start: {job.output} (or its part) already exists")
     tally = RetryTally()
-    target = options.make_target(args, tally)
+    target = options.make_target(job.target, job.input, tally)
     try:
-        _warm_up(target, args)
+        _warm_up(target, job)
         with tempfile.TemporaryDirectory(prefix="clipserve-compare-") as scratch:
-            batched = _timed(args, target, tally, work_part, args.batch_size)
-            single = _timed(args, target, tally, Path(scratch) / "single.jsonl", 1)
+            batched = _timed(job, target, tally, work_part, job.run.batch_size)
+            single = _timed(job, target, tally, Path(scratch) / "single.jsonl", 1)
             difference, mismatched = _differences(work_part, Path(scratch) / "single.jsonl")
         model = options.describe(target)
     except JobStopped as stopped:
@@ -60,35 +60,37 @@ def cmd_compare(args: argparse.Namespace, work_part: Path) -> int:
         return 2
     finally:
         target.close()
-    files = merge(args.input, [work_part], args.output, options.columns(args)).files \
-        if output_format(args.output) != ".jsonl" else [str(args.output)]
-    same = not mismatched and difference <= args.compare_tolerance
+    tolerance = job.compare_tolerance if job.compare_tolerance is not None else DEFAULT_TOLERANCE
+    files = merge(job.input, [work_part], job.output, job.columns).files \
+        if output_format(job.output) != ".jsonl" else [str(job.output)]
+    same = not mismatched and difference <= tolerance
     speedup = batched.rows_per_s / single.rows_per_s if single.rows_per_s else 0.0
-    lines = [_line("one per request", 1, args, single, 1.0, difference, same),
-             _line("batched", args.batch_size, args, batched, speedup, difference, same)]
-    _write_csv(comparison_path(args.output), lines)
+    concurrency = job.run.concurrency_for(job.target)
+    lines = [_line("one per request", 1, concurrency, tolerance, single, 1.0, difference, same),
+             _line("batched", job.run.batch_size, concurrency, tolerance, batched, speedup, difference, same)]
+    _write_csv(comparison_path(job.output), lines)
     log.info("one per request: %.2f images/s; batches of %d: %.2f images/s; speedup %.2fx; largest clip_score "
-             "difference %.3g (tolerance %g): %s", single.rows_per_s, args.batch_size, batched.rows_per_s, speedup,
-             difference, args.compare_tolerance, "same scores" if same else "SCORES DIFFER")
+             "difference %.3g (tolerance %g): %s", single.rows_per_s, job.run.batch_size, batched.rows_per_s, speedup,
+             difference, tolerance, "same scores" if same else "SCORES DIFFER")
     if mismatched:
         log.error("rows scored in one mode and failed in the other: %s", ", ".join(mismatched[:10]))
     summary = {"command": "score --compare", "rows": batched.rows, "modes": lines, "speedup": round(speedup, 3),
                "max_clip_score_difference": difference, "same": same, "mismatched_rows": mismatched[:100],
-               "files": [*files, str(comparison_path(args.output))], "model": model}
+               "files": [*files, str(comparison_path(job.output))], "model": model}
     print(json.dumps(summary), flush=True)
     return 0 if same else 4
 
 
-def _warm_up(target: Any, args: argparse.Namespace) -> None:
+def _warm_up(target: Any, job: JobArgs) -> None:
     """One row through the target first, so neither timing pays a cold start or first-call set-up."""
-    first = next(iter(read_rows(args.input, options.columns(args))), None)
+    first = next(iter(read_rows(job.input, job.columns)), None)
     if first is not None:
         target.score([first])
 
 
-def _timed(args: argparse.Namespace, target: Any, tally: RetryTally, part: Path, batch_size: int) -> Summary:
-    spec = JobSpec(command="score", input=args.input, part=part, columns=options.columns(args),
-                   batch_size=batch_size, concurrency=args.concurrency, progress_interval_s=args.progress_interval)
+def _timed(job: JobArgs, target: Any, tally: RetryTally, part: Path, batch_size: int) -> Summary:
+    spec = JobSpec(command="score", input=job.input, part=part, columns=job.columns, batch_size=batch_size,
+                   concurrency=job.run.concurrency_for(job.target), progress_interval_s=job.run.progress_interval_s)
     started = time.perf_counter()
     summary = run_job(spec, target, tally)
     summary.seconds = time.perf_counter() - started
@@ -109,12 +111,12 @@ def _differences(a: Path, b: Path) -> tuple[float, list[str]]:
     return largest, mismatched
 
 
-def _line(mode: str, batch_size: int, args: argparse.Namespace, summary: Summary, speedup: float,
+def _line(mode: str, batch_size: int, concurrency: int, tolerance: float, summary: Summary, speedup: float,
           difference: float, same: bool) -> dict[str, Any]:
-    return {"mode": mode, "batch_size": batch_size, "concurrency": args.concurrency, "rows": summary.written,
+    return {"mode": mode, "batch_size": batch_size, "concurrency": concurrency, "rows": summary.written,
             "errors": sum(summary.errors.values()), "seconds": round(summary.seconds, 3),
             "images_per_s": round(summary.rows_per_s, 3), "speedup": round(speedup, 3),
-            "max_clip_score_difference": difference, "tolerance": args.compare_tolerance, "same": same}
+            "max_clip_score_difference": difference, "tolerance": tolerance, "same": same}
 
 
 def _write_csv(path: Path, lines: list[dict[str, Any]]) -> None:

@@ -20,8 +20,8 @@ share of images with at least one of their captions among the k nearest captions
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
 import logging
 import time
@@ -36,6 +36,7 @@ import numpy as np
 from batch import options
 from batch.reader import IMAGE_SUFFIXES, Row
 from batch.retry import RetryTally
+from batch.specs import EvalSpec, TargetSpec
 from models.prompts import TEMPLATE_SETS, fill, mean_of_templates, resolve_templates
 
 log = logging.getLogger("batch")
@@ -260,34 +261,31 @@ def templates_of(value: str) -> tuple[str, ...]:
     return tuple(resolve_templates(value if value in TEMPLATE_SETS else value.split("|")) or ("{}",))
 
 
-def cmd_eval(args: argparse.Namespace, make_target: Callable[[argparse.Namespace], Any] | None = None) -> int:
-    if not (args.zero_shot or args.retrieval or args.clip_score):
+def cmd_eval(spec: EvalSpec, make_target: Callable[[TargetSpec, Path], Any] | None = None) -> int:
+    """Every model of ``spec.models`` (None: the target's default) on the data given; ``make_target(target,
+    rows)`` builds each model's target (default: options.make_target)."""
+    if not (spec.zero_shot or spec.retrieval or spec.clip_score):
         raise EvalError("nothing to evaluate: give --zero-shot FOLDER, --retrieval CSV and/or --clip-score CSV")
-    labelled = read_labelled(args.zero_shot) if args.zero_shot else None
-    captioned = read_captioned(args.retrieval, args.image_column, args.text_column) if args.retrieval else None
-    pairs = read_pairs(args.clip_score, args.image_column, args.text_column) if args.clip_score else None
-    templates = templates_of(args.templates)
-    args.input = (args.zero_shot or args.retrieval or args.clip_score)
+    labelled = read_labelled(spec.zero_shot) if spec.zero_shot else None
+    captioned = read_captioned(spec.retrieval, spec.image_column, spec.text_column) if spec.retrieval else None
+    pairs = read_pairs(spec.clip_score, spec.image_column, spec.text_column) if spec.clip_score else None
+    templates = templates_of(spec.templates)
+    rows = spec.zero_shot or spec.retrieval or spec.clip_score
+    build = make_target or (lambda target, where: options.make_target(target, where, RetryTally()))
     results: dict[str, Any] = {}
-    for model in args.models or [None]:
-        args.model = model
-        target = (make_target or _target)(args)
+    for model in spec.models:
+        target = build(dataclasses.replace(spec.target, model=model), rows)
         try:
             name = target.describe().get("variant") or model or "default"
             log.info("evaluating %s", name)
-            results[name] = evaluate(Embedder(target, args.batch_size, args.concurrency), labelled=labelled,
+            results[name] = evaluate(Embedder(target, spec.batch_size, spec.concurrency), labelled=labelled,
                                      templates=templates, captioned=captioned, pairs=pairs)
         finally:
             target.close()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    if spec.json:
+        spec.json.write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
-
-
-def _target(args: argparse.Namespace) -> Any:
-    args.concurrency = args.concurrency or 2
-    return options.make_target(args, RetryTally())
 
 
 def table(results: dict[str, Any]) -> str:

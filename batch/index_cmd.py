@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from batch import index_input, index_push, index_source, options, output, thumbnails
+from batch import index_input, index_source, options, output, thumbnails
 from batch.reader import Columns
+from batch.specs import BuildSpec
 from search import build as index_build
 from search import index_format
 from search.errors import IndexUnusable
@@ -83,14 +84,6 @@ def _thumbnail_size(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.index_command == "verify":
-        return cmd_verify(args.directory)
-    if args.index_command == "push":
-        return index_push.cmd_push(args)
-    return cmd_build(args)
-
-
 def cmd_verify(directory: Path) -> int:
     try:
         manifest = index_format.verify(directory)
@@ -103,17 +96,16 @@ def cmd_verify(directory: Path) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def cmd_build(spec: BuildSpec) -> int:
     started = time.monotonic()
-    final = args.output
+    final = spec.output
     if (final / index_format.MANIFEST).exists():
         raise ValueError(f"{final} is already a complete index: versions are immutable; build into a new folder")
-    columns = options.columns(args)
     with output.exclusive(final):
-        source = index_source.embedding_source(args, final.with_name(final.name + ".embeddings.jsonl"))
+        source = index_source.embedding_source(spec.source, final.with_name(final.name + ".embeddings.jsonl"))
         if source is None:
             return 2
-        summary = _write(args, final, source.embeddings, source.metadata, columns, source.model)
+        summary = _write(spec, final, source.embeddings, source.metadata, source.model)
     if source.embed_summary is not None:
         summary["embed"] = source.embed_summary
     summary["seconds"] = round(time.monotonic() - started, 2)
@@ -123,34 +115,35 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(args: argparse.Namespace, final: Path, embeddings_path: Path, metadata: Path | None, columns: Columns,
+def _write(spec: BuildSpec, final: Path, embeddings_path: Path, metadata: Path | None,
            model: dict[str, Any]) -> dict[str, Any]:
-    with index_source.collected_rows(args, embeddings_path, metadata, columns, model) as (modality, from_csv, types, collected):
-        index_options = index_build.IndexOptions(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search)
+    columns = spec.source.columns
+    with index_source.collected_rows(spec.source, embeddings_path, metadata, columns, model) as (
+            modality, from_csv, types, collected):
         no_thumbnail: Counter = Counter()
         path = index_build.write_index(
             final, collected.vectors, index_input.metadata_of_kept(metadata, columns, collected),
             columns=types.result(), from_csv=from_csv, model=model, modality=modality,
-            name=args.name or final.resolve().parent.name, options=index_options,
-            build={"input": str(args.input), "metadata": str(metadata) if metadata else None,
+            name=spec.name or final.resolve().parent.name, options=spec.options,
+            build={"input": str(spec.source.input), "metadata": str(metadata) if metadata else None,
                    "skipped": dict(collected.skipped), "tool": "clipserve-batch index build"},
-            thumbnails=_thumbnails(args, metadata, columns, collected, no_thumbnail), thumbnail_size=args.thumbnails)
+            thumbnails=_thumbnails(spec, metadata, columns, collected, no_thumbnail), thumbnail_size=spec.thumbnails)
     manifest = index_format.read_manifest(path)
     return {"command": "index build", "output": str(path), "name": manifest["name"], "version": manifest["version"],
             "count": manifest["count"], "modality": modality, "index": manifest["index"],
             "columns": manifest["metadata"]["columns"], "skipped": dict(collected.skipped), "model": model,
             "embeddings": str(embeddings_path),
-            **({"thumbnails": {**manifest["thumbnails"], "without": dict(no_thumbnail)}} if args.thumbnails else {})}
+            **({"thumbnails": {**manifest["thumbnails"], "without": dict(no_thumbnail)}} if spec.thumbnails else {})}
 
 
-def _thumbnails(args: argparse.Namespace, metadata: Path | None, columns: Columns, collected: Any,
+def _thumbnails(spec: BuildSpec, metadata: Path | None, columns: Columns, collected: Any,
                 skipped: Counter) -> Iterator[bytes | None] | None:
     """A thumbnail (or None) per kept row, from the image cells of the rows file; None without --thumbnails."""
-    if not args.thumbnails:
+    if not spec.thumbnails:
         return None
     if metadata is None:
         raise ValueError("--thumbnails needs the rows that name the images: build from the rows file, or pass "
                          "--metadata FILE with an embed output")
     cells = (row.image for row in index_input.rows_of_kept(metadata, columns, collected))
-    search_dirs = options.image_dirs(metadata) + options.image_dirs(args.input)
-    return thumbnails.thumbnails_of(cells, args.thumbnails, search_dirs, skipped)
+    search_dirs = options.image_dirs(metadata) + options.image_dirs(spec.source.input)
+    return thumbnails.thumbnails_of(cells, spec.thumbnails, search_dirs, skipped)

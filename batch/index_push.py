@@ -9,7 +9,6 @@ it got, and a re-run after a kill continues from there: every id ends up in the 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -18,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch import index_input, index_source, options
+from batch import index_input, index_source
+from batch.specs import PushSpec
 from batch.progress import make_progress
 from search import qdrant_index
 from search.errors import BackendTimeout, IndexUnusable, Unavailable
@@ -28,33 +28,33 @@ from search.query import Item
 log = logging.getLogger("batch")
 
 
-def cmd_push(args: argparse.Namespace) -> int:
+def cmd_push(spec: PushSpec) -> int:
     started = time.monotonic()
-    if args.push_batch_size < 1:
+    if spec.push_batch_size < 1:
         raise ValueError("--push-batch-size must be at least 1")
-    default_part = args.input.with_name(args.input.stem + ".embeddings.jsonl")
-    source = index_source.embedding_source(args, default_part)
+    rows_input = spec.source.input
+    source = index_source.embedding_source(spec.source, rows_input.with_name(rows_input.stem + ".embeddings.jsonl"))
     if source is None:
         return 2
-    columns = options.columns(args)
-    where = str(args.qdrant_path) if args.qdrant_path else args.qdrant_url
-    client = qdrant_index.connect(url=args.qdrant_url, path=args.qdrant_path, api_key=args.qdrant_api_key,
-                                  timeout_s=args.qdrant_timeout)
+    columns = spec.source.columns
+    where = str(spec.qdrant_path) if spec.qdrant_path else spec.qdrant_url
+    client = qdrant_index.connect(url=spec.qdrant_url, path=spec.qdrant_path, api_key=spec.qdrant_api_key,
+                                  timeout_s=spec.qdrant_timeout_s)
     try:
-        with index_source.collected_rows(args, source.embeddings, source.metadata, columns, source.model) as (
+        with index_source.collected_rows(spec.source, source.embeddings, source.metadata, columns, source.model) as (
                 modality, from_csv, types, collected):
-            index = _collection(client, args, where, source.model, modality, types.result())
-            progress_file = _progress_path(source.embeddings, args.collection, where)
+            index = _collection(client, spec, where, source.model, modality, types.result())
+            progress_file = _progress_path(source.embeddings, spec.collection, where)
             done = _resume_point(progress_file, collected.kept_ids)
             rows = index_input.metadata_of_kept(source.metadata, columns, collected)
-            pushed = _upsert(index, collected, rows, types.result(), from_csv, done, progress_file, args)
+            pushed = _upsert(index, collected, rows, types.result(), from_csv, done, progress_file, spec)
             count = index.refresh_count()
     except (Unavailable, BackendTimeout) as exc:
         log.error("%s. Points written so far are kept; re-run the same command to continue.", exc)
         return 2
     finally:
         client.close()
-    summary = {"command": "index push", "collection": args.collection, "qdrant": where, "modality": modality,
+    summary = {"command": "index push", "collection": spec.collection, "qdrant": where, "modality": modality,
                "rows": len(collected.kept_ids), "already_pushed": done, "upserted": pushed, "collection_count": count,
                "skipped": dict(collected.skipped), "model": source.model,
                "seconds": round(time.monotonic() - started, 2), "embeddings": str(source.embeddings)}
@@ -63,24 +63,24 @@ def cmd_push(args: argparse.Namespace) -> int:
     if source.embed_summary is not None:
         summary["embed"] = source.embed_summary
     log.info("index push: %d points into %s at %s (%d already there), %.1f points/s; left out: %s", pushed,
-             args.collection, where, done, summary["points_per_s"], summary["skipped"] or "none")
+             spec.collection, where, done, summary["points_per_s"], summary["skipped"] or "none")
     print(json.dumps(summary), flush=True)
     return 0
 
 
-def _collection(client: Any, args: argparse.Namespace, where: str, model: dict[str, Any], modality: str,
+def _collection(client: Any, spec: PushSpec, where: str, model: dict[str, Any], modality: str,
                 columns: dict[str, str]) -> qdrant_index.QdrantIndex:
     """The collection, created for this model if missing; an existing one must be for the same model and modality."""
-    local = args.qdrant_path is not None
-    if not client.collection_exists(args.collection):
-        log.info("creating Qdrant collection %s at %s (dim %s, cosine, %s)", args.collection, where, model["dim"],
+    local = spec.qdrant_path is not None
+    if not client.collection_exists(spec.collection):
+        log.info("creating Qdrant collection %s at %s (dim %s, cosine, %s)", spec.collection, where, model["dim"],
                  modality)
-        qdrant_index.create_collection(client, args.collection, model=model, modality=modality, columns=columns,
+        qdrant_index.create_collection(client, spec.collection, model=model, modality=modality, columns=columns,
                                        local=local)
-    index = qdrant_index.QdrantIndex.open(client, args.collection, where, timeout_s=args.qdrant_timeout, local=local)
+    index = qdrant_index.QdrantIndex.open(client, spec.collection, where, timeout_s=spec.qdrant_timeout_s, local=local)
     index.check_model(model)
     if index.description["modality"] != modality:
-        raise IndexUnusable(f"Qdrant collection {args.collection!r} holds {index.description['modality']} "
+        raise IndexUnusable(f"Qdrant collection {spec.collection!r} holds {index.description['modality']} "
                             f"embeddings; this push has {modality} ones (--modality)")
     clashes = {k: (v, columns[k]) for k, v in index.columns().items() if k in columns and v != columns[k]
                and not (v == "float" and columns[k] == "int")}
@@ -109,14 +109,14 @@ def _resume_point(path: Path, ids: list[str]) -> int:
 
 
 def _upsert(index: qdrant_index.QdrantIndex, collected: Any, rows: Any, columns: dict[str, str], from_csv: bool,
-            done: int, progress_file: Path, args: argparse.Namespace) -> int:
+            done: int, progress_file: Path, spec: PushSpec) -> int:
     total = len(collected.kept_ids)
-    progress = make_progress(total - done, "index push", args.progress_interval)
+    progress = make_progress(total - done, "index push", spec.source.run.progress_interval_s)
     pushed = 0
     try:
         rows = itertools.islice(enumerate(rows), done, None)
         while True:
-            batch = list(itertools.islice(rows, args.push_batch_size))
+            batch = list(itertools.islice(rows, spec.push_batch_size))
             if not batch:
                 break
             items = [Item(id=item_id, vector=collected.vectors[i], metadata=typed_metadata(record, columns, from_csv))

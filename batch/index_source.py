@@ -18,6 +18,7 @@ from batch import index_input, options
 from batch.reader import Columns, InputError, iter_records
 from batch.retry import RetryTally
 from batch.runner import JobSpec, JobStopped, run_job
+from batch.specs import SourceSpec
 from search.items_db import ColumnTypes
 from search.query import MODEL_KEYS
 
@@ -46,43 +47,41 @@ class Source:
     embed_summary: dict[str, Any] | None = None
 
 
-def embedding_source(args: argparse.Namespace, default_part: Path) -> Source | None:
+def embedding_source(source: SourceSpec, default_part: Path) -> Source | None:
     """An embed output as it is (model identity from the target), or rows embedded into --embeddings /
     `default_part` first (resuming it). None when the embedding target failed for good."""
-    if not index_input.is_embed_output(args.input):
-        if args.metadata is not None:
+    if not index_input.is_embed_output(source.input):
+        if source.metadata is not None:
             raise ValueError("--metadata is for an embed output as --input; rows to embed carry their own columns")
-        part = args.embeddings or default_part
-        embedded = _embed(args, part)
-        return None if embedded is None else Source(part, args.input, *embedded)
-    return Source(args.input, args.metadata, _model_without_embedding(args))
+        part = source.embeddings or default_part
+        embedded = _embed(source, part)
+        return None if embedded is None else Source(part, source.input, *embedded)
+    return Source(source.input, source.metadata, _model_without_embedding(source))
 
 
-def _model_without_embedding(args: argparse.Namespace) -> dict[str, Any]:
+def _model_without_embedding(source: SourceSpec) -> dict[str, Any]:
     """The model identity when nothing needs embedding: the bundle's manifest, or the service's GET /."""
-    if args.local:
+    if source.target.local:
         from models.bundle import model_identity
 
-        return model_identity(args.model_dir, options.local_variant(args))
-    args.concurrency = args.concurrency or 1
-    target = options.make_target(args, RetryTally())
+        return model_identity(source.target.model_dir, source.target.local_variant())
+    target = options.make_target(source.target, source.input, RetryTally())
     try:
         return _identity(target.describe())
     finally:
         target.close()
 
 
-def _embed(args: argparse.Namespace, part: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _embed(source: SourceSpec, part: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Embed the input into `part` (resuming it), as `embed` would: (model identity, the embed summary), or
     None when the target failed for good (what was embedded is kept)."""
-    iter_records(args.input)  # a missing or unknown input fails now, not after loading a model
-    if args.concurrency is None:
-        args.concurrency = 2 if args.local else 4
-    spec = JobSpec(command="embed", input=args.input, part=part, columns=options.columns(args),
-                   batch_size=args.batch_size, concurrency=args.concurrency,
-                   progress_interval_s=args.progress_interval, retry_errors=args.retry_errors)
+    iter_records(source.input)  # a missing or unknown input fails now, not after loading a model
+    run = source.run
+    spec = JobSpec(command="embed", input=source.input, part=part, columns=source.columns,
+                   batch_size=run.batch_size, concurrency=run.concurrency_for(source.target),
+                   progress_interval_s=run.progress_interval_s, retry_errors=run.retry_errors)
     tally = RetryTally()
-    target = options.make_target(args, tally)
+    target = options.make_target(source.target, source.input, tally)
     try:
         summary = run_job(spec, target, tally)
         model = _identity(target.describe())
@@ -93,7 +92,7 @@ def _embed(args: argparse.Namespace, part: Path) -> tuple[dict[str, Any], dict[s
         return None
     finally:
         target.close()
-    log.info("embedded %s into %s: %d rows (%d already there), errors: %s", args.input, part, summary.rows,
+    log.info("embedded %s into %s: %d rows (%d already there), errors: %s", source.input, part, summary.rows,
              summary.already_done, summary.errors or "none")
     return model, {"rows": summary.rows, "already_done": summary.already_done, "written": summary.written,
                    "errors": summary.errors, "retries": summary.retries}
@@ -108,14 +107,14 @@ def _identity(described: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def collected_rows(args: argparse.Namespace, embeddings_path: Path, metadata: Path | None, columns: Columns,
+def collected_rows(source: SourceSpec, embeddings_path: Path, metadata: Path | None, columns: Columns,
                    model: dict[str, Any]) -> Iterator[tuple[str, bool, ColumnTypes, index_input.Collected]]:
     """(modality, from_csv, column types, the usable rows) of an embed output, its vectors in a local scratch file
     ($TMPDIR: the output may be a bucket mount) for as long as the block runs."""
     embeddings = index_input.EmbedOutput(embeddings_path)
     try:
-        modality = args.modality or ("image" if embeddings.has("image") else "text")
-        names = _metadata_names(metadata, columns, args.metadata_columns)
+        modality = source.modality or ("image" if embeddings.has("image") else "text")
+        names = _metadata_names(metadata, columns, source.metadata_columns)
         from_csv = metadata is not None and metadata.suffix.lower() in (".csv", ".tsv")
         types = ColumnTypes(names, from_csv)
         with tempfile.TemporaryDirectory(prefix="clipserve-index-") as scratch:

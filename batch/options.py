@@ -1,4 +1,7 @@
-"""Command-line options and helpers shared by every clipserve-batch command (embed, score, index)."""
+"""The flags every clipserve-batch command shares (embed, score, index, eval), and the target they name.
+
+The add_* functions build the parsers; batch/cli.py reads the flags into typed specs (batch/specs.py), and
+``make_target`` takes one of those, never the namespace."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from batch.reader import Columns
 from batch.retry import RetryTally
-from batch.sharding import SHARD_BY, Shard, parse_shard, shard_from_env
+from batch.sharding import SHARD_BY
+from batch.specs import TargetSpec
 
 log = logging.getLogger("batch")
 
@@ -118,40 +121,19 @@ def add_run_args(parser: argparse.ArgumentParser, command: str, sharding: bool =
         run.add_argument("--no-normalize", dest="normalize", action="store_false", help="raw (unit-less) embeddings")
 
 
-def columns(args: argparse.Namespace) -> Columns:
-    return Columns(id=args.id_column, text=args.text_column, image=args.image_column)
-
-
-def shard(args: argparse.Namespace) -> Shard:
-    if args.shard:
-        return parse_shard(args.shard, args.shard_by)
-    return shard_from_env(os.environ, args.shard_by) or Shard(0, 1, args.shard_by)
-
-
-def headers(args: argparse.Namespace) -> dict[str, str]:
-    from batch.auth import bearer_headers
-
-    result = bearer_headers(args.token, args.api_key)
-    for header in args.header:
-        name, sep, value = header.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"--header {header!r}: expected 'NAME: VALUE'")
-        result[name.strip()] = value.strip()
-    return result
-
-
-def request_signer(args: argparse.Namespace) -> Any:
+def request_signer(target: TargetSpec) -> Any:
     """The client's auth for --aws-sigv4 or --google-id-token (None without either); fails before any row."""
-    if args.aws_sigv4 and args.google_id_token:
+    if target.aws_sigv4 and target.google_id_token:
         raise ValueError("--aws-sigv4 and --google-id-token: choose one")
-    if args.aws_sigv4:
+    endpoint = target.endpoint or ""
+    if target.aws_sigv4:
         from clipserve_client.auth import AwsSigV4, region_from_url
 
-        return AwsSigV4(args.aws_region or region_from_url(args.endpoint))
-    if args.google_id_token:
+        return AwsSigV4(target.aws_region or region_from_url(endpoint))
+    if target.google_id_token:
         from clipserve_client.auth import GoogleIdToken
 
-        audience = args.endpoint.rstrip("/")
+        audience = endpoint.rstrip("/")
         auth = GoogleIdToken(audience)
         auth.token(audience)  # no credentials: say so now
         return auth
@@ -163,32 +145,22 @@ def image_dirs(rows: Path) -> list[Path]:
     return [rows.resolve()] if rows.is_dir() else [rows.resolve().parent]
 
 
-def local_variant(args: argparse.Namespace) -> str:
-    """--local's variant: --model, else $MODEL_VARIANT, else english."""
-    return args.model or os.environ.get("MODEL_VARIANT", "english")
-
-
-def make_target(args: argparse.Namespace, tally: RetryTally) -> Any:
-    search_dirs = image_dirs(args.input)
-    if args.local:
+def make_target(target: TargetSpec, rows: Path, tally: RetryTally) -> Any:
+    """The job's target: the service at ``target.endpoint`` (through the Python client), or the bundle loaded here.
+    ``rows``: the input, beside which relative image paths are looked for."""
+    search_dirs = image_dirs(rows)
+    if target.local:
         from batch.local_target import LocalTarget
 
-        variant = local_variant(args)
-        log.info("loading %s from %s", variant, args.model_dir)
-        return LocalTarget.load(
-            variant, args.model_dir, search_dirs=search_dirs, allow_private_urls=args.allow_private_urls
-        )
+        variant = target.local_variant()
+        log.info("loading %s from %s", variant, target.model_dir)
+        return LocalTarget.load(variant, target.model_dir, search_dirs=search_dirs,
+                                allow_private_urls=target.allow_private_urls)
     from batch.http_target import HttpOptions, HttpTarget
 
-    http = HttpOptions(
-        endpoint=args.endpoint,
-        headers=headers(args),
-        auth=request_signer(args),
-        timeout_s=args.timeout,
-        max_retries=args.max_retries,
-        backoff_max_s=args.backoff_max,
-        model=args.model,
-    )
+    http = HttpOptions(endpoint=target.endpoint or "", headers=dict(target.headers), auth=request_signer(target),
+                       timeout_s=target.timeout_s, max_retries=target.max_retries,
+                       backoff_max_s=target.backoff_max_s, model=target.model)
     return HttpTarget(http, search_dirs=search_dirs, on_retry=tally.add)
 
 

@@ -23,25 +23,12 @@ import requests
 import yaml
 
 from api_helpers import b64, image_bytes
+from docs_snippets import CLIENT_SNIPPETS, DOC_URL, DOCS, run_snippet, snippet
 from servers import REPO, free_port
 
-DOCS = REPO / "docs" / "clients.md"
-DOC_URL = "http://127.0.0.1:8080"
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 TEXTS = [f"document {i}: a photo of a {['cat', 'dog', 'red bicycle', 'lighthouse'][i % 4]} number {i}"
          for i in range(1500)]
-
-
-def snippet(name: str) -> str:
-    match = re.search(rf"<!-- snippet:{re.escape(name)} -->\n```\w+\n(.*?)```", DOCS.read_text(), re.S)
-    assert match, f"docs/clients.md has no snippet {name!r}"
-    return match.group(1)
-
-
-def run_snippet(name: str, url: str) -> dict:
-    namespace: dict = {}
-    exec(compile(snippet(name).replace(DOC_URL, url), f"docs/clients.md:{name}", "exec"), namespace)
-    return namespace
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -262,7 +249,7 @@ def test_the_qdrant_snippet(server, tiny_model_dir, tmp_path, monkeypatch):
     ns["qdrant"].close()
 
 
-def test_every_snippet_on_the_page_is_run_here():
+def test_every_snippet_on_the_page_is_run_here_or_by_the_clients_tests():
     names = set(re.findall(r"<!-- snippet:([\w-]+) -->", DOCS.read_text()))
     tested = {"openai", "curl", "langchain", "langchain-strings", "llamaindex", "weaviate-compose", "qdrant"}
-    assert names == tested
+    assert names - tested == CLIENT_SNIPPETS  # the Python client's: tests/clients/test_client_docs.py

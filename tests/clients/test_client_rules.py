@@ -164,3 +164,16 @@ def test_the_async_client_gives_the_same_answers():
     result = asyncio.run(run())
     assert [(e.index, e.code) for e in result.errors] == [(8, "invalid_request")]
     np.testing.assert_array_equal(result.vectors[:8], [vector_of(t) for t in texts[:8]])
+
+
+def test_a_refusal_that_is_not_an_items_fault_raises_with_the_index_the_service_names():
+    service = Service()
+    service.script = [httpx.Response(400, json={"error": {"code": "unknown_model", "message": "no such model"}}),
+                      httpx.Response(400, json={"error": {"code": "invalid_json", "message": "texts[7]: bad"}})]
+    with client(service) as clip:
+        with pytest.raises(Exception) as unknown:
+            clip.embed_text(["a"], model="nope")
+        assert type(unknown.value).__name__ == "UnknownModel" and len(service.requests) == 1  # not split, not retried
+        with pytest.raises(InvalidInput) as invalid:
+            clip.embed_text(["a", "b"])
+        assert invalid.value.index == 7 and invalid.value.code == "invalid_json"

@@ -9,6 +9,7 @@ import csv
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,8 +34,9 @@ LONG = 10_000
 def client_python(tmp_path_factory) -> Path:
     """The python of a fresh venv holding the client's wheel with its optional extras (PIL images, progress)."""
     root = tmp_path_factory.mktemp("client-wheel")
+    source = shutil.copytree(CLIENT, root / "source", ignore=shutil.ignore_patterns("build", "dist", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root / "dist"),
-                    str(CLIENT)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)  # built from a copy: no build/ here
     wheel = next((root / "dist").glob("clipserve_client-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=120)
     python = root / "venv" / "bin" / "python"

@@ -8,6 +8,7 @@ every retry.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -108,7 +109,12 @@ _BY_STATUS: dict[int, type[ClipserveError]] = {
 
 
 def error_for(status: int, code: str | None, message: str, retry_after: float | None = None) -> ClipserveError:
-    """The exception for an answer with this status and code."""
+    """The exception for an answer with this status and code; an ``InvalidInput`` names the item the service's
+    message points at (``texts[3]: ...``), as an index into that request."""
     cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status) or (ServerError if status >= 500 else InvalidInput)
-    return cls(f"HTTP {status} {code or ''}: {message}".replace("  ", " "), status=status, code=code,
-               retry_after=retry_after)
+    text = f"HTTP {status} {code or ''}: {message}".replace("  ", " ")
+    if cls is InvalidInput:
+        found = re.search(r"\b\w+\[(\d+)\]", message)
+        return InvalidInput(text, index=int(found.group(1)) if found else None, status=status, code=code,
+                            retry_after=retry_after)
+    return cls(text, status=status, code=code, retry_after=retry_after)

@@ -10,7 +10,7 @@ shared VM hits them alike):
 - ``stop``: ``session.force_spinning_stop=1`` (spin within a call, sleep as soon as it returns; what the service
   uses);
 - ``no-spin``: ``session.intra_op.allow_spinning=0`` (never spin: every op wakes sleeping workers).
-Per mode: the wall time of a one-text call and of a batch of 8, back to back and with a 2 ms gap of Python work
+Per mode: the wall time of a one-text call and of batches of 8 and 32, back to back and with a 2 ms gap of Python work
 between calls (what a request thread does), and the process CPU per call, the gap's CPU included: what spinning
 costs the rest of the process. Each figure is the median over rounds; the machine is named.
 """
@@ -81,20 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     graph = bundle / manifest["onnx"]["text"]["file"]
     threads = args.threads or cpu_budget()
     encoder = load_encoder(args.variant, args.bundles, precision="fp32", runtime="onnx", threads=threads)
-    texts = prompts(8)
-    prepared = [encoder.prepare_text(t) for t in texts]
-    one = np.array([prepared[0].ids], dtype=np.int64)
-    width = max(len(p.ids) for p in prepared)
-    eight = np.zeros((8, width), dtype=np.int64)
-    for i, p in enumerate(prepared):
-        eight[i, :len(p.ids)] = p.ids
+    prepared = [encoder.prepare_text(t) for t in prompts(32)]
+
+    def batch_of(size: int) -> np.ndarray:
+        width = max(len(p.ids) for p in prepared[:size])
+        tokens = np.zeros((size, width), dtype=np.int64)
+        for i, p in enumerate(prepared[:size]):
+            tokens[i, :len(p.ids)] = p.ids
+        return tokens
+
+    batches = {1: (batch_of(1), 100), 8: (batch_of(8), 20), 32: (batch_of(32), 6)}
     sessions = {mode: text_session(graph, threads, config) for mode, config in MODES.items()}
-    cells = {(mode, batch, gap): [] for mode in MODES for batch in (1, 8) for gap in (0.0, 0.002)}
+    cells = {(mode, batch, gap): [] for mode in MODES for batch in batches for gap in (0.0, 0.002)}
     for session in sessions.values():
-        measure(session, one, 20, 0.0)
+        measure(session, batches[1][0], 20, 0.0)
     for _ in range(args.rounds):
         for mode, session in sessions.items():
-            for batch, tokens, calls in ((1, one, 100), (8, eight, 20)):
+            for batch, (tokens, calls) in batches.items():
                 for gap in (0.0, 0.002):
                     cells[mode, batch, gap].append(measure(session, tokens, calls, gap))
     print(f"Machine: {machine()}; {args.variant} text graph, ONNX Runtime, {threads} intra-op threads, "

@@ -51,7 +51,8 @@ STAGES = [
     ("HTTP (gunicorn, Flask, werkzeug)", re.compile(r"gunicorn/|flask/|werkzeug/|socket|selectors|http/|email/")),
 ]
 # An innermost frame that only blocks (a condition's or a lock's wait): not CPU, whatever py-spy's idle check says.
-_WAITING = re.compile(r"^(wait|acquire|_wait_for_tstate_lock|select|poll) \((threading|selectors|concurrent|queue)")
+_WAITING = re.compile(r"^([\w.]+\.)?(wait|acquire|_wait_for_tstate_lock|select|poll|get) "
+                      r"\((threading|selectors|concurrent/futures/\w+|queue)\.py")
 LIBRARIES = [("model runtime", re.compile(r"onnxruntime|libtorch|libgomp|libiomp|mkl|dnnl|libc10")),
              ("Python interpreter", re.compile(r"libpython|python3")),
              ("kernel", re.compile(r"kernel")),

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 
 import numpy as np
@@ -16,21 +15,10 @@ from servers import gunicorn
 
 
 @pytest.fixture(scope="module")
-def live_index(tiny_model_dir, tmp_path_factory):
-    from batch.cli import main
-
-    root = tmp_path_factory.mktemp("docs-qdrant")
-    with (root / "items.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([["id", "text", "shop"], ["a", "a blue boat", "x"], ["b", "a green hill", "y"]])
-    assert main(["index", "push", "--input", str(root / "items.csv"), "--metadata-columns", "shop", "--qdrant-path",
-                 str(root / "q"), "--collection", "docs", "--local", "--model-dir", str(tiny_model_dir)]) == 0
-    return root / "q"
-
-
-@pytest.fixture(scope="module")
 def server(tiny_model_dir, live_index, tmp_path_factory):
-    with gunicorn(tiny_model_dir, tmp_path_factory.mktemp("log") / "gunicorn.log", QDRANT_PATH=str(live_index),
-                  QDRANT_COLLECTION="docs") as running:
+    folder, collection = live_index
+    with gunicorn(tiny_model_dir, tmp_path_factory.mktemp("log") / "gunicorn.log", QDRANT_PATH=str(folder),
+                  QDRANT_COLLECTION=collection) as running:
         yield running
 
 

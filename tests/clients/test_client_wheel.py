@@ -5,7 +5,6 @@ Flask, no server code), every method run sync and async against the real gunicor
 from __future__ import annotations
 
 import base64
-import csv
 import http.server
 import json
 import os
@@ -77,19 +76,6 @@ def image_url(inputs):
     server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def live_index(tiny_model_dir, tmp_path_factory) -> Path:
-    """A local-mode Qdrant collection of a few texts, made by the real `clipserve-batch index push`."""
-    from batch.cli import main
-
-    root = tmp_path_factory.mktemp("client-qdrant")
-    with (root / "items.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([["id", "text", "shop"], ["a", "a red square", "x"], ["b", "a blue circle", "y"]])
-    assert main(["index", "push", "--input", str(root / "items.csv"), "--metadata-columns", "shop", "--qdrant-path",
-                 str(root / "q"), "--collection", "c", "--local", "--model-dir", str(tiny_model_dir)]) == 0
-    return root / "q"
-
-
 def run_suite(python: Path, phase: str, url: str, inputs: Path, out: Path, **popen) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.Popen([str(python), str(SUITE), phase, url, str(inputs), str(out)], cwd=out, env=env,
@@ -120,8 +106,9 @@ def test_every_method_sync_and_async_from_the_wheel(client_python, inputs, image
     texts = [f"a photo of thing number {i}" for i in range(300)]
     (inputs / "spec.json").write_text(json.dumps({"texts": texts, "image_url": image_url, "bad_index": BAD_INDEX,
                                                   "long_texts": []}))
-    with gunicorn(tiny_model_dir, tmp_path / "server.log", ALLOW_PRIVATE_URLS="true", QDRANT_PATH=str(live_index),
-                  QDRANT_COLLECTION="c") as server:
+    folder, collection = live_index
+    with gunicorn(tiny_model_dir, tmp_path / "server.log", ALLOW_PRIVATE_URLS="true", QDRANT_PATH=str(folder),
+                  QDRANT_COLLECTION=collection) as server:
         suite = run_suite(client_python, "methods", server.url, inputs, tmp_path)
         stdout, stderr = suite.communicate(timeout=600)
         assert suite.returncode == 0, stderr[-4000:]

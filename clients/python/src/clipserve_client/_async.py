@@ -15,7 +15,7 @@ from clipserve_client.images import ImageInput
 from clipserve_client.results import Embeddings, Hit, MixedEmbeddings, Scores, Written, ZeroShot
 
 
-class AsyncClient:
+class AsyncClient(_core.CallerState):
     """``Client``'s interface with ``await``: ``async with AsyncClient(url) as clip: await clip.embed_text([...])``.
     Chunks of one call run ``concurrency`` at a time on the event loop. See ``Client`` for every argument."""
 
@@ -24,17 +24,10 @@ class AsyncClient:
                  concurrency: int = 4, retry: RetryPolicy | None = None, headers: dict[str, str] | None = None,
                  on_retry: Callable[[str], None] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.model = model
-        self.concurrency = max(1, concurrency)
-        self.retry = retry or RetryPolicy()
-        self.on_retry = on_retry
+        super().__init__(url, model, concurrency, retry, on_retry)
         self._http = httpx.AsyncClient(**http_options(url, api_key, auth, headers, timeout, connect_timeout,
                                                       self.concurrency), transport=transport)
-        self._served: Served | None = None
         self._served_lock = asyncio.Lock()
-        self._answered_before = False
-        self._pause = _core.Pause()
 
     async def __aenter__(self) -> "AsyncClient":
         return self

@@ -400,6 +400,22 @@ def hits_from(answer: dict[str, Any]) -> list[Hit]:
         raise UnexpectedAnswer(f"/search: the answer does not match the API ({exc})") from exc
 
 
+class CallerState:
+    """What both clients hold besides their httpx client: the defaults every call uses, ``GET /`` once read, whether
+    the latest request got an answer (for a one-item call's 500, see ``finish``), and the shared Retry-After pause."""
+
+    def __init__(self, url: str, model: str | None, concurrency: int, retry: RetryPolicy | None,
+                 on_retry: Any) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.concurrency = max(1, concurrency)
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self._served: Served | None = None
+        self._answered_before = False
+        self._pause = Pause()
+
+
 @dataclass
 class Served:
     """``GET /``, read once per client: the limits and each served model's dimension."""

@@ -30,7 +30,7 @@ def http_options(url: str, api_key: str | None, auth: httpx.Auth | None, headers
             "limits": httpx.Limits(max_connections=max(concurrency, 1) * 2, max_keepalive_connections=concurrency)}
 
 
-class Client:
+class Client(_core.CallerState):
     """A clipserve deployment, called over HTTPS. Thread-safe; use it as a context manager or ``close()`` it.
 
     ``Client("https://clip.example.com", api_key=...)``. Every call takes lists of any length: they are cut into
@@ -45,17 +45,10 @@ class Client:
                  model: str | None = None, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = 10.0,
                  concurrency: int = 4, retry: RetryPolicy | None = None, headers: dict[str, str] | None = None,
                  on_retry: Callable[[str], None] | None = None, transport: httpx.BaseTransport | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.model = model
-        self.concurrency = max(1, concurrency)
-        self.retry = retry or RetryPolicy()
-        self.on_retry = on_retry
+        super().__init__(url, model, concurrency, retry, on_retry)
         self._http = httpx.Client(**http_options(url, api_key, auth, headers, timeout, connect_timeout,
                                                  self.concurrency), transport=transport)
-        self._served: Served | None = None
         self._served_lock = threading.Lock()
-        self._answered_before = False  # did the latest request get an answer (not a 500)?
-        self._pause = _core.Pause()  # Retry-After holds every request of this client, not only the refused one
 
     def __enter__(self) -> "Client":
         return self

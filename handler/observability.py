@@ -93,7 +93,7 @@ class Metrics:
         self.search_results = Histogram("clipserve_search_results", "Results returned per search.",
                                         buckets=_RESULT_BUCKETS, registry=r)
         self.queue_depth = Gauge("clipserve_queue_depth", "Items waiting for the model.", registry=r)
-        self.queue_wait = Gauge("clipserve_queue_expected_wait_seconds", "What a request queued now would wait for "
+        self.expected_wait = Gauge("clipserve_queue_expected_wait_seconds", "What a request queued now would wait for "
                                 "the model, by each kind's measured cost per item (admission compares it with "
                                 "QUEUE_MAX_WAIT_S).", registry=r)
         self.gpu_memory = Gauge("clipserve_gpu_memory_bytes", "GPU memory torch holds (0 on the CPU).", registry=r)
@@ -109,7 +109,7 @@ class Metrics:
         if engine is not None:
             self.model_ready.set_function(lambda: 1.0 if _serving(engine) else 0.0)
             self.queue_depth.set_function(lambda: _loop_health_value(engine, "queue_depth"))
-            self.queue_wait.set_function(lambda: _loop_health_value(engine, "expected_wait_s"))
+            self.expected_wait.set_function(lambda: _loop_health_value(engine, "expected_wait_s"))
             self.loop_healthy.set_function(lambda: _loop_health_value(engine, "healthy"))
             if hasattr(engine, "cache_stats"):
                 r.register(_CacheCollector(engine))

@@ -21,7 +21,7 @@ class FakeEngine:
 
     def loop_health(self) -> LoopHealth:
         return LoopHealth(running=True, stalled=False, busy_for_s=0.0, queue_depth=self.depth,
-                          batches_done=0, batches_failed=0)
+                          batches_done=0, batches_failed=0, expected_wait_s=2.5)
 
 
 def _samples(client, headers=None) -> dict[tuple[str, tuple], float]:
@@ -83,3 +83,9 @@ def test_two_apps_in_one_process_keep_separate_counts():
     key = ("clipserve_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))
     assert _samples(a)[key] == 1
     assert key not in _samples(b)
+
+
+def test_the_expected_wait_admission_compares_is_exported():
+    engine = FakeEngine()
+    client = minimal_app(Settings(metrics_enabled=True), engine).test_client()
+    assert _samples(client)[("clipserve_queue_expected_wait_seconds", ())] == 2.5

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clipserve_client import (AsyncClient, Client, Encoded, InvalidInput, Overloaded, RetryPolicy, ServerError,
-                              Unauthorized, UnexpectedAnswer)
+                              Timeout, Unauthorized, UnexpectedAnswer)
 
 DIM = 4
 ROOT = {"model": {"variant": "english", "dim": DIM}, "models": [{"id": "english", "default": True, "dim": DIM}],
@@ -177,3 +177,15 @@ def test_a_refusal_that_is_not_an_items_fault_raises_with_the_index_the_service_
         with pytest.raises(InvalidInput) as invalid:
             clip.embed_text(["a", "b"])
         assert invalid.value.index == 7 and invalid.value.code == "invalid_json"
+
+
+def test_a_calls_timeout_bounds_its_requests_and_retries():
+    service = Service()
+    service.script = [httpx.Response(503, headers={"Retry-After": "2"}, json={"error": {"code": "model_loading"}})] * 3
+    with client(service, retry=RetryPolicy(max_retries=8)) as clip:
+        started = time.monotonic()
+        with pytest.raises(Timeout) as raised:
+            clip.embed_text(["a"], timeout=0.5)  # the Retry-After would end after the call's timeout
+        assert time.monotonic() - started < 0.5 and raised.value.code == "call_timeout"
+        assert "model_loading" in raised.value.message and len(service.requests) == 1
+        assert clip.embed_text(["b"], timeout=30).ok  # another call, its own timeout (after the service's 2 s)

@@ -57,42 +57,43 @@ class AsyncClient(_core.CallerState):
     # -- embeddings -----------------------------------------------------------------------------------------
 
     async def embed_text(self, texts: Sequence[str], *, model: str | None = None, normalize: bool = True,
-                         truncate: bool = True, progress: bool = False) -> Embeddings:
+                         truncate: bool = True, progress: bool = False, timeout: float | None = None) -> Embeddings:
         op = _core.EmbedOperation("texts", list(texts), _core.base_fields(model or self.model, normalize, truncate))
-        await self._run(op, progress, "text")
+        await self._run(op, progress, "text", _core.Deadline(timeout))
         return op.result((await self._service()).dim(model or self.model))
 
     async def embed_image(self, images: Sequence[ImageInput], *, model: str | None = None, normalize: bool = True,
-                          progress: bool = False) -> Embeddings:
+                          progress: bool = False, timeout: float | None = None) -> Embeddings:
         op = _core.EmbedOperation("images", _core.wire_images(images), _core.base_fields(model or self.model, normalize))
-        await self._run(op, progress, "image")
+        await self._run(op, progress, "image", _core.Deadline(timeout))
         return op.result((await self._service()).dim(model or self.model))
 
     async def embed_mixed(self, texts: Sequence[str] = (), images: Sequence[ImageInput] = (), *,
                           model: str | None = None, normalize: bool = True, truncate: bool = True,
-                          progress: bool = False) -> MixedEmbeddings:
+                          progress: bool = False, timeout: float | None = None) -> MixedEmbeddings:
         op = _core.MixedOperation(list(texts), _core.wire_images(images),
                                   _core.base_fields(model or self.model, normalize, truncate))
-        await self._run(op, progress, "item")
+        await self._run(op, progress, "item", _core.Deadline(timeout))
         return op.result((await self._service()).dim(model or self.model))
 
     # -- scores -----------------------------------------------------------------------------------------------
 
     async def score(self, texts: Sequence[str], images: Sequence[ImageInput], *, pairwise: bool = False,
                     templates: str | Sequence[str] | None = None, model: str | None = None,
-                    progress: bool = False) -> Scores:
+                    progress: bool = False, timeout: float | None = None) -> Scores:
         base: dict[str, Any] = {"model": model or self.model} if (model or self.model) else {}
         if templates is not None:
             base["templates"] = templates if isinstance(templates, str) else list(templates)
         _core.check_score(len(texts), pairwise, (await self._service()).limits)
         op = _core.ScoreOperation(list(texts), _core.wire_images(images), pairwise, base)
-        await self._run(op, progress, "image")
+        await self._run(op, progress, "image", _core.Deadline(timeout))
         return op.result()
 
     async def zero_shot(self, images: Sequence[ImageInput], labels: Sequence[str], *,
                         templates: str | Sequence[str] | None = None, model: str | None = None,
-                        progress: bool = False) -> ZeroShot:
-        scores = await self.score(list(labels), images, templates=templates, model=model, progress=progress)
+                        progress: bool = False, timeout: float | None = None) -> ZeroShot:
+        scores = await self.score(list(labels), images, templates=templates, model=model, progress=progress,
+                                  timeout=timeout)
         return _core.zero_shot_from(scores, list(labels))
 
     # -- search and the live index --------------------------------------------------------------------------
@@ -100,18 +101,22 @@ class AsyncClient(_core.CallerState):
     async def search(self, text: str | None = None, *, image: ImageInput | None = None,
                      vector: Sequence[float] | None = None, id: str | None = None, top_k: int = 10,
                      filter: dict[str, Any] | None = None, score_threshold: float | None = None,
-                     include_metadata: bool = True, **extra: Any) -> list[Hit]:
+                     include_metadata: bool = True, timeout: float | None = None,
+                     **extra: Any) -> list[Hit]:
         body = _core.search_body(text, image, vector, id, top_k, {"filter": filter, "score_threshold": score_threshold,
                                                                  "include_metadata": include_metadata, **extra})
-        return _core.hits_from(await self._request("POST", "/search", body))
+        return _core.hits_from(await self._request("POST", "/search", body, deadline=_core.Deadline(timeout)))
 
-    async def upsert(self, items: Sequence[dict[str, Any]], *, progress: bool = False) -> Written:
+    async def upsert(self, items: Sequence[dict[str, Any]], *, progress: bool = False,
+               timeout: float | None = None) -> Written:
         op = _core.UpsertOperation(_core.upsert_items(items))
-        await self._run(op, progress, "item")
+        await self._run(op, progress, "item", _core.Deadline(timeout))
         return op.result()
 
-    async def delete(self, ids: Sequence[str] | None = None, *, filter: dict[str, Any] | None = None) -> int:
-        return int((await self._request("POST", "/index/delete", _core.delete_body(ids, filter)))["deleted"])
+    async def delete(self, ids: Sequence[str] | None = None, *, filter: dict[str, Any] | None = None,
+               timeout: float | None = None) -> int:
+        return int((await self._request("POST", "/index/delete", _core.delete_body(ids, filter),
+                                     deadline=_core.Deadline(timeout)))["deleted"])
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -122,13 +127,16 @@ class AsyncClient(_core.CallerState):
             return self._served
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                       retry_500: bool = True) -> Any:
-        attempts = Attempts(self.retry, retry_500, self.on_retry)
+                       retry_500: bool = True, deadline: _core.Deadline = _core.NO_DEADLINE) -> Any:
+        attempts = Attempts(self.retry, retry_500, self.on_retry, deadline)
         what = f"{method} {path}"
         while True:
-            await asyncio.sleep(self._pause.left())
+            await asyncio.sleep(deadline.capped(self._pause.left()))
+            deadline.check(what)
+            left = deadline.left()
             try:
-                response = await self._http.request(method, path, json=body)
+                response = await self._http.request(method, path, json=body,
+                                                  timeout=httpx.USE_CLIENT_DEFAULT if left is None else left)
             except httpx.TransportError as exc:
                 delay = attempts.transport_error(exc, what)
             else:
@@ -140,7 +148,7 @@ class AsyncClient(_core.CallerState):
                 self._pause.hold(attempts.retry_after)
             await asyncio.sleep(delay)
 
-    async def _run(self, op: Operation, progress: bool, unit: str) -> None:
+    async def _run(self, op: Operation, progress: bool, unit: str, deadline: _core.Deadline) -> None:
         sizes = op.sizes()
         groups = _core.chunks(sizes, (await self._service()).limits)
         state, answered_before = CallState(), self._answered_before
@@ -149,7 +157,7 @@ class AsyncClient(_core.CallerState):
 
         async def run(positions: list[int]) -> None:
             async with gate:
-                await self._drive(_core.run_chunk(op, positions, state))
+                await self._drive(_core.run_chunk(op, positions, state), deadline)
             bar.update(len(positions))
 
         tasks = [asyncio.ensure_future(run(group)) for group in groups]
@@ -163,12 +171,12 @@ class AsyncClient(_core.CallerState):
             bar.close()
         _core.finish(state, len(sizes) == 1, answered_before)
 
-    async def _drive(self, steps: Any) -> None:
+    async def _drive(self, steps: Any, deadline: _core.Deadline) -> None:
         try:
             method, path, body, retry_500 = next(steps)
             while True:
                 try:
-                    answer = await self._request(method, path, body, retry_500)
+                    answer = await self._request(method, path, body, retry_500, deadline)
                 except _core.ClipserveError as exc:
                     self._answered_before = _core.answered(exc.status or 0)
                     method, path, body, retry_500 = steps.throw(exc)

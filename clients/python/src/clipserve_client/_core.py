@@ -437,12 +437,48 @@ class Served:
 
 
 
+class Deadline:
+    """A call's ``timeout``: the whole call (every request and retry of it) must end within it. None: no limit
+    but the client's per-request timeout."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self._end is None else self._end - time.monotonic()
+
+    def check(self, what: str) -> None:
+        """Raise Timeout when nothing is left."""
+        left = self.left()
+        if left is not None and left <= 0:
+            self.expire(what)
+
+    def expire(self, what: str, cause: ClipserveError | None = None) -> None:
+        """Raise Timeout now, naming the error the call was retrying, if any."""
+        from clipserve_client.errors import Timeout
+
+        last = f"; last: {cause.message}" if cause is not None else ""
+        raise Timeout(f"{what}: the call's timeout of {self.seconds:g} s ran out{last}",
+                      status=cause.status if cause else None, code="call_timeout")
+
+    def capped(self, seconds: float) -> float:
+        """A wait, cut to what is left of the call."""
+        left = self.left()
+        return seconds if left is None else max(0.0, min(seconds, left))
+
+
+NO_DEADLINE = Deadline()
+
+
 class Attempts:
     """The retry loop of one request as a state machine: each outcome gives the answer, a delay before the next
-    try, or raises. ``retry_500=False`` while a chunk is being split after a 500 that outlived its retries."""
+    try, or raises. ``retry_500=False`` while a chunk is being split after a 500 that outlived its retries. A retry
+    that would end after the call's deadline is not waited for: the call raises Timeout instead."""
 
-    def __init__(self, policy: RetryPolicy, retry_500: bool = True, on_retry: Any = None) -> None:
-        self.policy, self.retry_500, self.on_retry = policy, retry_500, on_retry
+    def __init__(self, policy: RetryPolicy, retry_500: bool = True, on_retry: Any = None,
+                 deadline: Deadline = NO_DEADLINE) -> None:
+        self.policy, self.retry_500, self.on_retry, self.deadline = policy, retry_500, on_retry, deadline
         self.attempt = 0
         self.retry_after: float | None = None  # what the last answer asked for (429/503), in seconds
 
@@ -467,6 +503,9 @@ class Attempts:
         if self.attempt >= self.policy.max_retries:
             raise error
         delay = self.policy.delay(self.attempt, error.retry_after)
+        left = self.deadline.left()
+        if left is not None and delay >= left:  # the retry would not fit in the call's timeout
+            self.deadline.expire(reason, error)
         self.retry_after = delay if error.retry_after is not None else None
         self.attempt += 1
         if self.on_retry is not None:
@@ -493,8 +532,7 @@ class Pause:
 Request = tuple[str, str, dict[str, Any], bool]  # method, path, body, retry 500
 
 
-def run_chunk(op: Operation, positions: Sequence[int], state: CallState,
-              retry_500: bool = True) -> Any:
+def run_chunk(op: Operation, positions: Sequence[int], state: CallState, retry_500: bool = True) -> Any:
     """A generator: yields each request to send and receives its answer (or has the error thrown into it).
     Refusals the items caused, and 500s that outlived their retries, halve the chunk to pin the item."""
     try:

@@ -81,70 +81,76 @@ class Client(_core.CallerState):
     # -- embeddings -----------------------------------------------------------------------------------------
 
     def embed_text(self, texts: Sequence[str], *, model: str | None = None, normalize: bool = True,
-                   truncate: bool = True, progress: bool = False) -> Embeddings:
+                   truncate: bool = True, progress: bool = False, timeout: float | None = None) -> Embeddings:
         """One float32 row per text, in order. ``truncate=False``: a text over the context is that item's error."""
         op = _core.EmbedOperation("texts", list(texts), _core.base_fields(model or self.model, normalize, truncate))
-        self._run(op, progress, "text")
+        self._run(op, progress, "text", _core.Deadline(timeout))
         return op.result(self._service().dim(model or self.model))
 
     def embed_image(self, images: Sequence[ImageInput], *, model: str | None = None, normalize: bool = True,
-                    progress: bool = False) -> Embeddings:
+                    progress: bool = False, timeout: float | None = None) -> Embeddings:
         """One row per image: paths, ``Path``, bytes, file objects, PIL images, http(s) URLs, data URIs, mixed.
         An image that fails (missing, corrupt, unreachable) is NaN with its error; the others succeed."""
         op = _core.EmbedOperation("images", _core.wire_images(images), _core.base_fields(model or self.model, normalize))
-        self._run(op, progress, "image")
+        self._run(op, progress, "image", _core.Deadline(timeout))
         return op.result(self._service().dim(model or self.model))
 
     def embed_mixed(self, texts: Sequence[str] = (), images: Sequence[ImageInput] = (), *, model: str | None = None,
-                    normalize: bool = True, truncate: bool = True, progress: bool = False) -> MixedEmbeddings:
+                    normalize: bool = True, truncate: bool = True, progress: bool = False,
+                    timeout: float | None = None) -> MixedEmbeddings:
         """Texts and images by the same model (``/embed/mixed``), comparable by cosine."""
         op = _core.MixedOperation(list(texts), _core.wire_images(images),
                                   _core.base_fields(model or self.model, normalize, truncate))
-        self._run(op, progress, "item")
+        self._run(op, progress, "item", _core.Deadline(timeout))
         return op.result(self._service().dim(model or self.model))
 
     # -- scores -----------------------------------------------------------------------------------------------
 
     def score(self, texts: Sequence[str], images: Sequence[ImageInput], *, pairwise: bool = False,
               templates: str | Sequence[str] | None = None, model: str | None = None,
-              progress: bool = False) -> Scores:
+              progress: bool = False, timeout: float | None = None) -> Scores:
         """Every image against every text (rows: images), or ``pairwise`` images[i] against texts[i]."""
         base: dict[str, Any] = {"model": model or self.model} if (model or self.model) else {}
         if templates is not None:
             base["templates"] = templates if isinstance(templates, str) else list(templates)
         _core.check_score(len(texts), pairwise, self._service().limits)
         op = _core.ScoreOperation(list(texts), _core.wire_images(images), pairwise, base)
-        self._run(op, progress, "image")
+        self._run(op, progress, "image", _core.Deadline(timeout))
         return op.result()
 
     def zero_shot(self, images: Sequence[ImageInput], labels: Sequence[str], *,
                   templates: str | Sequence[str] | None = None, model: str | None = None,
-                  progress: bool = False) -> ZeroShot:
+                  progress: bool = False, timeout: float | None = None) -> ZeroShot:
         """Each image's probabilities over ``labels`` and its best label. ``templates``: prompts such as
         ``"a photo of a {}."`` or a named set (``openai_imagenet``), averaged per label by the service."""
-        scores = self.score(list(labels), images, templates=templates, model=model, progress=progress)
+        scores = self.score(list(labels), images, templates=templates, model=model, progress=progress,
+                                  timeout=timeout)
         return _core.zero_shot_from(scores, list(labels))
 
     # -- search and the live index --------------------------------------------------------------------------
 
     def search(self, text: str | None = None, *, image: ImageInput | None = None, vector: Sequence[float] | None = None,
                id: str | None = None, top_k: int = 10, filter: dict[str, Any] | None = None,
-               score_threshold: float | None = None, include_metadata: bool = True, **extra: Any) -> list[Hit]:
+               score_threshold: float | None = None, include_metadata: bool = True, timeout: float | None = None,
+               **extra: Any) -> list[Hit]:
         """The indexed items nearest to one query (a text, an image, a vector or an indexed item's id)."""
         body = _core.search_body(text, image, vector, id, top_k, {"filter": filter, "score_threshold": score_threshold,
                                                                  "include_metadata": include_metadata, **extra})
-        return _core.hits_from(self._request("POST", "/search", body))
+        return _core.hits_from(self._request("POST", "/search", body, deadline=_core.Deadline(timeout)))
 
-    def upsert(self, items: Sequence[dict[str, Any]], *, progress: bool = False) -> Written:
+    def upsert(self, items: Sequence[dict[str, Any]], *, progress: bool = False,
+               timeout: float | None = None) -> Written:
         """Write items (``{"id", "text" | "image" | "vector", "metadata"}``) to the live (Qdrant) index; an id sent
         again replaces its item. Items not written come back as errors at their index."""
         op = _core.UpsertOperation(_core.upsert_items(items))
-        self._run(op, progress, "item")
+        self._run(op, progress, "item", _core.Deadline(timeout))
         return op.result()
 
-    def delete(self, ids: Sequence[str] | None = None, *, filter: dict[str, Any] | None = None) -> int:
+    def delete(self, ids: Sequence[str] | None = None, *, filter: dict[str, Any] | None = None,
+               timeout: float | None = None) -> int:
         """Delete items by id or by filter; returns how many existed."""
-        return int(self._request("POST", "/index/delete", _core.delete_body(ids, filter))["deleted"])
+        return int(self._request("POST", "/index/delete", _core.delete_body(ids, filter),
+                                     deadline=_core.Deadline(timeout))["deleted"])
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -154,13 +160,17 @@ class Client(_core.CallerState):
                 self._served = Served(self._request("GET", "/"))
             return self._served
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, retry_500: bool = True) -> Any:
-        attempts = Attempts(self.retry, retry_500, self.on_retry)
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, retry_500: bool = True,
+                 deadline: _core.Deadline = _core.NO_DEADLINE) -> Any:
+        attempts = Attempts(self.retry, retry_500, self.on_retry, deadline)
         what = f"{method} {path}"
         while True:
-            time.sleep(self._pause.left())
+            time.sleep(deadline.capped(self._pause.left()))
+            deadline.check(what)
+            left = deadline.left()
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.request(method, path, json=body,
+                                                  timeout=httpx.USE_CLIENT_DEFAULT if left is None else left)
             except httpx.TransportError as exc:
                 delay = attempts.transport_error(exc, what)
             else:
@@ -172,14 +182,14 @@ class Client(_core.CallerState):
                 self._pause.hold(attempts.retry_after)
             time.sleep(delay)
 
-    def _run(self, op: Operation, progress: bool, unit: str) -> None:
+    def _run(self, op: Operation, progress: bool, unit: str, deadline: _core.Deadline) -> None:
         sizes = op.sizes()
         groups = _core.chunks(sizes, self._service().limits)
         state, answered_before = CallState(), self._answered_before
         bar = _core.progress_bar(progress, len(sizes), unit)
 
         def run(positions: list[int]) -> None:
-            self._drive(_core.run_chunk(op, positions, state))
+            self._drive(_core.run_chunk(op, positions, state), deadline)
             bar.update(len(positions))
 
         try:
@@ -199,12 +209,12 @@ class Client(_core.CallerState):
             bar.close()
         _core.finish(state, len(sizes) == 1, answered_before)
 
-    def _drive(self, steps: Any) -> None:
+    def _drive(self, steps: Any, deadline: _core.Deadline) -> None:
         try:
             method, path, body, retry_500 = next(steps)
             while True:
                 try:
-                    answer = self._request(method, path, body, retry_500)
+                    answer = self._request(method, path, body, retry_500, deadline)
                 except _core.ClipserveError as exc:
                     self._answered_before = _core.answered(exc.status or 0)
                     method, path, body, retry_500 = steps.throw(exc)

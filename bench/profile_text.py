@@ -176,7 +176,8 @@ def perf_pass(server: Server, pid: int, names: dict[int, str], workload: str, co
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "perf.data"
         recorder = subprocess.Popen(["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--",
-                                     "sleep", str(seconds + warmup)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     "sleep", str(seconds + warmup)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load(server.url, workload, concurrency, seconds, warmup)
         recorder.wait(timeout=120)
         report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "pid,dso", "-g", "none",
@@ -258,7 +259,8 @@ def table(results: dict) -> str:
         total = sum(cell["core_ms_per_text"].values())
         if not cell["workload"].startswith("text"):  # images: the check that they did not get worse
             lines += [f"**{cell['workload']}, {cell['clients']} clients**: {cell['items_per_s']:.1f} images/s, p50 "
-                      f"{cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, mean model call {cell['mean_batch']:.1f}, "
+                      f"{cell['p50_ms']:.1f} ms, p99 {cell['p99_ms']:.1f} ms, "
+                      f"mean model call {cell['mean_batch']:.1f}, "
                       f"{total:.2f} core-ms per image.", ""]
             continue
         model = at_batch(cpu, cell["mean_batch"] or 1)

@@ -9,12 +9,12 @@ batch) also yields the model to interactive requests while they keep coming: its
 the batches they start rather than keeping the cores busy between them. Several models can share the one
 thread (engine.models): each submits in its own lane, items of two lanes never share a batch, and the next
 batch goes to the lane served least recently among those with items waiting, so a busy model cannot starve
-a quiet one. Admission is by expected wait, not item count: the loop measures what an item of each kind costs in each lane (seconds
-of model call per item, a moving average), and a request is refused at once (``Overloaded``, mapped to 429 with a
-``Retry-After`` from the same estimate) when the work queued ahead of it plus its own would take longer than the
-budget (``max_queue_wait_s``). A text and an image then weigh what they cost, and a queue holding a second of work
-takes requests it can answer in time. The item count (``queue_size``) stays as a hard bound on memory.
-Three failure rules keep a bad batch from hurting others:
+a quiet one. Admission is by expected wait, not item count: the loop measures what an item of each kind costs
+in each lane (seconds of model call per item, a moving average), and a request is refused at once (``Overloaded``,
+mapped to 429 with a ``Retry-After`` from the same estimate) when the work queued ahead of it plus its own would
+take longer than the budget (``max_queue_wait_s``). A text and an image then weigh what they cost, and a queue
+holding a second of work takes requests it can answer in time. The item count (``queue_size``) stays as a hard
+bound on memory. Three failure rules keep a bad batch from hurting others:
 - a request the queue cannot take is refused whole at once, never half of it;
 - when ``run_batch`` raises, every future of that batch gets an exception: nobody waits forever;
 - the loop records its progress, so a model call that hangs shows up in ``health()``.
@@ -105,8 +105,8 @@ BatchTracer = tuple[Callable[[], object], Callable[[str, int, list[tuple[object,
 
 
 class CostModel:
-    """Seconds of model call per item, per (lane, kind): a moving average of the batches run. Unknown (None) until
-    a batch of that kind ran in that lane; admission then counts it as free, as the count bound did."""
+    """Seconds of model call per item, per (lane, kind): a moving average of the batches run. Until a batch of that
+    kind ran in that lane its cost is 0: admission counts it as free, as the count bound did."""
 
     def __init__(self) -> None:
         self._per_item: dict[tuple[Hashable, str], float] = {}

@@ -95,8 +95,9 @@ def test_per_image_errors_and_local_failures_are_values_at_their_index(tmp_path)
         result = clip.embed_image([image, Encoded("broken"), str(tmp_path / "missing.jpg"), b"raw", "https://h/x.jpg"])
     assert [(e.index, e.code) for e in result.errors] == [(1, "invalid_image"), (2, "file_not_found")]
     sent = [im for _, body in service.requests for im in body["images"]]  # chunks run concurrently: any order
-    assert sorted(sent) == sorted([base64.b64encode(b"jpeg bytes").decode(), "broken", base64.b64encode(b"raw").decode(),
-                                   "https://h/x.jpg"])  # the missing file was never sent
+    expected = [base64.b64encode(b"jpeg bytes").decode(), "broken", base64.b64encode(b"raw").decode(),
+                "https://h/x.jpg"]
+    assert sorted(sent) == sorted(expected)  # the missing file was never sent
     np.testing.assert_array_equal(result.vectors[4], vector_of("https://h/x.jpg"))
 
 

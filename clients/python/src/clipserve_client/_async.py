@@ -64,7 +64,8 @@ class AsyncClient(_core.CallerState):
 
     async def embed_image(self, images: Sequence[ImageInput], *, model: str | None = None, normalize: bool = True,
                           progress: bool = False, timeout: float | None = None) -> Embeddings:
-        op = _core.EmbedOperation("images", _core.wire_images(images), _core.base_fields(model or self.model, normalize))
+        op = _core.EmbedOperation("images", _core.wire_images(images),
+                                  _core.base_fields(model or self.model, normalize))
         await self._run(op, progress, "image", _core.Deadline(timeout))
         return op.result((await self._service()).dim(model or self.model))
 

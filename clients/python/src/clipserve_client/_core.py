@@ -96,7 +96,8 @@ def error_from_answer(status: int, body: Any, text: str, retry_after: float | No
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         exc = error_for(status, str(error.get("code") or "") or None, str(error.get("message", "")), retry_after)
-        exc.details = error.get("details") if isinstance(error.get("details"), list) else None  # type: ignore[attr-defined]
+        details = error.get("details")
+        exc.details = details if isinstance(details, list) else None  # type: ignore[attr-defined]
         return exc
     exc = error_for(status, None, text[:200], retry_after)
     exc.details = None  # type: ignore[attr-defined]
@@ -271,8 +272,8 @@ class MixedOperation(Operation):
     def accept(self, positions: Sequence[int], answer: dict[str, Any]) -> None:
         texts, images = self._split(positions)
         if texts:
-            self.text_op.accept(texts, {"embeddings": answer.get("text_embeddings"), "truncated": answer.get("truncated"),
-                                        "model": answer.get("model")})
+            self.text_op.accept(texts, {"embeddings": answer.get("text_embeddings"),
+                                        "truncated": answer.get("truncated"), "model": answer.get("model")})
         if images:
             self.image_op.accept(images, {"embeddings": answer.get("image_embeddings"), "errors": answer.get("errors"),
                                           "model": answer.get("model")})

@@ -91,7 +91,8 @@ class Client(_core.CallerState):
                     progress: bool = False, timeout: float | None = None) -> Embeddings:
         """One row per image: paths, ``Path``, bytes, file objects, PIL images, http(s) URLs, data URIs, mixed.
         An image that fails (missing, corrupt, unreachable) is NaN with its error; the others succeed."""
-        op = _core.EmbedOperation("images", _core.wire_images(images), _core.base_fields(model or self.model, normalize))
+        op = _core.EmbedOperation("images", _core.wire_images(images),
+                                  _core.base_fields(model or self.model, normalize))
         self._run(op, progress, "image", _core.Deadline(timeout))
         return op.result(self._service().dim(model or self.model))
 

@@ -64,6 +64,8 @@ def test_onnx_fp32_equals_torch_fp32_on_tiny_siglip_bundles(siglip_model_dir, va
     assert_runtimes_agree(siglip_model_dir, variant)
 
 
+# The first test to use real_size_model_dir pays for making 3.3 GB of bundles (about 5 minutes on 2 vCPUs).
+@pytest.mark.timeout(1500)
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["english", "multilingual"])
 def test_onnx_fp32_equals_torch_fp32_on_real_size_bundles(real_size_model_dir, variant):

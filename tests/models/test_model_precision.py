@@ -47,6 +47,7 @@ def test_bf16_towers_stay_close_to_fp32_on_tiny_bundles(tiny_model_dir, variant)
     assert_bf16_close(tiny_model_dir, variant)
 
 
+@pytest.mark.timeout(1500)  # may be the first to make the real-size bundles (tests/conftest.py)
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["english", "multilingual"])
 def test_bf16_towers_stay_close_to_fp32_on_real_size_bundles(real_size_model_dir, variant):

@@ -141,7 +141,7 @@ class Batcher:
         self._max_queue_wait = max_queue_wait_s
         self.costs = CostModel()
         self._queued: collections.Counter = collections.Counter()  # (lane, kind) -> items waiting
-        self._running: tuple[collections.Counter, float] | None = None  # the batch in the model: its counts, start
+        self._running: tuple[Hashable, str, int, float] | None = None  # the batch in the model: lane, kind, size, start
         self._run_batch = run_batch
         self._max_batch = max_batch_size
         self._max_wait = max_wait_s
@@ -248,8 +248,8 @@ class Batcher:
         running = self._running
         if running is None:
             return queued
-        counts, started = running
-        return queued + max(0.0, self.costs.of(counts) - (time.monotonic() - started))
+        lane, kind, size, started = running
+        return queued + max(0.0, size * self.costs.per_item(lane, kind) - (time.monotonic() - started))
 
     def poke(self) -> None:
         """Wake a batch that is waiting for more items, so it checks ``more_coming`` again."""
@@ -369,7 +369,7 @@ class Batcher:
         lane = batch[0].lane
         started = time.monotonic()
         self._busy_since = started
-        self._running = (collections.Counter({(lane, kind): len(batch)}), started)
+        self._running = (lane, kind, len(batch), started)
         try:
             results = self._call(kind, options, [i.payload for i in batch])
         except BaseException as exc:  # noqa: BLE001 - every future must hear about it, whatever it is

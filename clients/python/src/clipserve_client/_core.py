@@ -12,6 +12,7 @@ that still gets 500 carries ``internal_error``, unless the service answered noth
 
 from __future__ import annotations
 
+import abc
 import base64
 import email.utils
 import random
@@ -144,30 +145,38 @@ class CallState:
 
     answered: bool = False
     server_failure: ServerError | None = None
-    item_failures: int = 0
 
 
-class Operation:
-    """One call over the caller's items. Subclasses say how positions become a request and an answer results."""
+class Operation(abc.ABC):
+    """One call over the caller's items. ``wire``: each item as sent, or the ItemError it already failed with
+    locally (never sent). A position is an index into the items sent; ``indices[position]`` is the caller's index.
+    Subclasses say how positions become a request and an answer results."""
 
     method = "POST"
     path = ""
 
-    def __init__(self, base: dict[str, Any]) -> None:
+    def __init__(self, base: dict[str, Any], wire: Sequence[Any] = ()) -> None:
         self.base = base  # fields every request carries (normalize, model, ...)
-        self.errors: dict[int, ItemError] = {}  # by the caller's index
+        self.indices = [i for i, w in enumerate(wire) if not isinstance(w, ItemError)]
+        self.items = [w for w in wire if not isinstance(w, ItemError)]
+        self.errors: dict[int, ItemError] = {w.index: w for w in wire if isinstance(w, ItemError)}
 
     def sizes(self) -> list[int]:
-        raise NotImplementedError
+        """Each item's bytes on the wire (what chunks are packed by)."""
+        return [len(item) + 8 for item in self.items]
 
-    def request(self, positions: Sequence[int]) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def request(self, positions: Sequence[int]) -> dict[str, Any]: ...
 
-    def accept(self, positions: Sequence[int], answer: dict[str, Any]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def accept(self, positions: Sequence[int], answer: dict[str, Any]) -> None: ...
 
     def fail(self, position: int, code: str, message: str) -> None:
-        raise NotImplementedError
+        index = self.indices[position]
+        self.errors[index] = ItemError(index, code, message)
+
+    def sorted_errors(self) -> list[ItemError]:
+        return sorted(self.errors.values(), key=lambda e: e.index)
 
     def all_failed(self, positions: Sequence[int], details: list[dict[str, Any]]) -> None:
         """A 422 ``all_images_failed``: each item's own error, as a 200 would have listed them."""
@@ -191,19 +200,13 @@ class EmbedOperation(Operation):
     """Texts or images (``kind``) to vectors. Items that failed locally (``errors`` given up front) are not sent."""
 
     def __init__(self, kind: str, wire: list[str | ItemError], base: dict[str, Any]) -> None:
-        super().__init__(base)
+        super().__init__(base, wire)
         self.kind = kind
         self.path = "/embed/text" if kind == "texts" else "/embed/image"
-        self.indices = [i for i, w in enumerate(wire) if not isinstance(w, ItemError)]
-        self.items = [w for w in wire if not isinstance(w, ItemError)]
-        self.errors = {w.index: w for w in wire if isinstance(w, ItemError)}
         self.total = len(wire)
         self.vectors: dict[int, np.ndarray] = {}
         self.truncated: set[int] = set()
         self.model: str | None = None
-
-    def sizes(self) -> list[int]:
-        return [len(item) + 8 for item in self.items]
 
     def request(self, positions: Sequence[int]) -> dict[str, Any]:
         return {self.kind: [self.items[p] for p in positions], **self.base}
@@ -216,19 +219,14 @@ class EmbedOperation(Operation):
             raise UnexpectedAnswer(f"{self.path}: {len(embeddings)} vectors for {len(positions)} items")
         failed = _item_errors(answer, positions)
         for position, value in zip(positions, embeddings):
-            index = self.indices[position]
             if position in failed:
-                self.errors[index] = ItemError(index, *failed[position])
+                self.fail(position, *failed[position])
             elif value is None:
-                self.errors[index] = ItemError(index, "error", "no vector returned")
+                self.fail(position, "error", "no vector returned")
             else:
-                self.vectors[index] = decode_vector(value)  # type: ignore[assignment]
+                self.vectors[self.indices[position]] = decode_vector(value)  # type: ignore[assignment]
         self.truncated.update(self.indices[positions[t]] for t in answer.get("truncated") or [])
         self.model = self.model or _model_name(answer)
-
-    def fail(self, position: int, code: str, message: str) -> None:
-        index = self.indices[position]
-        self.errors[index] = ItemError(index, code, message)
 
     def result(self, dim: int) -> Embeddings:
         if self.vectors:
@@ -236,8 +234,7 @@ class EmbedOperation(Operation):
         out = np.full((self.total, dim), np.nan, dtype=np.float32)
         for index, vector in self.vectors.items():
             out[index] = vector
-        return Embeddings(out, sorted(self.errors.values(), key=lambda e: e.index), sorted(self.truncated),
-                          self.model)
+        return Embeddings(out, self.sorted_errors(), sorted(self.truncated), self.model)
 
 
 class MixedOperation(Operation):
@@ -293,13 +290,10 @@ class ScoreOperation(Operation):
     path = "/score"
 
     def __init__(self, texts: list[str], images: list[str | ItemError], pairwise: bool, base: dict[str, Any]) -> None:
-        super().__init__({**base, "pairwise": pairwise})
         if pairwise and len(texts) != len(images):
             raise ValueError(f"pairwise scores need as many texts as images ({len(texts)} texts, {len(images)} images)")
+        super().__init__({**base, "pairwise": pairwise}, images)
         self.texts, self.pairwise = texts, pairwise
-        self.indices = [i for i, w in enumerate(images) if not isinstance(w, ItemError)]
-        self.items = [w for w in images if not isinstance(w, ItemError)]
-        self.errors = {w.index: w for w in images if isinstance(w, ItemError)}
         columns = 1 if pairwise else len(texts)
         self.cosine = np.full((len(images), columns), np.nan)
         self.clip_score = np.full((len(images), columns), np.nan)
@@ -308,9 +302,6 @@ class ScoreOperation(Operation):
         self.probs_kind: str | None = None
         self.truncated: set[int] = set()
         self.model: str | None = None
-
-    def sizes(self) -> list[int]:
-        return [len(item) + 8 for item in self.items]
 
     def request(self, positions: Sequence[int]) -> dict[str, Any]:
         texts = [self.texts[self.indices[p]] for p in positions] if self.pairwise else self.texts
@@ -324,10 +315,10 @@ class ScoreOperation(Operation):
         for row, position in enumerate(positions):
             index = self.indices[position]
             if position in failed:
-                self.errors[index] = ItemError(index, *failed[position])
+                self.fail(position, *failed[position])
                 continue
             if cosine is None or cosine[row] is None:
-                self.errors[index] = ItemError(index, "error", "no score returned")
+                self.fail(position, "error", "no score returned")
                 continue
             self.cosine[index] = cosine[row]
             self.clip_score[index] = clip[row] if clip is not None else np.nan
@@ -338,17 +329,13 @@ class ScoreOperation(Operation):
         self.truncated.update(self.indices[positions[t]] if self.pairwise else t for t in truncated)
         self.model = self.model or _model_name(answer)
 
-    def fail(self, position: int, code: str, message: str) -> None:
-        index = self.indices[position]
-        self.errors[index] = ItemError(index, code, message)
-
     def result(self) -> Scores:
         def squeeze(a: np.ndarray) -> np.ndarray:
             return a[:, 0] if self.pairwise else a
 
         return Scores(cosine=squeeze(self.cosine), clip_score=squeeze(self.clip_score),
                       probs=squeeze(self.probs) if self.got_probs else None, probs_kind=self.probs_kind,
-                      pairwise=self.pairwise, errors=sorted(self.errors.values(), key=lambda e: e.index),
+                      pairwise=self.pairwise, errors=self.sorted_errors(),
                       truncated=sorted(self.truncated), model=self.model)
 
 
@@ -358,10 +345,7 @@ class UpsertOperation(Operation):
     path = "/index"
 
     def __init__(self, items: list[dict[str, Any] | ItemError]) -> None:
-        super().__init__({})
-        self.indices = [i for i, w in enumerate(items) if not isinstance(w, ItemError)]
-        self.items = [w for w in items if not isinstance(w, ItemError)]
-        self.errors = {w.index: w for w in items if isinstance(w, ItemError)}
+        super().__init__({}, items)
         self.written = 0
 
     def sizes(self) -> list[int]:
@@ -373,15 +357,11 @@ class UpsertOperation(Operation):
 
     def accept(self, positions: Sequence[int], answer: dict[str, Any]) -> None:
         for position, (code, message) in _item_errors(answer, positions).items():
-            self.errors[self.indices[position]] = ItemError(self.indices[position], code, message)
+            self.fail(position, code, message)
         self.written += int(answer.get("upserted", 0))
 
-    def fail(self, position: int, code: str, message: str) -> None:
-        index = self.indices[position]
-        self.errors[index] = ItemError(index, code, message)
-
     def result(self) -> Written:
-        return Written(self.written, sorted(self.errors.values(), key=lambda e: e.index))
+        return Written(self.written, self.sorted_errors())
 
 
 def zero_shot_from(scores: Scores, labels: list[str]) -> ZeroShot:
@@ -552,7 +532,6 @@ def run_chunk(op: Operation, positions: Sequence[int], state: CallState, retry_5
         else:
             raise
         if len(positions) == 1:
-            state.item_failures += isinstance(exc, ServerError)
             op.fail(positions[0], exc.code or f"http_{exc.status}", exc.message)
             return
         middle = len(positions) // 2

@@ -87,6 +87,7 @@ COPY inputs/ inputs/
 COPY engine/ engine/
 COPY handler/ handler/
 COPY search/ search/
+COPY ingest/ ingest/
 COPY batch/ batch/
 COPY infra/ infra/
 COPY clients/python/ clients/python/

@@ -17,9 +17,12 @@ from engine import EmbeddingEngine
 from engine.models import ModelSet
 from handler import auth, cors, observability, ratelimit, traces
 from handler.errors import ErrorShapes, register_error_handlers
+from handler.ingest import build_ingestor
 from handler.jsonio import OrjsonProvider
+from handler.oidc import PushTokenVerifier
 from handler.openapi import RouteDoc
 from handler.protocols.common import Protocol
+from handler.protocols.ingest import IngestApi
 from handler.protocols.native import NativeApi
 from handler.protocols.openai import OpenAIApi
 from handler.protocols.page import PageApi
@@ -97,7 +100,13 @@ def create_app(settings: Settings | None = None, engine: ModelSet | EmbeddingEng
     shapes = ErrorShapes()
     register_error_handlers(app, shapes)
     traces.init_app(app, settings, engine)  # before the log line's hook: the line carries the request span's ids
-    observability.init_app(app, settings, engine, search)  # a request refused by auth still gets an id and a line
+    ingestor = build_ingestor(settings, service)
+    service.ingestor = ingestor
+    observability.init_app(app, settings, engine, search, ingestor)  # a request refused by auth still gets an id and a line
+    if ingestor is not None and any(b.startswith("gs://") for b in settings.ingest_sources):
+        verifier = PushTokenVerifier(settings.ingest_push_audience or "", settings.ingest_push_service_account or "",
+                                     settings.ingest_oidc_certs_url)
+        protocols.append(IngestApi(service, ingestor, verifier))
     open_paths = frozenset().union(*(p.open_paths() for p in protocols))
     cors.init_app(app, settings)
     auth.init_app(app, settings, exempt=open_paths)

@@ -30,6 +30,7 @@ STATUS = {
     "image_failed": 400,
     "unknown_model": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "not_found": 404,
     "model_not_found": 404,
     "index_not_configured": 404,
@@ -50,6 +51,7 @@ STATUS = {
     "shutting_down": 503,
     "index_loading": 503,
     "search_unavailable": 503,
+    "ingest_unavailable": 503,
     "timeout": 504,
 }
 
@@ -99,6 +101,10 @@ class ImageFailed(ApiError):
 
 class Unauthorized(ApiError):
     code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
 
 
 class NotFound(ApiError):
@@ -185,6 +191,12 @@ class ModelUnavailable(ApiError):
 
 class ShuttingDown(ApiError):
     code = "shutting_down"
+
+
+class IngestUnavailable(ApiError):
+    """A bucket event could not be indexed now (the model loading, Qdrant down, overload): the platform retries."""
+
+    code = "ingest_unavailable"
 
 
 class Timeout(ApiError):

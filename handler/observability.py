@@ -62,7 +62,8 @@ class RequestRecord:
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own (one per app, so tests stay independent)."""
 
-    def __init__(self, engine: Any = None, search: Any = None, build: dict[str, str] | None = None) -> None:
+    def __init__(self, engine: Any = None, search: Any = None, build: dict[str, str] | None = None,
+                 ingest: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes: the dashboards
@@ -116,6 +117,8 @@ class Metrics:
             if hasattr(engine, "describe"):
                 r.register(_ModelsCollector(engine))
         r.register(_StageCollector())
+        if ingest is not None:
+            r.register(_IngestCollector(ingest))
 
     def observe_batch(self, kind: str, batch_size: int, queue_wait_s: float) -> None:
         """Batch observer for the engine (runs on the inference thread)."""
@@ -148,6 +151,37 @@ class _CacheCollector:
                                     "after a failure; 0 while it answers or when none is configured.")
         breaker.add_metric([], 1.0 if self.engine.vectors.shared.state == "open" else 0.0)
         yield breaker
+
+
+class _IngestCollector:
+    """Bucket events by result and the lag from upload to searchable (ingest.Ingestor's counts), read at scrape."""
+
+    def __init__(self, ingestor: Any) -> None:
+        self.ingestor = ingestor
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        from ingest.ingestor import LAG_BUCKETS
+
+        counts = self.ingestor.snapshot()
+        events, received, buckets, lag_sum = sorted(counts.events.items()), counts.received, counts.lag_buckets, \
+            counts.lag_sum
+        family = CounterMetricFamily("clipserve_ingest_events", "Bucket events by result (upserted, deleted, skipped, "
+                                     "failed, dead_lettered) and reason.", labels=["result", "reason"])
+        for (result, reason), n in events:
+            family.add_metric([result, reason or "none"], n)
+        yield family
+        yield CounterMetricFamily("clipserve_ingest_events_received", "Bucket events received.", value=received)
+        cumulative, running = [], 0
+        for bound, n in zip([*map(str, LAG_BUCKETS), "+Inf"], buckets):
+            running += n
+            cumulative.append((bound, running))
+        yield HistogramMetricFamily("clipserve_ingest_lag_seconds", "From the object's creation to searchable.",
+                                    buckets=cumulative, sum_value=lag_sum)
 
 
 class _ModelsCollector:
@@ -364,7 +398,7 @@ def stats() -> dict[str, Any]:
     return current_app.extensions[_EXTENSION].totals.snapshot()
 
 
-def init_app(app: Flask, settings: Any, engine: Any = None, search: Any = None) -> None:
+def init_app(app: Flask, settings: Any, engine: Any = None, search: Any = None, ingest: Any = None) -> None:
     """Attach request ids, the per-request log line and (if enabled) metrics to ``app``.
 
     Register this before any other ``before_request`` hook (auth included), so that a request
@@ -373,7 +407,7 @@ def init_app(app: Flask, settings: Any, engine: Any = None, search: Any = None) 
     build = {"version": tracing.service_version(), "revision": tracing.revision(),
              "variant": ",".join(settings.served_models),
              "precision": str(settings.precision), "runtime": str(settings.runtime)}
-    metrics = Metrics(engine, search, build) if settings.metrics_enabled else None
+    metrics = Metrics(engine, search, build, ingest) if settings.metrics_enabled else None
     state = _State(project=settings.google_cloud_project, metrics=metrics)
     app.extensions[_EXTENSION] = state
     add_context_provider(_log_context)

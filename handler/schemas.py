@@ -120,6 +120,14 @@ class IndexDeleteResponse(BaseModel):
     index: IndexRef
 
 
+class IngestResponse(BaseModel):
+    result: Literal["upserted", "deleted", "skipped", "dead_lettered"] = Field(
+        description="What the event did; every answer with this body acknowledges it.")
+    reason: str = Field(description="Why it was skipped or dead-lettered (stale, gone, not_an_image, foreign_bucket, "
+                                    "event_type, superseded, object_exists, invalid_image, too_large, ...); empty "
+                                    "otherwise.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "loading", "failed", "unhealthy"]
     reason: Optional[str] = None

@@ -104,6 +104,7 @@ class ClipService:
         self.settings = settings
         self.engine = engine if isinstance(engine, ModelSet) else ModelSet.around(engine, settings.default_model)
         self.search = search
+        self.ingestor: Any = None  # ingest.Ingestor when INGEST_BUCKETS is set (its counts are in /stats)
         self.models: RequestModels = build_request_models(settings.max_items, settings.max_text_chars,
                                                           settings.search_max_top_k, settings.openai_max_inputs)
         self.image_limits = ImageLimits.from_settings(settings)
@@ -194,7 +195,7 @@ class ClipService:
                                            "model_calls": loop.batches_done, "failed_calls": loop.batches_failed}
         models = {m["name"]: {k: v for k, v in m.items() if k not in ("name", "info")} for m in self.engine.describe()}
         return {"cache": cache, "redis": redis, "index": index, "queue": queue, "models": models,
-                "memory": self.engine.memory()}
+                "memory": self.engine.memory(), "ingest": None if self.ingestor is None else self.ingestor.stats()}
 
     def model_fields(self, model: str | None = None) -> dict[str, Any]:
         """The model a response's vectors came from, as every native answer names it."""

@@ -1,4 +1,5 @@
-"""AWS Lambda entry: the same Flask app as on Cloud Run, behind Function URL / API Gateway v2 events.
+"""AWS Lambda entry: the same Flask app as on Cloud Run, behind Function URL / API Gateway v2 events, and the
+S3 -> SQS ingest path (an event source mapping's SQS batches, told apart by their shape: docs/ingest.md).
 
 Terraform's ``image_config`` runs ``python -m awslambdaric`` with ``infra.lambda_handler.handler``.
 apig-wsgi turns each event into a WSGI request and the response back into an event result:
@@ -61,8 +62,16 @@ def build_handler(settings: Settings | None = None, app: Flask | None = None) ->
     if app is None:
         app = build_app(settings or Settings.from_env())
     # binary_support: decode base64 event bodies and base64-encode non-text responses.
-    handler = make_lambda_handler(app, binary_support=True)
+    http = make_lambda_handler(app, binary_support=True)
+    from handler.app import EXTENSION
+    from handler.ingest import answer_sqs, is_sqs_event
     from infra import tracing
+
+    ingestor = app.extensions[EXTENSION].ingestor
+
+    def handler(event: Any, context: Any) -> Any:
+        """SQS batches of S3 notifications go to ingest (answered with batchItemFailures), the rest to WSGI."""
+        return answer_sqs(ingestor, event) if is_sqs_event(event) else http(event, context)
 
     if not tracing.enabled():
         return handler

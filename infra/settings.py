@@ -241,6 +241,32 @@ class Settings:
     qdrant_path: Path | None = _env("QDRANT_PATH", None,
                                     "A folder for qdrant-client's embedded local mode instead of a server: one "
                                     "process at a time, brute force; for tests, demos and a single instance.")
+    # ingest from bucket events (docs/ingest.md)
+    ingest_buckets: str | None = _env(
+        "INGEST_BUCKETS", None,
+        "Buckets whose object events this service indexes into its Qdrant collection: comma-separated gs://NAME "
+        "(Pub/Sub push or Eventarc to POST /ingest/gcs) and s3://NAME (S3 -> SQS -> this Lambda function); events "
+        "from any other bucket are acknowledged and skipped. Unset = no ingest.")
+    ingest_path_keys: str | None = _env(
+        "INGEST_PATH_KEYS", None,
+        "Metadata keys for an object's leading folders, e.g. shop,category: shop-a/shoes/1.jpg gets shop=shop-a, "
+        "category=shoes (beside the object's own metadata, uri, bucket, object and folder).")
+    ingest_push_audience: str | None = _env(
+        "INGEST_PUSH_AUDIENCE", None,
+        "The audience the Pub/Sub push subscription's OIDC token must carry (its push endpoint URL unless set "
+        "otherwise); required with a gs:// bucket.")
+    ingest_push_service_account: str | None = _env(
+        "INGEST_PUSH_SERVICE_ACCOUNT", None,
+        "The service account email the push subscription signs its OIDC token as; required with a gs:// bucket.")
+    ingest_oidc_certs_url: str = _env(
+        "INGEST_OIDC_CERTS_URL", "https://www.googleapis.com/oauth2/v1/certs",
+        "Where Google's token-signing certificates are read (cached for their max-age).")
+    ingest_dead_letter: str | None = _env(
+        "INGEST_DEAD_LETTER", None,
+        "Where an event that can never succeed (a corrupt or oversized image, metadata the collection cannot hold) "
+        "is forwarded once before it is acknowledged: projects/P/topics/T (Pub/Sub) or an SQS queue URL. Unset = "
+        "it is answered as a failure and the subscription's or queue's dead-letter policy moves it after its "
+        "maximum attempts.")
     # operations: logs, metrics, API keys
     log_level: str = _env("LOG_LEVEL", "INFO", "Lowest severity logged (on stdout, in LOG_FORMAT).",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -288,9 +314,33 @@ class Settings:
         if self.queue_max_wait_s is not None and self.queue_max_wait_s >= self.request_timeout_s:
             raise SettingsError(f"QUEUE_MAX_WAIT_S ({self.queue_max_wait_s:g}) must be below REQUEST_TIMEOUT_S "
                                 f"({self.request_timeout_s:g}): admitted work must be answered before it times out")
+        self.ingest_sources  # noqa: B018 - a malformed INGEST_BUCKETS, or ingest without what it needs
         if self.queue_size < self.max_items:
             raise SettingsError(f"QUEUE_SIZE ({self.queue_size}) must be at least MAX_ITEMS ({self.max_items}): "
                                 "a full request must fit in the queue")
+
+    @property
+    def ingest_sources(self) -> frozenset[str]:
+        """INGEST_BUCKETS as {"gs://name", "s3://name"}, checked against what ingest needs."""
+        buckets = frozenset(filter(None, (b.strip().rstrip("/") for b in (self.ingest_buckets or "").split(","))))
+        for bucket in buckets:
+            scheme, sep, name = bucket.partition("://")
+            if not sep or scheme not in ("gs", "s3") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}", name):
+                raise SettingsError(f"INGEST_BUCKETS: {bucket!r} is not gs://BUCKET or s3://BUCKET")
+        if not buckets:
+            return buckets
+        if self.qdrant_url is None and self.qdrant_path is None:
+            raise SettingsError("INGEST_BUCKETS: ingest writes to a Qdrant collection: set QDRANT_URL (or QDRANT_PATH)")
+        if any(b.startswith("gs://") for b in buckets) and not (self.ingest_push_audience and
+                                                                self.ingest_push_service_account):
+            raise SettingsError("INGEST_BUCKETS has a gs:// bucket: set INGEST_PUSH_AUDIENCE and "
+                                "INGEST_PUSH_SERVICE_ACCOUNT (the push subscription's OIDC token is checked "
+                                "against them)")
+        dead = self.ingest_dead_letter
+        if dead and not (re.fullmatch(r"projects/[^/]+/topics/[^/]+", dead) or dead.startswith(("https://",
+                                                                                               "http://"))):
+            raise SettingsError("INGEST_DEAD_LETTER: expected projects/P/topics/T or an SQS queue URL")
+        return buckets
 
     @property
     def queue_wait_budget_s(self) -> float:

@@ -60,6 +60,18 @@ def image_header(data: bytes, *, max_pixels: int) -> tuple[str, str]:
         image.close()
 
 
+def is_image(data: bytes) -> bool:
+    """Whether the header is one of the allowed image formats (no pixel decoded): tells a file that is no
+    image at all (skipped by ingest) from a broken or oversized one (an error)."""
+    try:
+        Image.open(io.BytesIO(data), formats=_allowed_formats()).close()
+    except Image.DecompressionBombError:
+        return True
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bytes it does not recognise
+        return False
+    return True
+
+
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """The lazily opened image, its header checked: format, pixel count, aspect ratio."""
     try:

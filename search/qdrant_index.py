@@ -139,12 +139,12 @@ class QdrantIndex:
         return None
 
     def refresh_count(self) -> int | None:
-        with self._call():
+        with self.guarded():
             self._count = int(self.client.count(self.collection, exact=True).count)
         return self._count
 
     def vector_of(self, item_id: str) -> np.ndarray:
-        with self._call():
+        with self.guarded():
             points = self.client.retrieve(self.collection, [point_id(item_id)], with_payload=False, with_vectors=True)
         if not points:
             raise ItemNotFound(f"no item with id {item_id[:200]!r} in Qdrant collection {self.collection!r}",
@@ -154,7 +154,7 @@ class QdrantIndex:
     def search(self, query: Query) -> list[Hit]:
         limit = query.top_k + (query.exclude_id is not None)
         payload: Any = True if query.include_metadata else [ID_KEY]
-        with self._call():
+        with self.guarded():
             points = self.client.query_points(
                 self.collection, query=np.asarray(query.vector, dtype=np.float32).tolist(),
                 query_filter=None if query.filter is None or query.filter.empty else to_qdrant(query.filter),
@@ -180,7 +180,7 @@ class QdrantIndex:
 
         points = [models.PointStruct(id=point_id(item.id), vector=np.asarray(item.vector, np.float32).tolist(),
                                      payload={**item.metadata, ID_KEY: item.id}) for item in items]
-        with self._call():
+        with self.guarded():
             self.client.upsert(self.collection, points=points, wait=True)
         self._count = None
 
@@ -190,14 +190,14 @@ class QdrantIndex:
         if not new:
             return
         description = {**self.description, "columns": {**self.description["columns"], **new}}
-        with self._call():
+        with self.guarded():
             self.client.update_collection(self.collection, metadata={META_KEY: description})
         self.description = description
 
     def delete(self, ids: Sequence[str] | None = None, filter: Filter | None = None) -> int | None:
         from qdrant_client import models
 
-        with self._call():
+        with self.guarded():
             if ids is not None:
                 present = self.client.retrieve(self.collection, [point_id(i) for i in ids], with_payload=False)
                 selector: Any = models.PointIdsList(points=[point_id(i) for i in ids])
@@ -216,7 +216,9 @@ class QdrantIndex:
             log.debug("closing the Qdrant client failed", exc_info=True)
 
     @contextmanager
-    def _call(self) -> Iterator[None]:
+    def guarded(self) -> Iterator[None]:
+        """Around every call to the client: local mode's lock, failures as Unavailable / BackendTimeout (the
+        ingest ledger's calls on the same client go through it too)."""
         with self._lock, _translated(self.where, self.timeout_s):
             yield
 

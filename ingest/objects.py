@@ -1,0 +1,172 @@
+"""Reading bucket objects with the service's own identity, through the clouds' client libraries (never a public
+URL): google-cloud-storage for ``gs://`` (honours STORAGE_EMULATOR_HOST), boto3 for ``s3://`` (honours
+AWS_ENDPOINT_URL). Each store answers the same three questions: the object's bytes and metadata, whether it
+exists now, and what a bucket prefix holds (for a backfill).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ObjectGone(Exception):
+    """The object (at the event's version) is no longer there: a newer event for it follows or has come."""
+
+
+class ObjectTooLarge(Exception):
+    """Larger than MAX_IMAGE_BYTES: never read."""
+
+
+class StoreUnavailable(Exception):
+    """The bucket could not be read now (network, throttling, 5xx, permissions being fixed): retry later."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    version: str = ""  # GCS generation; "" on S3 (a read has no sequencer)
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    created: float | None = None
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    version: str
+    size: int
+    etag: str
+
+
+class ObjectStore(Protocol):
+    def read(self, bucket: str, name: str, version: str, max_bytes: int) -> StoredObject: ...
+
+    def exists(self, bucket: str, name: str) -> bool: ...
+
+    def list(self, bucket: str, prefix: str) -> Iterator[Listed]: ...
+
+
+class GcsStore:
+    """Cloud Storage. ``version`` pins the generation the event named: an overwritten generation is gone."""
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client
+
+    def read(self, bucket: str, name: str, version: str, max_bytes: int) -> StoredObject:
+        with _gcs_errors():
+            blob = self.client.bucket(bucket).get_blob(name, generation=int(version) if version else None)
+            if blob is None or (version and str(blob.generation) != version):
+                raise ObjectGone(name)
+            if blob.size is not None and blob.size > max_bytes:
+                raise ObjectTooLarge(f"the object has {blob.size} bytes, more than MAX_IMAGE_BYTES ({max_bytes})")
+            data = blob.download_as_bytes()  # the generation get_blob pinned
+        return StoredObject(data=data, version=str(blob.generation or ""), content_type=blob.content_type,
+                            metadata=dict(blob.metadata or {}),
+                            created=blob.time_created.timestamp() if blob.time_created else None,
+                            etag=str(blob.md5_hash or ""))
+
+    def exists(self, bucket: str, name: str) -> bool:
+        with _gcs_errors():
+            return self.client.bucket(bucket).get_blob(name) is not None
+
+    def list(self, bucket: str, prefix: str) -> Iterator[Listed]:
+        with _gcs_errors():
+            for blob in self.client.list_blobs(bucket, prefix=prefix or None):
+                if not blob.name.endswith("/"):
+                    yield Listed(blob.name, str(blob.generation or ""), int(blob.size or 0), str(blob.md5_hash or ""))
+
+
+class S3Store:
+    """S3 (or any endpoint boto3 is pointed at). Reads take the object as it is now: S3 has no generations."""
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def read(self, bucket: str, name: str, version: str, max_bytes: int) -> StoredObject:
+        with _s3_errors():
+            head = self.client.head_object(Bucket=bucket, Key=name)
+            if int(head.get("ContentLength", 0)) > max_bytes:
+                raise ObjectTooLarge(f"the object has {head['ContentLength']} bytes, more than MAX_IMAGE_BYTES "
+                                     f"({max_bytes})")
+            got = self.client.get_object(Bucket=bucket, Key=name, IfMatch=head["ETag"])
+            data = got["Body"].read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(f"the object has more than MAX_IMAGE_BYTES ({max_bytes}) bytes")
+        modified = got.get("LastModified")
+        return StoredObject(data=data, content_type=got.get("ContentType"), metadata=dict(got.get("Metadata") or {}),
+                            created=modified.timestamp() if isinstance(modified, datetime.datetime) else None,
+                            etag=str(got.get("ETag", "")).strip('"'))
+
+    def exists(self, bucket: str, name: str) -> bool:
+        try:
+            with _s3_errors():
+                self.client.head_object(Bucket=bucket, Key=name)
+        except ObjectGone:
+            return False
+        return True
+
+    def list(self, bucket: str, prefix: str) -> Iterator[Listed]:
+        with _s3_errors():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):
+                        yield Listed(obj["Key"], "", int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+
+
+class _gcs_errors:
+    """google-cloud-storage's exceptions as ObjectGone / StoreUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or isinstance(exc, (ObjectGone, ObjectTooLarge)):
+            return False
+        from google.api_core import exceptions
+
+        if isinstance(exc, exceptions.NotFound):
+            raise ObjectGone(str(exc)[:200]) from None
+        if isinstance(exc, (exceptions.GoogleAPIError, OSError)) or "requests" in type(exc).__module__:
+            raise StoreUnavailable(f"Cloud Storage: {type(exc).__name__}") from None
+        return False
+
+
+class _s3_errors:
+    """botocore's exceptions as ObjectGone / StoreUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or isinstance(exc, (ObjectGone, ObjectTooLarge)):
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            if error.get("Code") in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
+                raise ObjectGone(str(error.get("Code"))) from None
+            raise StoreUnavailable(f"S3: {error.get('Code', 'error')}") from None
+        if isinstance(exc, (BotoCoreError, OSError)):
+            raise StoreUnavailable(f"S3: {type(exc).__name__}") from None
+        return False

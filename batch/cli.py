@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch import compare, eval as evaluation, index_cmd, index_push, options
+from batch import bucket_source, compare, eval as evaluation, index_cmd, index_push, options
 from batch.auth import bearer_headers
 from batch.export import MergeError, merge, output_format
 from batch.reader import Columns, InputError, iter_records
@@ -131,9 +131,16 @@ def build_of(args: argparse.Namespace) -> BuildSpec:
 
 
 def push_of(args: argparse.Namespace) -> PushSpec:
+    if (args.input is None) == (args.bucket is None):
+        raise ValueError("index push: give --input FILE or --bucket gs://BUCKET[/prefix] | s3://BUCKET[/prefix]")
+    if args.bucket is not None:
+        bucket_source.parse_bucket(args.bucket)
+        args.input = Path("bucket.jsonl")  # replaced by the staged rows
     return PushSpec(source=source_of(args), collection=args.collection, qdrant_url=args.qdrant_url,
                     qdrant_path=args.qdrant_path, qdrant_api_key=args.qdrant_api_key,
-                    qdrant_timeout_s=args.qdrant_timeout, push_batch_size=args.push_batch_size)
+                    qdrant_timeout_s=args.qdrant_timeout, push_batch_size=args.push_batch_size, bucket=args.bucket,
+                    path_keys=tuple(k.strip() for k in (args.path_keys or "").split(",") if k.strip()),
+                    max_image_bytes=args.max_image_bytes)
 
 
 def eval_of(args: argparse.Namespace) -> EvalSpec:

@@ -4,6 +4,7 @@
     clipserve-batch index build --input emb.npy --metadata items.csv --output indexes/products/v2 --endpoint URL
     clipserve-batch index verify indexes/products/v1
     clipserve-batch index push --input items.csv --qdrant-url https://QDRANT:6333 --collection products --local
+    clipserve-batch index push --bucket gs://photos --qdrant-url https://QDRANT:6333 --collection photos --local
 
 `build` embeds the input first when it is not an embed output (into OUTPUT.embeddings.jsonl, resumable
 as `embed` is: re-running the command picks up where a killed run stopped), then writes the folder
@@ -61,8 +62,15 @@ def add_parser(commands: Any) -> None:
     verify = sub.add_parser("verify", help="check a version folder: manifest, sizes and every file's sha256")
     verify.add_argument("directory", type=Path)
     push = sub.add_parser("push", help="embed (if needed) and upsert into a Qdrant collection (created if missing)")
-    push.add_argument("--input", required=True, type=Path,
-                      help="an embed output (.jsonl or .npy), or rows to embed (CSV, TSV, JSONL)")
+    rows = push.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--input", type=Path, help="an embed output (.jsonl or .npy), or rows to embed (CSV, TSV, JSONL)")
+    rows.add_argument("--bucket", metavar="gs://B[/prefix] | s3://B[/prefix]",
+                      help="a backfill: the bucket's images, with the ids, metadata and ordering marks bucket events "
+                           "give (docs/ingest.md); read with this machine's credentials")
+    push.add_argument("--path-keys", default=os.environ.get("INGEST_PATH_KEYS"),
+                      help="with --bucket: metadata keys for the leading folders (default: $INGEST_PATH_KEYS)")
+    push.add_argument("--max-image-bytes", type=int, default=16 * 1024 * 1024,
+                      help="with --bucket: larger objects are left out (default 16 MiB, as MAX_IMAGE_BYTES)")
     qdrant = push.add_mutually_exclusive_group(required=True)
     qdrant.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"), help="a Qdrant server")
     qdrant.add_argument("--qdrant-path", type=Path, help="qdrant-client's local mode on this folder")

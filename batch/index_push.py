@@ -9,6 +9,7 @@ it got, and a re-run after a kill continues from there: every id ends up in the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch import index_input, index_source
+from batch import bucket_source, index_input, index_source
 from batch.specs import PushSpec
 from batch.progress import make_progress
 from search import qdrant_index
@@ -29,18 +30,36 @@ log = logging.getLogger("batch")
 
 
 def cmd_push(spec: PushSpec) -> int:
+    if spec.bucket is None:
+        return _push(spec)
+    with bucket_source.staged_rows(spec.bucket, spec.max_image_bytes, spec.path_keys) as staged:
+        if not staged.marks:
+            log.error("backfill: %s holds no image to push (left out: %s)", spec.bucket, staged.skipped or "none")
+            return 3  # EXIT_INCOMPLETE: nothing was pushed
+        rows = dataclasses.replace(spec.source, input=staged.rows, embeddings=staged.rows.with_name("emb.jsonl"),
+                                   metadata_columns=",".join(staged.columns))
+        return _push(dataclasses.replace(spec, source=rows), staged)
+
+
+def _push(spec: PushSpec, staged: bucket_source.Staged | None = None) -> int:
+    """Rows (or a backfill's staged rows) embedded if needed and upserted; a backfill's ledger marks recorded."""
     started = time.monotonic()
     if spec.push_batch_size < 1:
         raise ValueError("--push-batch-size must be at least 1")
-    rows_input = spec.source.input
-    source = index_source.embedding_source(spec.source, rows_input.with_name(rows_input.stem + ".embeddings.jsonl"))
-    if source is None:
-        return 2
-    columns = spec.source.columns
     where = str(spec.qdrant_path) if spec.qdrant_path else spec.qdrant_url
     client = qdrant_index.connect(url=spec.qdrant_url, path=spec.qdrant_path, api_key=spec.qdrant_api_key,
                                   timeout_s=spec.qdrant_timeout_s)
     try:
+        if staged is not None and client.collection_exists(spec.collection):
+            staged.drop_overtaken(qdrant_index.QdrantIndex.open(client, spec.collection, where,
+                                                                timeout_s=spec.qdrant_timeout_s,
+                                                                local=spec.qdrant_path is not None))
+        rows_input = spec.source.input
+        source = index_source.embedding_source(spec.source,
+                                               rows_input.with_name(rows_input.stem + ".embeddings.jsonl"))
+        if source is None:
+            return 2
+        columns = spec.source.columns
         with index_source.collected_rows(spec.source, source.embeddings, source.metadata, columns, source.model) as (
                 modality, from_csv, types, collected):
             index = _collection(client, spec, where, source.model, modality, types.result())
@@ -48,6 +67,8 @@ def cmd_push(spec: PushSpec) -> int:
             done = _resume_point(progress_file, collected.kept_ids)
             rows = index_input.metadata_of_kept(source.metadata, columns, collected)
             pushed = _upsert(index, collected, rows, types.result(), from_csv, done, progress_file, spec)
+            if staged is not None:
+                staged.record(index)
             count = index.refresh_count()
     except (Unavailable, BackendTimeout) as exc:
         log.error("%s. Points written so far are kept; re-run the same command to continue.", exc)
@@ -56,8 +77,10 @@ def cmd_push(spec: PushSpec) -> int:
         client.close()
     summary = {"command": "index push", "collection": spec.collection, "qdrant": where, "modality": modality,
                "rows": len(collected.kept_ids), "already_pushed": done, "upserted": pushed, "collection_count": count,
-               "skipped": dict(collected.skipped), "model": source.model,
+               "skipped": {**dict(collected.skipped), **(staged.skipped if staged else {})}, "model": source.model,
                "seconds": round(time.monotonic() - started, 2), "embeddings": str(source.embeddings)}
+    if spec.bucket is not None:
+        summary["bucket"] = spec.bucket
     seconds = max(summary["seconds"], 1e-9)
     summary["points_per_s"] = round(pushed / seconds, 1)
     if source.embed_summary is not None:

@@ -101,6 +101,9 @@ class PushSpec:
     qdrant_api_key: str | None = None
     qdrant_timeout_s: float = 30.0
     push_batch_size: int = 256
+    bucket: str | None = None           # --bucket gs://B/prefix | s3://B/prefix: a backfill (source.input unused)
+    path_keys: tuple[str, ...] = ()     # --path-keys, as INGEST_PATH_KEYS
+    max_image_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

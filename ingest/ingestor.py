@@ -107,6 +107,17 @@ class Counts:
     recent_lags: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1024))
 
 
+def item_metadata(event: ObjectEvent, stored: StoredObject, path_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """An object's item metadata, for filters (the same from an event and from a backfill): the object's own
+    metadata, then the path rule's keys (INGEST_PATH_KEYS), then where it came from (which wins over a metadata
+    key of the same name)."""
+    folder = posixpath.dirname(event.name)
+    parts = folder.split("/") if folder else []
+    return {**stored.metadata, **dict(zip(path_keys, parts)), "uri": event.uri, "bucket": event.bucket,
+            "object": event.name, "folder": folder, "content_type": stored.content_type or "",
+            "version": event.version or stored.version}
+
+
 class Ingestor:
     def __init__(self, writer: Writer, stores: Mapping[str, ObjectStore], buckets: frozenset[str], *,
                  max_bytes: int, path_keys: Sequence[str] = (), dead_letter: DeadLetter | None = None,
@@ -222,7 +233,8 @@ class Ingestor:
         ready = [w for w, ok in zip(upserts, readable) if ok]
         if not ready:
             return
-        items = [NewItem(w.event.uri, w.stored.data, self._payload(w.event, w.stored)) for w in ready]  # type: ignore[union-attr]
+        items = [NewItem(w.event.uri, w.stored.data, item_metadata(w.event, w.stored, self.path_keys))  # type: ignore[union-attr]
+                 for w in ready]
         errors = self.writer.write(items)
         written = {}
         now = time.time()
@@ -261,15 +273,6 @@ class Ingestor:
             w.end("skipped", "not_an_image")
             return False
         return True
-
-    def _payload(self, event: ObjectEvent, stored: StoredObject) -> dict[str, Any]:
-        """The item's metadata, for filters: the object's own metadata, then the path rule's keys, then where it
-        came from (which wins over a metadata key of the same name)."""
-        folder = posixpath.dirname(event.name)
-        parts = folder.split("/") if folder else []
-        return {**stored.metadata, **dict(zip(self.path_keys, parts)), "uri": event.uri, "bucket": event.bucket,
-                "object": event.name, "folder": folder, "content_type": stored.content_type or "",
-                "version": event.version or stored.version}
 
     def _outcomes(self, deliveries: Sequence[Delivery], work: list[_Work]) -> list[Outcome]:
         """Per delivery: a transient failure anywhere redelivers it; a permanent one dead-letters it once."""

@@ -32,7 +32,7 @@ def test_the_contracts_catch_a_circle(tmp_path):
     """The check can fail: a protocol importing the app (the circle this layout removed) breaks two contracts."""
     copy = tmp_path / "repo"
     copy.mkdir()
-    for name in (".importlinter", "models", "inputs", "engine", "search", "infra", "handler", "batch"):
+    for name in (".importlinter", "models", "inputs", "engine", "search", "ingest", "infra", "handler", "batch"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -99,6 +99,14 @@ resource "google_cloud_run_v2_service" "service" {
       }
 
       dynamic "env" {
+        for_each = local.ingest_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      dynamic "env" {
         for_each = var.redis_enabled ? [google_secret_manager_secret.redis_auth[0].secret_id] : []
         content {
           name = "REDIS_PASSWORD"

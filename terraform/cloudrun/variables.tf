@@ -491,3 +491,27 @@ variable "latency_slo_s" {
     error_message = "latency_slo_s: more than 0, at most 600."
   }
 }
+
+variable "ingest_bucket" {
+  description = "An existing bucket whose object events are indexed into the Qdrant collection (docs/ingest.md): Pub/Sub notifications, a push subscription with OIDC to /ingest/gcs, a dead-letter topic. Needs qdrant_url. null = no ingest."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.ingest_bucket == null ? true : can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", var.ingest_bucket))
+    error_message = "ingest_bucket: a bucket name (lowercase letters, digits, dots, dashes, underscores)."
+  }
+  validation {
+    condition     = var.ingest_bucket == null || var.qdrant_url != null
+    error_message = "ingest_bucket: ingest writes to a Qdrant collection; set qdrant_url too."
+  }
+}
+
+variable "ingest_max_delivery_attempts" {
+  description = "Pushes of one event before Pub/Sub moves it to the dead-letter topic (transient failures are retried with 10-600 s backoff until then)."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.ingest_max_delivery_attempts >= 5 && var.ingest_max_delivery_attempts <= 100
+    error_message = "ingest_max_delivery_attempts: Pub/Sub allows 5 to 100."
+  }
+}

@@ -152,6 +152,7 @@ resource "aws_lambda_function" "service" {
       var.redis_url == null ? {} : { REDIS_URL = var.redis_url },
       var.redis_password_secret_arn == null ? {} : { REDIS_PASSWORD_SECRET_ARN = var.redis_password_secret_arn },
       var.otlp_endpoint == null ? {} : { OTEL_ENABLED = "true", OTEL_TRACES_EXPORTER = "otlp", OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint },
+      local.ingest_env,
     )
   }
 

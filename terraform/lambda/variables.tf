@@ -265,3 +265,47 @@ variable "otlp_endpoint" {
     error_message = "otlp_endpoint: an http(s) URL."
   }
 }
+
+variable "ingest_bucket" {
+  description = "An existing S3 bucket whose object events are indexed into the Qdrant collection (docs/ingest.md): S3 notifications into an SQS queue with a dead-letter queue, an event source mapping with ReportBatchItemFailures. Needs qdrant_url. null = no ingest."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.ingest_bucket == null ? true : can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.ingest_bucket))
+    error_message = "ingest_bucket: an S3 bucket name."
+  }
+  validation {
+    condition     = var.ingest_bucket == null || var.qdrant_url != null
+    error_message = "ingest_bucket: ingest writes to a Qdrant collection; set qdrant_url too."
+  }
+}
+
+variable "ingest_batch_size" {
+  description = "SQS records per invocation: their images are embedded in one model call."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.ingest_batch_size >= 1 && var.ingest_batch_size <= 10
+    error_message = "ingest_batch_size: 1 to 10 (larger batches need a batching window)."
+  }
+}
+
+variable "ingest_max_concurrency" {
+  description = "Most concurrent invocations the queue drives (the rest of reserved_concurrency keeps serving HTTP)."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.ingest_max_concurrency >= 2 && var.ingest_max_concurrency <= 1000
+    error_message = "ingest_max_concurrency: Lambda allows 2 to 1000."
+  }
+}
+
+variable "ingest_max_receive_count" {
+  description = "Receives of one record before the queue's redrive policy moves it to the dead-letter queue."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.ingest_max_receive_count >= 1 && var.ingest_max_receive_count <= 1000
+    error_message = "ingest_max_receive_count: 1 to 1000."
+  }
+}

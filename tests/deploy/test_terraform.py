@@ -127,9 +127,15 @@ def test_cloud_run_runs_as_a_service_account_with_no_roles_but_reading_its_index
                          for rname, body in named.items()
                          if "google_service_account.service." in json.dumps(body.get("member", ""))]
     assert sorted(grants_to_runtime) == ["google_project_iam_member.trace_agent",
+                                         "google_pubsub_topic_iam_member.service_dead_letters",
                                          "google_secret_manager_secret_iam_member.service_qdrant_key",
-                                         "google_storage_bucket_iam_member.service_index"], \
-        "no role but object read on the index bucket and the Qdrant key may be granted to the service's account"
+                                         "google_storage_bucket_iam_member.service_index",
+                                         "google_storage_bucket_iam_member.service_reads_ingest"], \
+        "no role but object read on the index bucket and the Qdrant key (and, with ingest, reading its bucket and " \
+        "publishing to its dead-letter topic) may be granted to the service's account"
+    for rtype, rname in (("google_pubsub_topic_iam_member", "service_dead_letters"),
+                         ("google_storage_bucket_iam_member", "service_reads_ingest")):
+        assert resource(cloudrun, rtype, rname)["count"] == "${local.ingest ? 1 : 0}"
     key = resource(cloudrun, "google_secret_manager_secret_iam_member", "service_qdrant_key")
     assert _unquote(key["role"]) == "roles/secretmanager.secretAccessor" and "local.qdrant_secret" in key["count"]
     read = resource(cloudrun, "google_storage_bucket_iam_member", "service_index")
@@ -160,7 +166,9 @@ def test_cloud_run_is_private_unless_asked(cloudrun):
     assert "var.invokers" in invokers["for_each"]
     assert default(cloudrun, "invokers") == []
     iam_members = cloudrun["resource"]["google_cloud_run_v2_service_iam_member"]
-    assert set(iam_members) == {"public", "invokers"}, "no other path may grant invoke"
+    assert set(iam_members) == {"public", "invokers", "push_invokes"}, "no other path may grant invoke"
+    push = iam_members["push_invokes"]  # ingest's push subscription, only with ingest_bucket
+    assert push["count"] == "${local.ingest ? 1 : 0}" and "google_service_account.push[0]" in push["member"]
 
 
 def test_cloud_run_service_and_job_pass_the_variant_and_project(cloudrun):
@@ -192,11 +200,12 @@ CLOUDRUN_KNOBS = ["cpu", "memory_gib", "min_instances", "max_instances", "concur
                   "startup_probe_initial_delay_s", "startup_probe_period_s", "startup_probe_failure_threshold",
                   "liveness_probe_period_s", "liveness_probe_failure_threshold", "job_tasks", "job_parallelism",
                   "job_max_retries", "job_task_timeout_s", "model_variant", "ingress", "invokers", "keep_images",
-                  "index_path", "index_size_gib", "qdrant_url", "gpu_type", "gpu_concurrency"]
+                  "index_path", "index_size_gib", "qdrant_url", "gpu_type", "gpu_concurrency", "ingest_bucket",
+                  "ingest_max_delivery_attempts"]
 LAMBDA_KNOBS = ["memory_mb", "timeout_s", "ephemeral_storage_mb", "reserved_concurrency",
                 "provisioned_concurrency", "function_url_auth", "log_retention_days", "ecr_keep_images",
                 "model_variant", "architecture", "image_tag", "index_mib", "qdrant_url", "qdrant_api_key_secret_arn",
-                "gpu_type"]
+                "gpu_type", "ingest_bucket", "ingest_batch_size", "ingest_max_concurrency", "ingest_max_receive_count"]
 
 
 @pytest.mark.parametrize("module_name,knobs", [("cloudrun", CLOUDRUN_KNOBS), ("lambda", LAMBDA_KNOBS)])
@@ -583,3 +592,46 @@ def test_alert_policies_cover_the_slos_and_notify_the_channels(cloudrun_vars_onl
     assert policy["notification_channels"] == "${var.notification_channels}"
     status, output = cloudrun_plan(cloudrun_vars_only, notification_channels=["email-me"])
     assert status != 0 and "notification_channels" in output
+
+
+def test_cloud_run_ingest_is_off_by_default_and_pushes_with_oidc_to_the_route(cloudrun, cloudrun_vars_only):
+    """ingest_bucket: the bucket's notifications -> a topic -> a push subscription to /ingest/gcs whose OIDC token
+    (its own service account, the agreed audience) the service checks; dead letters after N attempts; the IAM the
+    platform needs (Cloud Storage's agent publishes, Pub/Sub's agent dead-letters and mints tokens, the service
+    reads the bucket and forwards permanent failures). The env the service gets names the settings it reads."""
+    from infra.settings import Settings
+
+    assert default(cloudrun, "ingest_bucket") is None
+    names = [n for n, r in cloudrun["resource"].get("google_pubsub_subscription", {}).items()]
+    assert names == ["ingest"]
+    for rtype, named in cloudrun["resource"].items():
+        for rname, body in named.items():
+            if "ingest" in rname or rname in ("push", "gcs_publishes", "push_invokes") or rname.startswith("agent_"):
+                assert body["count"] == "${local.ingest ? 1 : 0}", f"{rtype}.{rname} is not off by default"
+    sub = resource(cloudrun, "google_pubsub_subscription", "ingest")
+    push = sub["push_config"][0]
+    assert _unquote(push["push_endpoint"]) == "${google_cloud_run_v2_service.service[0].uri}/ingest/gcs"
+    assert {k: _unquote(v) for k, v in push["oidc_token"][0].items() if not k.startswith("__")} == {
+        "service_account_email": "${google_service_account.push[0].email}", "audience": "${local.ingest_audience}"}
+    assert sub["dead_letter_policy"][0]["max_delivery_attempts"] == "${var.ingest_max_delivery_attempts}"
+    note = resource(cloudrun, "google_storage_notification", "ingest")
+    assert _unquote(note["payload_format"]) == "JSON_API_V1"
+    assert [_unquote(e) for e in note["event_types"]] == ["OBJECT_FINALIZE", "OBJECT_DELETE", "OBJECT_ARCHIVE"]
+    roles = {(rtype, rname): _unquote(body.get("role", "")) for rtype, named in cloudrun["resource"].items()
+             for rname, body in named.items() if "iam" in rtype}
+    assert roles[("google_pubsub_topic_iam_member", "agent_dead_letters")] == "roles/pubsub.publisher"
+    assert roles[("google_pubsub_subscription_iam_member", "agent_acks")] == "roles/pubsub.subscriber"
+    assert roles[("google_service_account_iam_member", "agent_mints_push_tokens")] == "roles/iam.serviceAccountTokenCreator"
+    assert roles[("google_storage_bucket_iam_member", "service_reads_ingest")] == "roles/storage.objectViewer"
+    assert roles[("google_cloud_run_v2_service_iam_member", "push_invokes")] == "roles/run.invoker"
+    envs = [b['"env"'] for b in resource(cloudrun, "google_cloud_run_v2_service", "service")["template"][0][
+        "containers"][0]["dynamic"] if '"env"' in b]
+    assert any(b["for_each"] == "${local.ingest_env}" for b in envs)
+    ingest_locals = cloudrun["locals"]["ingest_env"]
+    settings_env = {f.metadata["env"] for f in __import__("dataclasses").fields(Settings)}
+    assert set(re.findall(r"(INGEST_[A-Z_]+)", str(ingest_locals))) <= settings_env
+    status, output = cloudrun_plan(cloudrun_vars_only, ingest_bucket="photos")
+    assert status != 0 and "set qdrant_url too" in output
+    status, output = cloudrun_plan(cloudrun_vars_only, ingest_bucket="photos", qdrant_url="https://q.example:6333",
+                                   ingest_max_delivery_attempts=3)
+    assert status != 0 and "Pub/Sub allows 5 to 100" in output

@@ -21,6 +21,22 @@ mock_provider "aws" {
       function_url = "https://abc123.lambda-url.us-east-1.on.aws/"
     }
   }
+  mock_resource "aws_sqs_queue" {
+    defaults = {
+      arn = "arn:aws:sqs:us-east-1:123456789012:clipserve-ingest"
+      url = "https://sqs.us-east-1.amazonaws.com/123456789012/clipserve-ingest-dead"
+    }
+  }
+  mock_resource "aws_lambda_alias" {
+    defaults = {
+      arn = "arn:aws:lambda:us-east-1:123456789012:function:clipserve:live"
+    }
+  }
+  mock_data "aws_s3_bucket" {
+    defaults = {
+      arn = "arn:aws:s3:::photos"
+    }
+  }
   mock_data "aws_iam_policy_document" {
     defaults = {
       json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
@@ -254,4 +270,52 @@ run "promoted_or_no_canary_means_one_version_and_no_canary_alias" {
     condition     = !contains(keys(aws_lambda_function.service[0].environment[0].variables), "OTEL_ENABLED")
     error_message = "tracing is off by default"
   }
+}
+
+run "ingest_is_off_by_default" {
+  command = apply # mocked: nothing leaves this machine
+  assert {
+    condition     = length(aws_sqs_queue.ingest) == 0 && length(aws_lambda_event_source_mapping.ingest) == 0 && length(aws_s3_bucket_notification.ingest) == 0
+    error_message = "no queue, mapping or bucket notification unless ingest_bucket is set"
+  }
+  assert {
+    condition     = !contains(keys(aws_lambda_function.service[0].environment[0].variables), "INGEST_BUCKETS")
+    error_message = "no INGEST_BUCKETS without ingest_bucket"
+  }
+}
+
+run "ingest_wires_bucket_queue_dead_letters_and_the_mapping" {
+  command = apply # mocked: nothing leaves this machine
+  variables {
+    ingest_bucket = "photos"
+    qdrant_url    = "https://qdrant.example.com:6333"
+  }
+  assert {
+    condition     = aws_lambda_event_source_mapping.ingest[0].function_response_types == toset(["ReportBatchItemFailures"])
+    error_message = "the mapping must report batch item failures (one bad record retried alone)"
+  }
+  assert {
+    condition     = aws_lambda_event_source_mapping.ingest[0].scaling_config[0].maximum_concurrency == 2 && aws_lambda_event_source_mapping.ingest[0].batch_size == 10
+    error_message = "bounded concurrency (2) and batches of 10 by default"
+  }
+  assert {
+    condition     = jsondecode(aws_sqs_queue.ingest[0].redrive_policy).maxReceiveCount == 10 && aws_sqs_queue.ingest[0].visibility_timeout_seconds == 360
+    error_message = "a redrive policy after 10 receives, and a visibility timeout of 6 x the function timeout"
+  }
+  assert {
+    condition     = aws_lambda_function.service[0].environment[0].variables["INGEST_BUCKETS"] == "s3://photos" && aws_lambda_function.service[0].environment[0].variables["INGEST_DEAD_LETTER"] == aws_sqs_queue.ingest_dead[0].url
+    error_message = "the function is told its bucket and its dead-letter queue"
+  }
+  assert {
+    condition     = toset([for q in aws_s3_bucket_notification.ingest[0].queue : q.queue_arn]) == toset([aws_sqs_queue.ingest[0].arn])
+    error_message = "the bucket notifies the ingest queue"
+  }
+}
+
+run "ingest_needs_qdrant" {
+  command = plan
+  variables {
+    ingest_bucket = "photos"
+  }
+  expect_failures = [var.ingest_bucket]
 }

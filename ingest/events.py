@@ -84,7 +84,8 @@ def from_pubsub_push(envelope: Any) -> ObjectEvent:
 def from_cloudevent(headers: Mapping[str, str], body: bytes) -> ObjectEvent:
     """An Eventarc delivery: binary mode (``ce-*`` headers, the object resource as the body) or structured
     mode (``application/cloudevents+json``, the resource in ``data``)."""
-    content_type = headers.get("Content-Type", "")
+    headers = {k.lower(): v for k, v in headers.items()}
+    content_type = headers.get("content-type", "")
     if content_type.startswith("application/cloudevents+json"):
         document = _json(body, "the CloudEvent")
         if not isinstance(document, dict):

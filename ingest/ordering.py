@@ -40,8 +40,9 @@ def decide(event: ObjectEvent, mark: Mark | None) -> Verdict:
     """Whether ``event`` applies over ``mark`` (None: nothing recorded for the object)."""
     if mark is None:
         return "ask_bucket" if event.action == "delete" and not event.version else "apply"
-    if mark.state == "failed" and event.action == "upsert" and (event.version, event.etag) == (mark.version, mark.etag):
-        return "already_dead_lettered"
+    if (mark.state == "failed" and event.action == "upsert" and (event.version or event.etag)
+            and (event.version, event.etag) == (mark.version, mark.etag)):
+        return "already_dead_lettered"  # the same content failed before (without an identity: tried again)
     if not event.version or not mark.version:
         return "ask_bucket" if event.action == "delete" else "apply"
     rank = {"upsert": 0, "delete": 1}

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ingest.events import ObjectEvent
 from ingest.ingestor import item_metadata
@@ -28,7 +29,7 @@ from search import qdrant_index
 log = logging.getLogger("batch")
 
 
-def parse_bucket(uri: str) -> tuple[str, str, str]:
+def parse_bucket(uri: str) -> tuple[Any, str, str]:
     """(scheme, bucket, prefix) of gs://B/prefix or s3://B/prefix."""
     scheme, sep, rest = uri.partition("://")
     bucket, _, prefix = rest.partition("/")
@@ -81,8 +82,7 @@ def staged_rows(uri: str, max_bytes: int, path_keys: tuple[str, ...] = (), store
         staged = Staged(Path(folder) / "rows.jsonl")
         with staged.rows.open("w") as rows:
             for n, listed in enumerate(store.list(bucket, prefix)):
-                event = ObjectEvent("upsert", scheme, bucket, listed.name, version=listed.version,  # type: ignore[arg-type]
-                                    etag=listed.etag)
+                event = ObjectEvent("upsert", scheme, bucket, listed.name, version=listed.version, etag=listed.etag)
                 try:
                     stored = store.read(bucket, listed.name, listed.version, max_bytes)
                 except (ObjectGone, ObjectTooLarge) as exc:

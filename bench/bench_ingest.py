@@ -37,17 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "ingest"))
 from bench.common import DEFAULT_BUNDLES, OUT, ensure_bundles, machine, photo_jpeg, save_json, serving  # noqa: E402
-from ingest_support import GcsEmulator, OidcIssuer, object_resource, pubsub_push  # noqa: E402
-
-
-def make_collection(path: Path, bundles: Path, variant: str, name: str) -> None:
-    from models.bundle import model_identity
-    from search import qdrant_index
-
-    client = qdrant_index.connect(path=path)
-    qdrant_index.create_collection(client, name, model=model_identity(bundles, variant), modality="image",
-                                   columns={}, local=True)
-    client.close()
+from ingest_support import GcsEmulator, OidcIssuer, make_collection, object_resource, pubsub_push  # noqa: E402
 
 
 def index_push(gcs: GcsEmulator, bundles: Path, variant: str, folder: Path, prefix: str) -> dict:
@@ -59,8 +49,8 @@ def index_push(gcs: GcsEmulator, bundles: Path, variant: str, folder: Path, pref
                           text=True, check=True)
     wall = time.perf_counter() - started
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 2), "upserted": summary["upserted"], "images_per_s": round(summary["upserted"] / wall, 2),
-            "summary_seconds": summary["seconds"]}
+    return {"wall_s": round(wall, 2), "upserted": summary["upserted"],
+            "images_per_s": round(summary["upserted"] / wall, 2), "summary_seconds": summary["seconds"]}
 
 
 def event_run(server_url: str, bucket, oidc: OidcIssuer, images: list[bytes], prefix: str, concurrency: int,
@@ -124,7 +114,7 @@ def sqs_run(bundles: Path, variant: str, images: list[bytes], folder: Path, cons
         s3.put_bucket_notification_configuration(Bucket="bench", NotificationConfiguration={"QueueConfigurations": [
             {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
         sqs.purge_queue(QueueUrl=queue)  # S3's setup test event
-        make_collection(folder / "sqs-q", bundles, variant, "sqs")
+        make_collection(folder / "sqs-q", bundles, "sqs", variant)
         app = create_app(Settings(model_dir=bundles, model_variant=variant, qdrant_path=folder / "sqs-q",
                                   qdrant_collection="sqs", ingest_buckets="s3://bench"))
         service = app.extensions["clipserve"]
@@ -197,7 +187,7 @@ def main() -> None:
             bucket.blob(f"push/{i:05d}.jpg").upload_from_string(data, content_type="image/jpeg")
         pushed = index_push(gcs, args.bundles, args.variant, folder, "push")
         print("index push --bucket:", pushed, flush=True)
-        make_collection(folder / "events-q", args.bundles, args.variant, "events")
+        make_collection(folder / "events-q", args.bundles, "events", args.variant)
         env = {**gcs.env, **oidc.settings(), "MODEL_DIR": str(args.bundles), "MODEL_VARIANT": args.variant,
                "QDRANT_PATH": str(folder / "events-q"), "QDRANT_COLLECTION": "events", "INGEST_BUCKETS": "gs://bench",
                "LOG_LEVEL": "WARNING"}

@@ -88,7 +88,6 @@ class _Work:
     result: Result | None = None
     reason: str = ""
     transient: bool = False
-    stored: StoredObject | None = None
     message: str = ""  # why it failed, for the dead letter
 
     def end(self, result: Result, reason: str, transient: bool = False, message: str = "") -> None:
@@ -142,7 +141,7 @@ class Ingestor:
         for w in work:
             self._screen(w)
         live = [w for w in work if w.result is None]
-        chosen, superseded = newest_per_object([w.event for w in live])
+        chosen, _ = newest_per_object([w.event for w in live])
         keep = {id(e) for e in chosen}
         for w in live:
             if id(w.event) not in keep:
@@ -229,50 +228,48 @@ class Ingestor:
             w.end("deleted", "")
 
     def _upserts(self, upserts: list[_Work], ledger: Ledger) -> None:
-        readable = list(self._readers.map(self._read, upserts))
-        ready = [w for w, ok in zip(upserts, readable) if ok]
+        read = list(self._readers.map(self._read, upserts))
+        ready = [(w, stored) for w, stored in zip(upserts, read) if stored is not None]
         if not ready:
             return
-        items = [NewItem(w.event.uri, w.stored.data, item_metadata(w.event, w.stored, self.path_keys))  # type: ignore[union-attr]
-                 for w in ready]
-        errors = self.writer.write(items)
+        errors = self.writer.write([NewItem(w.event.uri, stored.data, item_metadata(w.event, stored, self.path_keys))
+                                    for w, stored in ready])
         written = {}
         now = time.time()
-        for i, w in enumerate(ready):
+        for i, (w, stored) in enumerate(ready):
             if i in errors:
                 w.end("failed", errors[i][0], message=errors[i][1])
                 continue
-            stored = w.stored
-            written[w.event.uri] = Mark(w.event.version or stored.version, "present",  # type: ignore[union-attr]
-                                        etag=w.event.etag or stored.etag, at=now)  # type: ignore[union-attr]
+            written[w.event.uri] = Mark(w.event.version or stored.version, "present",
+                                        etag=w.event.etag or stored.etag, at=now)
             w.end("upserted", "")
-            created = w.event.created or stored.created  # type: ignore[union-attr]
+            created = w.event.created or stored.created
             if created is not None:
                 self._observe_lag(max(0.0, now - created))
         ledger.record(written)
 
-    def _read(self, w: _Work) -> bool:
-        """The object's bytes on ``w.stored``; False (and ``w`` ended) when there is nothing to write."""
+    def _read(self, w: _Work) -> StoredObject | None:
+        """The object, or None (and ``w`` ended) when there is nothing to write."""
         e = w.event
         try:
             if e.size is not None and e.size > self.max_bytes:
                 raise ObjectTooLarge(f"the object has {e.size} bytes, more than MAX_IMAGE_BYTES ({self.max_bytes})")
-            w.stored = self._store(e).read(e.bucket, e.name, e.version, self.max_bytes)
+            stored = self._store(e).read(e.bucket, e.name, e.version, self.max_bytes)
         except ObjectGone:
             w.end("skipped", "gone")  # deleted or overwritten since: that change's own event follows
-            return False
+            return None
         except ObjectTooLarge as exc:
             w.end("failed", "too_large", message=str(exc))
-            return False
+            return None
         except StoreUnavailable as exc:
             log.warning("ingest: %s", exc)
             w.end("failed", "bucket_unavailable", transient=True)
-            return False
-        if not is_image(w.stored.data):
-            log.info("ingest: object is not an image, skipped", extra={"content_type": w.stored.content_type})
+            return None
+        if not is_image(stored.data):
+            log.info("ingest: object is not an image, skipped", extra={"content_type": stored.content_type})
             w.end("skipped", "not_an_image")
-            return False
-        return True
+            return None
+        return stored
 
     def _outcomes(self, deliveries: Sequence[Delivery], work: list[_Work]) -> list[Outcome]:
         """Per delivery: a transient failure anywhere redelivers it; a permanent one dead-letters it once."""

@@ -7,6 +7,7 @@ exists now, and what a bucket prefix holds (for a backfill).
 from __future__ import annotations
 
 import datetime
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,8 +51,8 @@ class ObjectStore(Protocol):
     def list(self, bucket: str, prefix: str) -> Iterator[Listed]: ...
 
 
-class GcsStore:
-    """Cloud Storage. ``version`` pins the generation the event named: an overwritten generation is gone."""
+class _Lazy(ABC):
+    """A cloud client made on first use (an instance that never ingests never builds one), or the one given."""
 
     def __init__(self, client: Any = None) -> None:
         self._client = client
@@ -59,10 +60,21 @@ class GcsStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import storage
-
-            self._client = storage.Client()
+            self._client = self._new_client()
         return self._client
+
+    @abstractmethod
+    def _new_client(self) -> Any:
+        """The cloud's client, with the environment's credentials and endpoint."""
+
+
+class GcsStore(_Lazy):
+    """Cloud Storage. ``version`` pins the generation the event named: an overwritten generation is gone."""
+
+    def _new_client(self) -> Any:
+        from google.cloud import storage
+
+        return storage.Client()
 
     def read(self, bucket: str, name: str, version: str, max_bytes: int) -> StoredObject:
         with _gcs_errors():
@@ -88,19 +100,13 @@ class GcsStore:
                     yield Listed(blob.name, str(blob.generation or ""), int(blob.size or 0), str(blob.md5_hash or ""))
 
 
-class S3Store:
+class S3Store(_Lazy):
     """S3 (or any endpoint boto3 is pointed at). Reads take the object as it is now: S3 has no generations."""
 
-    def __init__(self, client: Any = None) -> None:
-        self._client = client
+    def _new_client(self) -> Any:
+        import boto3
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
+        return boto3.client("s3")
 
     def read(self, bucket: str, name: str, version: str, max_bytes: int) -> StoredObject:
         with _s3_errors():

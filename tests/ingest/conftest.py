@@ -3,7 +3,6 @@ issuer, shared by every test (each test uses buckets, queues and collections of 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest_support import GcsEmulator, OidcIssuer, PubSubRecorder, wait_port
+from ingest_support import GcsEmulator, OidcIssuer, PubSubRecorder, environment, wait_port
 from servers import free_port
 
 REGION = "us-east-1"
@@ -28,17 +27,11 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     server = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        wait_port(port, 30)
-        yield env
+        with environment(env):
+            wait_port(port, 30)
+            yield env
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.terminate()
         server.wait(10)
         log.close()

@@ -9,6 +9,7 @@ emulator needs the gcloud SDK and Java, which cannot be installed here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import io
 import json
@@ -56,6 +57,34 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    """``env`` set in this process for the block, what was there before put back after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def make_collection(path: Path, model_dir: Path, name: str = "items", variant: str = "english") -> None:
+    """An image collection for ``variant`` in Qdrant's local mode at ``path``, as ``index push`` creates one."""
+    from models.bundle import model_identity
+    from search import qdrant_index
+
+    client = qdrant_index.connect(path=path)
+    try:
+        qdrant_index.create_collection(client, name, model=model_identity(model_dir, variant), modality="image",
+                                       columns={}, local=True)
+    finally:
+        client.close()
+
+
 class GcsEmulator:
     """gcp-storage-emulator in memory, in a process of its own; ``env`` points google-cloud-storage at it."""
 
@@ -71,16 +100,8 @@ class GcsEmulator:
     def client(self) -> Any:
         from google.cloud import storage
 
-        old = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
+        with environment(self.env):
             return storage.Client(project="test-project")
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import requests
 
-from ingest_support import (AUDIENCE, PUSH_ACCOUNT, cloudevent, corrupt_jpeg, jpeg, object_resource, pubsub_push)
-from models.bundle import model_identity
-from search import qdrant_index
+from ingest_support import (AUDIENCE, PUSH_ACCOUNT, cloudevent, corrupt_jpeg, jpeg, make_collection, object_resource,
+                            pubsub_push)
 from servers import gunicorn
 
 N = 200
@@ -32,10 +31,7 @@ def bucket(gcs):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory, gcs, oidc, module_pubsub):
     folder = tmp_path_factory.mktemp("gcs_ingest")
-    client = qdrant_index.connect(path=folder / "q")
-    qdrant_index.create_collection(client, "items", model=model_identity(tiny_model_dir, "english"), modality="image",
-                                   columns={}, local=True)
-    client.close()
+    make_collection(folder / "q", tiny_model_dir)
     env = {**gcs.env, **oidc.settings(), "RUNTIME": "torch", "PRECISION": "fp32", "QDRANT_PATH": str(folder / "q"),
            "QDRANT_COLLECTION": "items", "INGEST_BUCKETS": "gs://pics", "INGEST_PATH_KEYS": "shop",
            "INGEST_DEAD_LETTER": "projects/proj/topics/clipserve-dead", "PUBSUB_EMULATOR_HOST": module_pubsub.host,

@@ -19,9 +19,7 @@ import pytest
 from handler.app import create_app
 from infra.lambda_handler import build_handler
 from infra.settings import Settings
-from ingest_support import corrupt_jpeg, jpeg
-from models.bundle import model_identity
-from search import qdrant_index
+from ingest_support import corrupt_jpeg, jpeg, make_collection
 
 BUCKET = "photos"
 
@@ -64,7 +62,7 @@ class Queues:
             messages = got.get("Messages", [])
             if not messages:
                 attrs = self.sqs.get_queue_attributes(QueueUrl=self.main, AttributeNames=["All"])["Attributes"]
-                if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+                if (attrs["ApproximateNumberOfMessages"], attrs["ApproximateNumberOfMessagesNotVisible"]) == ("0", "0"):
                     return processed, failed
                 time.sleep(0.3)
                 continue
@@ -95,10 +93,7 @@ def aws(moto):
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory, aws):
     folder = tmp_path_factory.mktemp("s3_ingest")
-    client = qdrant_index.connect(path=folder / "q")
-    qdrant_index.create_collection(client, "items", model=model_identity(tiny_model_dir, "english"), modality="image",
-                                   columns={}, local=True)
-    client.close()
+    make_collection(folder / "q", tiny_model_dir)
     app = create_app(Settings(model_dir=tiny_model_dir, precision="fp32", runtime="torch", qdrant_path=folder / "q",
                               qdrant_collection="items", ingest_buckets=f"s3://{BUCKET}",
                               ingest_dead_letter=aws[1].dead, ingest_path_keys="album"))

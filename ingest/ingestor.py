@@ -239,14 +239,16 @@ class Ingestor:
         for i, (w, stored) in enumerate(ready):
             if i in errors:
                 w.end("failed", errors[i][0], message=errors[i][1])
-                continue
-            written[w.event.uri] = Mark(w.event.version or stored.version, "present",
-                                        etag=w.event.etag or stored.etag, at=now)
-            w.end("upserted", "")
-            created = w.event.created or stored.created
-            if created is not None:
-                self._observe_lag(max(0.0, now - created))
-        ledger.record(written)
+            else:
+                written[w.event.uri] = Mark(w.event.version or stored.version, "present",
+                                            etag=w.event.etag or stored.etag, at=now)
+        ledger.record(written)  # before answering: an event acknowledged is one later events are ordered against
+        for w, stored in ready:
+            if w.event.uri in written:
+                w.end("upserted", "")
+                created = w.event.created or stored.created
+                if created is not None:
+                    self._observe_lag(max(0.0, now - created))
 
     def _read(self, w: _Work) -> StoredObject | None:
         """The object, or None (and ``w`` ended) when there is nothing to write."""

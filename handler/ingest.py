@@ -6,6 +6,8 @@ the pipeline's distinction: a status of 429 or 5xx may pass (retry), any other n
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -44,20 +46,19 @@ class ServiceWriter:
             self.service.delete_items(ids=ids, filter=None)
 
 
-class _as_transient:
-    """Errors that may pass as ``Transient``; the others (a 4xx) propagate as they are."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        if exc is None or isinstance(exc, AllItemsFailed):
-            return False
+@contextmanager
+def _as_transient() -> Iterator[None]:
+    """Errors that may pass (429, 5xx) as ``Transient``; a 4xx as the ``ApiError`` it is."""
+    try:
+        yield
+    except AllItemsFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sorted by the status the client would have seen
         error = to_api_error(exc)
         if error.status >= 500 or error.status == 429:
             raise Transient(error.code, error.message) from None
-        if isinstance(exc, ApiError):
-            return False
+        if error is exc:
+            raise
         raise error from None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,40 +140,31 @@ class S3Store(_Lazy):
                         yield Listed(obj["Key"], "", int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
 
 
-class _gcs_errors:
+@contextmanager
+def _gcs_errors() -> Iterator[None]:
     """google-cloud-storage's exceptions as ObjectGone / StoreUnavailable."""
+    import requests
+    from google.api_core import exceptions
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        if exc is None or isinstance(exc, (ObjectGone, ObjectTooLarge)):
-            return False
-        from google.api_core import exceptions
-
-        if isinstance(exc, exceptions.NotFound):
-            raise ObjectGone(str(exc)[:200]) from None
-        if isinstance(exc, (exceptions.GoogleAPIError, OSError)) or "requests" in type(exc).__module__:
-            raise StoreUnavailable(f"Cloud Storage: {type(exc).__name__}") from None
-        return False
+    try:
+        yield
+    except exceptions.NotFound:
+        raise ObjectGone("not found") from None
+    except (exceptions.GoogleAPIError, requests.RequestException, OSError) as exc:
+        raise StoreUnavailable(f"Cloud Storage: {type(exc).__name__}") from None
 
 
-class _s3_errors:
+@contextmanager
+def _s3_errors() -> Iterator[None]:
     """botocore's exceptions as ObjectGone / StoreUnavailable."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        if exc is None or isinstance(exc, (ObjectGone, ObjectTooLarge)):
-            return False
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            if error.get("Code") in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
-                raise ObjectGone(str(error.get("Code"))) from None
-            raise StoreUnavailable(f"S3: {error.get('Code', 'error')}") from None
-        if isinstance(exc, (BotoCoreError, OSError)):
-            raise StoreUnavailable(f"S3: {type(exc).__name__}") from None
-        return False
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", "error"))
+        if code in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
+            raise ObjectGone(code) from None
+        raise StoreUnavailable(f"S3: {code}") from None
+    except (BotoCoreError, OSError) as exc:
+        raise StoreUnavailable(f"S3: {type(exc).__name__}") from None

@@ -100,13 +100,10 @@ def create_app(settings: Settings | None = None, engine: ModelSet | EmbeddingEng
     shapes = ErrorShapes()
     register_error_handlers(app, shapes)
     traces.init_app(app, settings, engine)  # before the log line's hook: the line carries the request span's ids
-    ingestor = build_ingestor(settings, service)
-    service.ingestor = ingestor
-    observability.init_app(app, settings, engine, search, ingestor)  # a request refused by auth still gets an id and a line
-    if ingestor is not None and any(b.startswith("gs://") for b in settings.ingest_sources):
-        verifier = PushTokenVerifier(settings.ingest_push_audience or "", settings.ingest_push_service_account or "",
-                                     settings.ingest_oidc_certs_url)
-        protocols.append(IngestApi(service, ingestor, verifier))
+    service.ingestor = build_ingestor(settings, service)
+    # before any other hook: a request refused by auth still gets an id and a log line
+    observability.init_app(app, settings, engine, search, service.ingestor)
+    protocols += push_protocols(service, settings)
     open_paths = frozenset().union(*(p.open_paths() for p in protocols))
     cors.init_app(app, settings)
     auth.init_app(app, settings, exempt=open_paths)
@@ -121,6 +118,16 @@ def protocols_for(service: ClipService, catalogue: Any) -> list[Protocol]:
     """The protocols the service speaks, in the order their routes are listed (GET /, /openapi.json)."""
     return [NativeApi(service, catalogue), SearchApi(service), OpenAIApi(service), WeaviateApi(service),
             PageApi(service)]
+
+
+def push_protocols(service: ClipService, settings: Settings) -> list[Protocol]:
+    """The push route for Cloud Storage events (Pub/Sub, Eventarc), when INGEST_BUCKETS has a gs:// bucket;
+    S3's events reach Lambda as SQS batches, outside HTTP (infra.lambda_handler)."""
+    if service.ingestor is None or not any(b.startswith("gs://") for b in settings.ingest_sources):
+        return []
+    verifier = PushTokenVerifier(settings.ingest_push_audience or "", settings.ingest_push_service_account or "",
+                                 settings.ingest_oidc_certs_url)
+    return [IngestApi(service, service.ingestor, verifier)]
 
 
 def register(app: Flask, protocol: Protocol, shapes: ErrorShapes) -> list[RouteDoc]:

@@ -123,7 +123,7 @@ def protocols_for(service: ClipService, catalogue: Any) -> list[Protocol]:
 def push_protocols(service: ClipService, settings: Settings) -> list[Protocol]:
     """The push route for Cloud Storage events (Pub/Sub, Eventarc), when INGEST_BUCKETS has a gs:// bucket;
     S3's events reach Lambda as SQS batches, outside HTTP (infra.lambda_handler)."""
-    if service.ingestor is None or not any(b.startswith("gs://") for b in settings.ingest_sources):
+    if service.ingestor is None or not settings.ingests_gcs:
         return []
     verifier = PushTokenVerifier(settings.ingest_push_audience or "", settings.ingest_push_service_account or "",
                                  settings.ingest_oidc_certs_url)

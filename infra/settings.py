@@ -331,8 +331,7 @@ class Settings:
             return buckets
         if self.qdrant_url is None and self.qdrant_path is None:
             raise SettingsError("INGEST_BUCKETS: ingest writes to a Qdrant collection: set QDRANT_URL (or QDRANT_PATH)")
-        if any(b.startswith("gs://") for b in buckets) and not (self.ingest_push_audience and
-                                                                self.ingest_push_service_account):
+        if _has_gcs(buckets) and not (self.ingest_push_audience and self.ingest_push_service_account):
             raise SettingsError("INGEST_BUCKETS has a gs:// bucket: set INGEST_PUSH_AUDIENCE and "
                                 "INGEST_PUSH_SERVICE_ACCOUNT (the push subscription's OIDC token is checked "
                                 "against them)")
@@ -341,6 +340,11 @@ class Settings:
                                                                                                "http://"))):
             raise SettingsError("INGEST_DEAD_LETTER: expected projects/P/topics/T or an SQS queue URL")
         return buckets
+
+    @property
+    def ingests_gcs(self) -> bool:
+        """Whether a gs:// bucket is ingested: its events come by push, to POST /ingest/gcs."""
+        return _has_gcs(self.ingest_sources)
 
     @property
     def queue_wait_budget_s(self) -> float:
@@ -439,6 +443,10 @@ class Settings:
         """docs/configuration.md's table (``python -m infra.settings`` prints it)."""
         rows = [f"| `{d['env']}` | `{d['shown']}` | {d['doc']} |" for d in cls.documented()]
         return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
+
+
+def _has_gcs(buckets: frozenset[str]) -> bool:
+    return any(b.startswith("gs://") for b in buckets)
 
 
 def _show(value: Any) -> str:

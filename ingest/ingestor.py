@@ -147,12 +147,9 @@ class Ingestor:
             if id(w.event) not in keep:
                 w.end("skipped", "superseded")
         todo = [w for w in live if w.result is None]
-        if todo:
-            with self._locked({w.event.uri for w in todo}):
-                self._apply(todo)
-                outcomes = self._outcomes(deliveries, work)
-        else:
-            outcomes = self._outcomes(deliveries, work)
+        with self._locked({w.event.uri for w in todo}):
+            ledger = self._apply(todo) if todo else None
+            outcomes = self._outcomes(deliveries, work, ledger)
         self._count(work)
         return outcomes
 
@@ -185,12 +182,14 @@ class Ingestor:
         elif e.action == "ignore":
             w.end("skipped", "event_type")
 
-    def _apply(self, todo: list[_Work]) -> None:
+    def _apply(self, todo: list[_Work]) -> Ledger | None:
+        """Order, read and write ``todo``; the ledger used (None when the index could not be reached)."""
         try:
             ledger = self._ledger_of(self.writer.index())
             marks = ledger.marks(w.event.uri for w in todo)
         except (Transient, Unavailable, BackendTimeout) as exc:
-            return self._all_transient(todo, exc)
+            self._all_transient(todo, exc)
+            return None
         deletes, upserts = [], []
         for w in todo:
             verdict = decide(w.event, marks.get(w.event.uri))
@@ -207,6 +206,7 @@ class Ingestor:
             self._upserts(upserts, ledger)
         except (Transient, Unavailable, BackendTimeout) as exc:
             self._all_transient([w for w in todo if w.result is None], exc)
+        return ledger
 
     def _deletes(self, deletes: list[tuple[_Work, bool]], ledger: Ledger) -> None:
         doomed = []
@@ -273,7 +273,7 @@ class Ingestor:
             return None
         return stored
 
-    def _outcomes(self, deliveries: Sequence[Delivery], work: list[_Work]) -> list[Outcome]:
+    def _outcomes(self, deliveries: Sequence[Delivery], work: list[_Work], ledger: Ledger | None) -> list[Outcome]:
         """Per delivery: a transient failure anywhere redelivers it; a permanent one dead-letters it once."""
         by_delivery: dict[int, list[_Work]] = collections.defaultdict(list)
         for w in work:
@@ -286,7 +286,7 @@ class Ingestor:
             if transient:
                 outcomes.append(Outcome("failed", transient[0].reason, transient=True))
             elif permanent:
-                outcomes.append(self._dead_letter(delivery, permanent))
+                outcomes.append(self._dead_letter(delivery, permanent, ledger))
             elif not mine:
                 outcomes.append(Outcome("skipped", "no_records"))  # S3's setup test event
             else:
@@ -294,7 +294,7 @@ class Ingestor:
                 outcomes.append(Outcome(first.result or "skipped", first.reason))
         return outcomes
 
-    def _dead_letter(self, delivery: Delivery, failed: list[_Work]) -> Outcome:
+    def _dead_letter(self, delivery: Delivery, failed: list[_Work], ledger: Ledger | None) -> Outcome:
         code = failed[0].reason
         message = failed[0].message
         for w in failed:
@@ -303,9 +303,9 @@ class Ingestor:
             return Outcome("failed", code)  # the platform's own dead-letter policy takes it after its attempts
         try:
             self.dead_letter.send(delivery.message, code, message)
-            if self._ledger is not None:
-                self._ledger.record({w.event.uri: Mark(w.event.version, "failed", etag=w.event.etag, at=time.time())
-                                     for w in failed})
+            if ledger is not None:  # permanent failures come from _apply, which had the ledger
+                ledger.record({w.event.uri: Mark(w.event.version, "failed", etag=w.event.etag, at=time.time())
+                               for w in failed})
         except (DeadLetterFailed, Unavailable, BackendTimeout) as exc:
             log.warning("ingest: %s", exc)
             return Outcome("failed", "dead_letter_unavailable", transient=True)
